@@ -172,6 +172,7 @@ class LoggingConfig(_Strict):
     wandb: bool = Field(False, description="Also log to Weights & Biases (needs `wandb` installed).")
     wandb_project: str = Field("mrgrpo", description="W&B project name.")
     progress_bar: bool = Field(True, description="Show a progress bar on the console (main process).")
+    dump_rollouts: bool = Field(False, description="Write per-sample rewards, advantages and log-probs of every step to rollouts/step-N.rank-R.pt.")
 
 
 class RunConfig(_Strict):

@@ -1,0 +1,619 @@
+"""The MR-GRPO trainer (``mrgrpo train`` for ``stage: rl``).
+
+One step (``shared/DESIGN.md`` section 2):
+
+1. the step's global prompt list is drawn (same on every process) and each rank takes its slice;
+2. the policy encodes each prompt once and repeats the conditioning G times;
+3. B*G trajectories are sampled in one batch, storing latents and float32 log-probs;
+4. images are decoded and every reward of the union of the mixtures scores the images whose
+   source weighs it (remote rewards run concurrently);
+5. masked MR-GRPO advantages with batch statistics all-reduced over processes;
+6. training on a random subset of the SDE steps per sample: recomputed velocity, clipped
+   ratio, ``beta * KL`` against ``policy.reference()``, the auxiliary SFT loss every k steps;
+   gradients accumulate so there is exactly ONE optimizer step per pass over the rollout;
+7. log, sample grid, evaluation, atomic checkpoint.
+
+Model-specific code lives in the policy (:class:`mrgrpo.policies.base.DiffusionPolicy`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from mrgrpo import checkpoint as ckpt
+from mrgrpo.advantages import accelerate_sum_reduce, compute_advantages
+from mrgrpo.config import RecipeError, RunConfig, save_resolved_config
+from mrgrpo.data import PromptRecord, PromptSampler, load_sources, rank_slice, reward_weight_matrix
+from mrgrpo.losses import clipped_policy_loss, mean_kl, ratio_stats, velocity_kl
+from mrgrpo.rollout import choose_train_steps, derive_seed, guided_velocity, sample_generators, sample_ode, sample_trajectories
+from mrgrpo.sde import sde_step_with_logprob, step_mean_std
+from mrgrpo.tracking import Tracker, progress
+
+
+class RewardFailure(RuntimeError):
+    """A reward could not score images and ``rl.reward_failure`` is ``stop``."""
+
+
+@dataclass
+class ScoredRewards:
+    """Rewards of the N local images: scores/valid per reward name (sorted), and the weights."""
+
+    scores: dict[str, torch.Tensor]
+    valid: dict[str, torch.Tensor]
+    weights: torch.Tensor  # [N, R]
+    failures: dict[str, int]
+    seconds: dict[str, float]
+
+
+def make_accelerator(cfg: RunConfig, gradient_accumulation_steps: int):
+    """An ``accelerate.Accelerator`` for the run (gloo on CPU, DeepSpeed when launched with it)."""
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs
+
+    backend = cfg.distributed.backend
+    if backend == "auto":
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+    handlers: list[Any] = [DistributedDataParallelKwargs(find_unused_parameters=False)]
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # a backend given to a single process makes accelerate expect a process group
+        handlers.append(InitProcessGroupKwargs(backend=backend))
+    kwargs: dict[str, Any] = {}
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        from accelerate.utils import DeepSpeedPlugin
+
+        plugin = DeepSpeedPlugin(
+            zero_stage=int(os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2")),
+            gradient_accumulation_steps=gradient_accumulation_steps,
+            gradient_clipping=cfg.train.grad_clip or 0.0,
+            zero3_init_flag=False,
+        )
+        plugin.deepspeed_config["zero_allow_untested_optimizer"] = True
+        plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.train.micro_batch_size
+        kwargs["deepspeed_plugin"] = plugin
+    return Accelerator(
+        mixed_precision=cfg.train.mixed_precision,
+        gradient_accumulation_steps=gradient_accumulation_steps,
+        kwargs_handlers=handlers,
+        step_scheduler_with_optimizer=False,
+        **kwargs,
+    )
+
+
+def build_optimizer(params: Sequence[tuple[str, torch.nn.Parameter]], cfg: RunConfig) -> torch.optim.Optimizer:
+    """AdamW with weight decay on matrices only (ndim >= 2)."""
+    if not params:
+        raise RecipeError("the policy has no trainable parameters for this stage. Fix: check policy.set_stage / train.lora.")
+    decay = [p for _, p in params if p.ndim >= 2]
+    no_decay = [p for _, p in params if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": cfg.train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [g for g in groups if g["params"]]
+    return torch.optim.AdamW(groups, lr=cfg.train.lr, betas=tuple(cfg.train.betas), eps=1e-8)
+
+
+def build_lr_lambda(cfg: RunConfig) -> Callable[[int], float]:
+    """Linear warm-up, then constant or cosine to 0 at ``max_steps``."""
+    total = cfg.train.max_steps
+    warm = int(cfg.train.warmup_ratio * total) if cfg.train.warmup_ratio is not None else cfg.train.warmup_steps
+    schedule = cfg.train.schedule
+
+    def factor(step: int) -> float:
+        if warm > 0 and step < warm:
+            return (step + 1) / warm
+        if schedule == "cosine":
+            progress_frac = min(1.0, (step - warm) / max(1, total - warm))
+            return 0.5 * (1 + math.cos(math.pi * progress_frac))
+        return 1.0
+
+    return factor
+
+
+def build_policy(cfg: RunConfig):
+    """Build the recipe's policy and load ``policy.checkpoint`` (starting weights)."""
+    from mrgrpo.registry import POLICIES
+
+    policy = POLICIES.build(cfg.policy.name, **cfg.policy.kwargs)
+    if cfg.policy.checkpoint:
+        policy.load(str(cfg.resolve_path(cfg.policy.checkpoint)))
+    return policy
+
+
+def build_rewards(cfg: RunConfig) -> dict[str, Any]:
+    """``{name: Reward}`` for every reward the recipe defines."""
+    from mrgrpo.rewards.base import build_reward
+
+    return {key: build_reward(spec.name or key, spec.kwargs, label=key) for key, spec in sorted(cfg.rewards.items())}
+
+
+class GRPOTrainer:
+    """MR-GRPO on any :class:`~mrgrpo.policies.base.DiffusionPolicy` with any rewards.
+
+    Args:
+        cfg: the validated recipe (``stage: rl``).
+        policy: a built policy (default: from the recipe).
+        rewards: ``{name: Reward}`` (default: from the recipe).
+    """
+
+    def __init__(self, cfg: RunConfig, *, policy=None, rewards: dict[str, Any] | None = None):
+        self.cfg = cfg
+        rl, train = cfg.rl, cfg.train
+        self.out = Path(cfg.output_dir)
+        self.sources = load_sources(cfg.data.sources, cfg.resolve_path)
+        self.sampler = PromptSampler(self.sources, seed=train.seed, sampling=cfg.data.source_sampling, shuffle=cfg.data.shuffle)
+        self.eval_sources = load_sources(cfg.data.eval_sources, cfg.resolve_path) if cfg.data.eval_sources else []
+        used = sorted({k for s in self.sources for k, w in s.rewards.items() if w > 0} |
+                      {k for s in self.eval_sources for k, w in s.rewards.items() if w > 0})
+        self.reward_names = used
+
+        # -- layout: prompts per process, micro-batches, accumulation ------------------------------
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        n_prompts = cfg.prompts_per_step
+        if n_prompts % world:
+            raise RecipeError(f"train.images_per_step={train.images_per_step} gives {n_prompts} prompts a step, not divisible by {world} processes. Fix: use a multiple of {rl.group_size * world}.")
+        self.local_prompts = n_prompts // world
+        self.local_images = self.local_prompts * rl.group_size
+        self.micro = min(train.micro_batch_size, self.local_images)
+        if self.local_images % self.micro:
+            raise RecipeError(f"train.micro_batch_size={train.micro_batch_size} does not divide the {self.local_images} images each process trains on. Fix: use a divisor of {self.local_images}.")
+        n_sde = int(self._sde_mask().sum())
+        if n_sde == 0:
+            raise RecipeError(f"rl.sde_window={rl.sde_window} leaves no trainable SDE step among rl.num_steps={rl.num_steps} (the last step is never trained). Fix: widen the window.")
+        self.train_steps_per_sample = max(1, int(round(rl.timestep_fraction * n_sde)))
+        self.accum = (self.local_images // self.micro) * self.train_steps_per_sample
+
+        self.accelerator = make_accelerator(cfg, self.accum)
+        acc = self.accelerator
+        self.is_main = acc.is_main_process
+        self.device = acc.device
+        torch.manual_seed(derive_seed(train.seed, acc.process_index) % (2**63))
+
+        # -- model -------------------------------------------------------------------------------
+        self.policy = policy if policy is not None else build_policy(cfg)
+        self.policy.set_stage("rl", lora=train.lora.model_dump() if train.lora.enabled else None)
+        if rl.beta > 0:
+            self.policy.enable_reference()
+        if train.gradient_checkpointing and hasattr(self.policy, "enable_gradient_checkpointing"):
+            self.policy.enable_gradient_checkpointing()
+        self.policy.to(self.device)
+        self.policy.eval()  # no dropout: the recomputed log-prob must match the rollout's
+        self.trainable = self.policy.trainable_parameters()
+        optimizer = build_optimizer(self.trainable, cfg)
+        self.model, self.optimizer = acc.prepare(self.policy, optimizer)
+        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer.optimizer if hasattr(self.optimizer, "optimizer") else self.optimizer, build_lr_lambda(cfg))
+        self.ema = None
+        if train.ema.enabled:
+            from diffusers.training_utils import EMAModel
+
+            self.ema = EMAModel([p for _, p in self.trainable], decay=train.ema.decay)
+
+        self.rewards = rewards if rewards is not None else build_rewards(cfg)
+        missing = [k for k in self.reward_names if k not in self.rewards]
+        if missing:
+            raise RecipeError(f"rewards {missing} are used by the mixtures but were not built. Fix: define them under `rewards:`.")
+        self.sft_stream = None
+        if rl.sft_aux_coef > 0:
+            self.sft_stream = self._build_sft_stream()
+
+        self.step = 0
+        self.optimizer_steps = 0
+        self._reward_pool = ThreadPoolExecutor(max_workers=max(1, len(self.rewards)))
+        self.tracker: Tracker | None = None
+
+    # ---------------------------------------------------------------------------------------
+    def _sde_mask(self) -> torch.Tensor:
+        from mrgrpo.rollout import sde_step_mask
+
+        return sde_step_mask(self.cfg.rl.num_steps, self.cfg.rl.sde_window)
+
+    def _build_sft_stream(self):
+        from mrgrpo.image_data import build_sft_stream
+
+        acc_rank = int(os.environ.get("RANK", "0"))
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        return build_sft_stream(self.cfg.data.sft_sources, self.cfg.sft, self.cfg.rl.sft_aux_batch_size,
+                                self.cfg.train.seed, resolve_path=self.cfg.resolve_path, rank=acc_rank, world_size=world)
+
+    def _autocast(self):
+        return self.accelerator.autocast()
+
+    def _velocity_fn(self, model) -> Callable:
+        def fn(x, sigma, cond):
+            return model("velocity", x.to(self.device), sigma.to(self.device), cond)
+        return fn
+
+    def _local_records(self, step: int) -> tuple[list[PromptRecord], int]:
+        records = self.sampler.sample(step, self.cfg.prompts_per_step)
+        sl = rank_slice(len(records), self.accelerator.process_index, self.accelerator.num_processes)
+        return records[sl], sl.start
+
+    # -- 1-3: encode + rollout ---------------------------------------------------------------
+    def rollout(self, step: int) -> dict[str, Any]:
+        rl = self.cfg.rl
+        records, offset = self._local_records(step)
+        G = rl.group_size
+        t0 = time.perf_counter()
+        with torch.no_grad(), self._autocast():
+            images = self._load_ref_images(records)
+            enc = self.policy.encode([r.prompt for r in records], images,
+                                     negative_prompt=rl.negative_prompt if rl.cfg_scale > 1 else None)
+        cond = enc.cond.repeat(G)
+        uncond = enc.uncond.repeat(G) if enc.uncond is not None else None
+        t_encode = time.perf_counter() - t0
+
+        sample_ids = [(offset + i) * G + j for i in range(len(records)) for j in range(G)]
+        gens = sample_generators(self.cfg.train.seed, step, sample_ids, device=self.device, stream=1)
+        if rl.shared_noise:
+            group_gens = sample_generators(self.cfg.train.seed, step, [offset + i for i in range(len(records))], device=self.device, stream=2)
+            noise = torch.cat([self.policy.init_noise(1, rl.height, rl.width, g).repeat(G, 1, 1, 1) for g in group_gens])
+        else:
+            noise = torch.cat([self.policy.init_noise(1, rl.height, rl.width, g) for g in gens])
+        sigmas = self.policy.sigmas(rl.num_steps).to(self.device)
+        t1 = time.perf_counter()
+        traj = sample_trajectories(
+            self._velocity_fn(self.policy), noise.to(self.device), sigmas, cond, uncond=uncond, cfg_scale=rl.cfg_scale,
+            sampler=rl.sampler, noise_level=rl.noise_level, sde_window=rl.sde_window, generators=gens,
+            cps_logprob=rl.cps_logprob, autocast=self._autocast,
+        )
+        t2 = time.perf_counter()
+        with torch.no_grad(), self._autocast():
+            pixels = torch.cat([self.policy.decode(traj.final[i:i + self.micro]).float() for i in range(0, traj.final.shape[0], self.micro)])
+        t3 = time.perf_counter()
+        group_ids = torch.tensor([offset + i for i in range(len(records)) for _ in range(G)], dtype=torch.long)
+        return {"records": records, "cond": cond, "uncond": uncond, "traj": traj, "pixels": pixels.cpu(),
+                "group_ids": group_ids, "sample_ids": sample_ids,
+                "time": {"time/encode": t_encode, "time/rollout": t2 - t1, "time/decode": t3 - t2}}
+
+    def _load_ref_images(self, records: Sequence[PromptRecord]):
+        if not any(r.images for r in records):
+            return None
+        from PIL import Image
+
+        return [[Image.open(p).convert("RGB") for p in r.images] for r in records]
+
+    # -- 4: rewards -------------------------------------------------------------------------------
+    def score(self, pixels: torch.Tensor, records: Sequence[PromptRecord], group_ids: torch.Tensor,
+              sources: Sequence[Any] | None = None, per_prompt: int | None = None) -> ScoredRewards:
+        """Score ``pixels [N, 3, H, W]`` (``per_prompt`` consecutive images per record, default G)."""
+        from mrgrpo.policies.base import tensor_to_images
+
+        G = self.cfg.rl.group_size if per_prompt is None else per_prompt
+        images = tensor_to_images(pixels)
+        prompts = [r.prompt for r in records for _ in range(G)]
+        meta = [dict(r.fields, group_id=int(g), source=r.source, prompt=r.prompt)
+                for r, g in zip([r for r in records for _ in range(G)], group_ids.tolist())]
+        names = self.reward_names
+        weights = torch.from_numpy(np.repeat(reward_weight_matrix(records, sources or self.sources, names), G, axis=0))
+        n = len(images)
+
+        def run_one(j: int, name: str):
+            idx = [i for i in range(n) if weights[i, j] > 0]
+            scores = torch.zeros(n)
+            valid = torch.zeros(n, dtype=torch.bool)
+            failures = 0
+            t = time.perf_counter()
+            if idx:
+                reward = self.rewards[name]
+                bs = self.cfg.rewards[name].batch_size if name in self.cfg.rewards else 64
+                if getattr(reward, "needs_groups", False):
+                    bs = max(bs, G) // G * G  # keep groups whole: a group-wise reward sees all G images
+                for start in range(0, len(idx), bs):
+                    chunk = idx[start:start + bs]
+                    try:
+                        out = reward([images[i] for i in chunk], [prompts[i] for i in chunk], [meta[i] for i in chunk])
+                    except Exception as exc:  # a failed call masks its images (or stops the run)
+                        if self.cfg.rl.reward_failure == "stop":
+                            raise RewardFailure(f"reward {name!r} failed: {exc}. Set rl.reward_failure: mask to continue without it.") from exc
+                        failures += len(chunk)
+                        continue
+                    scores[chunk] = out.scores.float()
+                    valid[chunk] = out.valid
+                    failures += int(out.details.get("failures", 0)) if isinstance(out.details, dict) else 0
+            if failures and self.cfg.rl.reward_failure == "stop":
+                raise RewardFailure(f"reward {name!r} could not score {failures} image(s). Set rl.reward_failure: mask to continue without them.")
+            return name, scores, valid, failures, time.perf_counter() - t
+
+        remote = [j for j, k in enumerate(names) if getattr(self.rewards[k], "is_remote", False)]
+        local = [j for j in range(len(names)) if j not in remote]
+        futures = [self._reward_pool.submit(run_one, j, names[j]) for j in remote]
+        results = [run_one(j, names[j]) for j in local] + [f.result() for f in futures]
+        scores, valid, failures, seconds = {}, {}, {}, {}
+        for name, s, v, f, sec in results:
+            scores[name], valid[name], failures[name], seconds[name] = s, v, f, sec
+        return ScoredRewards(scores, valid, weights, failures, seconds)
+
+    # -- 5: advantages ---------------------------------------------------------------------------
+    def advantages(self, scored: ScoredRewards, group_ids: torch.Tensor) -> torch.Tensor:
+        rl = self.cfg.rl
+        adv = compute_advantages(
+            scored.scores, scored.weights, group_ids, mode=rl.adv_mode, eps=rl.adv_eps, clip=rl.adv_clip,
+            valid=scored.valid, reduce_fn=accelerate_sum_reduce(self.accelerator) if self.accelerator.num_processes > 1 else None,
+        )
+        return -adv if rl.flip_advantage_sign else adv
+
+    # -- 6: training --------------------------------------------------------------------------------
+    def train_on(self, step: int, batch: dict[str, Any], adv: torch.Tensor) -> dict[str, float]:
+        rl = self.cfg.rl
+        traj = batch["traj"]
+        n = traj.latents.shape[0]
+        adv = adv.to(self.device)
+        sample_seeds = [derive_seed(self.cfg.train.seed, 3, step, sid) for sid in batch["sample_ids"]]
+        train_steps = choose_train_steps(traj.sde_steps, rl.timestep_fraction, sample_seeds).to(self.device)
+        k = train_steps.shape[1]
+        velocity = self._velocity_fn(self.model)
+        ref_velocity = self._velocity_fn(self.policy)
+        stats: dict[str, list[float]] = {"loss/policy": [], "loss/kl": [], "ratio/mean": [], "clip_frac": [], "ratio/min": [], "ratio/max": []}
+        sft_losses: list[float] = []
+        grad_norms: list[float] = []
+        for epoch in range(rl.inner_epochs):
+            order = torch.from_numpy(np.random.default_rng([self.cfg.train.seed, step, epoch, 11]).permutation(n)).to(self.device)
+            first = True
+            for mb_start in range(0, n, self.micro):
+                idx = order[mb_start:mb_start + self.micro]
+                cond_mb = batch["cond"].select(idx.cpu())
+                uncond_mb = batch["uncond"].select(idx.cpu()) if batch["uncond"] is not None else None
+                for j in range(k):
+                    with self.accelerator.accumulate(self.model):
+                        t_idx = train_steps[idx, j]
+                        x_t = traj.latents[idx, t_idx]
+                        x_next = traj.latents[idx, t_idx + 1]
+                        s = traj.sigmas[t_idx]
+                        s_next = traj.sigmas[t_idx + 1]
+                        with self._autocast():
+                            v = guided_velocity(velocity, x_t, s, cond_mb, uncond_mb, rl.cfg_scale)
+                        step_out = sde_step_with_logprob(x_t, v.float(), s, s_next, sampler=rl.sampler, noise_level=rl.noise_level,
+                                                         prev_sample=x_next, sigma_max=float(traj.sigmas[1]), cps_logprob=rl.cps_logprob)
+                        old_lp = traj.log_probs[idx, t_idx]
+                        loss = clipped_policy_loss(step_out.log_prob, old_lp, adv[idx], rl.clip_range)
+                        stats["loss/policy"].append(loss.item())
+                        for key, val in ratio_stats(step_out.log_prob, old_lp, rl.clip_range).items():
+                            stats[key].append(val)
+                        if rl.beta > 0:
+                            with torch.no_grad(), self.policy.reference(), self._autocast():
+                                v_ref = guided_velocity(ref_velocity, x_t, s, cond_mb, uncond_mb, rl.cfg_scale).float()
+                            if rl.kl_type == "velocity":
+                                kl = velocity_kl(v.float(), v_ref, step_out.std)
+                            else:
+                                ref_mean, _ = step_mean_std(x_t, v_ref, s, s_next, sampler=rl.sampler, noise_level=rl.noise_level, sigma_max=float(traj.sigmas[1]))
+                                kl = mean_kl(step_out.mean, ref_mean, step_out.std)
+                            loss = loss + rl.beta * kl.mean()
+                            stats["loss/kl"].append(kl.mean().item())
+                        if rl.sft_aux_coef > 0:
+                            loss = (1 - rl.sft_aux_coef) * loss
+                            if first and self.sft_stream is not None and step % rl.sft_aux_every == 0:
+                                sft_batch = next(self.sft_stream)
+                                with self._autocast():
+                                    l_sft = self.model("flow_matching_loss", sft_batch)
+                                # accelerate divides every micro-batch loss by the accumulation count;
+                                # scaling by it makes the SFT term contribute exactly lambda * grad(L_sft).
+                                loss = loss + rl.sft_aux_coef * self.accum * l_sft
+                                sft_losses.append(l_sft.item())
+                        first = False
+                        self.accelerator.backward(loss)
+                        if self.accelerator.sync_gradients:
+                            if self.cfg.train.grad_clip:
+                                norm = self.accelerator.clip_grad_norm_([p for _, p in self.trainable], self.cfg.train.grad_clip)
+                                if norm is not None:
+                                    grad_norms.append(float(norm))
+                            self.optimizer.step()
+                            self.lr_scheduler.step()
+                            self.optimizer.zero_grad(set_to_none=True)
+                            self.optimizer_steps += 1
+                            if self.ema is not None:
+                                self.ema.step([p for _, p in self.trainable])
+        out = {key: float(np.mean(v)) for key, v in stats.items() if v}
+        out["ratio/min"] = float(np.min(stats["ratio/min"]))
+        out["ratio/max"] = float(np.max(stats["ratio/max"]))
+        if sft_losses:
+            out["loss/sft"] = float(np.mean(sft_losses))
+        if grad_norms:
+            out["grad_norm"] = float(np.mean(grad_norms))
+        return out
+
+    # -- metrics -----------------------------------------------------------------------------------
+    def _global_reward_metrics(self, scored: ScoredRewards, adv: torch.Tensor, prefix: str = "reward") -> dict[str, float]:
+        acc = self.accelerator
+        names = sorted(scored.scores)
+        rows = []
+        for name in names:
+            considered = scored.weights[:, names.index(name)] > 0 if scored.weights.shape[1] == len(names) else torch.ones_like(scored.valid[name])
+            v = scored.valid[name] & considered
+            s = scored.scores[name].double()
+            rows.append(torch.stack([(s * v).sum(), v.sum().double(), considered.sum().double(), (s * s * v).sum()]))
+        a = adv.detach().double().cpu()
+        rows.append(torch.stack([a.sum(), torch.tensor(float(a.numel()), dtype=torch.float64), (a * a).sum(), torch.tensor(0.0, dtype=torch.float64)]))
+        total = torch.stack(rows)
+        if acc.num_processes > 1:
+            total = acc.reduce(total.to(acc.device), reduction="sum").cpu()
+        metrics = {}
+        means = []
+        for i, name in enumerate(names):
+            ssum, nvalid, nconsidered, _ = total[i].tolist()
+            if nvalid > 0:
+                metrics[f"{prefix}/{name}"] = ssum / nvalid
+                means.append(ssum / nvalid)
+            if nconsidered > 0:
+                metrics[f"{prefix}/{name}/invalid_frac"] = 1.0 - nvalid / nconsidered
+        if means:
+            metrics[f"{prefix}/mean"] = float(np.mean(means))
+        asum, an, asq, _ = total[-1].tolist()
+        if prefix == "reward" and an > 1:
+            mean = asum / an
+            metrics["advantage/mean"] = mean
+            metrics["advantage/std"] = math.sqrt(max(0.0, (asq - an * mean * mean) / (an - 1)))
+        return metrics
+
+    def _maybe_dump(self, step: int, batch: dict[str, Any], scored: ScoredRewards, adv: torch.Tensor) -> None:
+        if not self.cfg.logging.dump_rollouts:
+            return
+        d = self.out / "rollouts"
+        d.mkdir(parents=True, exist_ok=True)
+        torch.save({"sample_ids": batch["sample_ids"], "group_ids": batch["group_ids"], "prompts": [r.prompt for r in batch["records"]],
+                    "scores": scored.scores, "valid": scored.valid, "advantages": adv.cpu(), "log_probs": batch["traj"].log_probs.cpu()},
+                   d / f"step-{step:06d}.rank-{self.accelerator.process_index}.pt")
+
+    # -- evaluation --------------------------------------------------------------------------------
+    def evaluate(self, step: int) -> dict[str, float]:
+        if not self.eval_sources:
+            return {}
+        rl = self.cfg.rl
+        all_records = [r for s in self.eval_sources for r in s.records][: self.cfg.logging.eval_prompts]
+        sl = rank_slice(len(all_records), self.accelerator.process_index, self.accelerator.num_processes)
+        records = all_records[sl]
+        if not records:
+            return {}
+        with torch.no_grad(), self._autocast():
+            enc = self.policy.encode([r.prompt for r in records], self._load_ref_images(records),
+                                     negative_prompt=rl.negative_prompt if rl.eval_cfg_scale > 1 else None)
+        gens = sample_generators(self.cfg.train.seed, 0, range(sl.start, sl.start + len(records)), device=self.device, stream=4)
+        noise = torch.cat([self.policy.init_noise(1, rl.height, rl.width, g) for g in gens]).to(self.device)
+        final = sample_ode(self._velocity_fn(self.policy), noise, self.policy.sigmas(rl.eval_num_steps).to(self.device), enc.cond,
+                           uncond=enc.uncond, cfg_scale=rl.eval_cfg_scale, autocast=self._autocast)
+        with torch.no_grad(), self._autocast():
+            pixels = self.policy.decode(final).float().cpu()
+        scored = self.score(pixels, records, torch.arange(sl.start, sl.start + len(records)), sources=self.eval_sources, per_prompt=1)
+        if self.tracker is not None:
+            self.tracker.save_samples(step, pixels, nrow=min(8, len(records)), captions=[r.prompt for r in records], name="eval")
+        return self._global_reward_metrics(scored, torch.zeros(len(records)), prefix="eval")
+
+    # -- checkpoints --------------------------------------------------------------------------------
+    def save_checkpoint(self, step: int) -> None:
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        tmp = ckpt.begin(self.out, step, acc.is_main_process)
+        acc.wait_for_everyone()
+        if acc.distributed_type.name == "DEEPSPEED":
+            self.model.save_checkpoint(str(tmp / "deepspeed"), tag="state", exclude_frozen_parameters=True)
+        if acc.is_main_process:
+            acc.unwrap_model(self.model).save(str(tmp / "policy"))
+            if acc.distributed_type.name != "DEEPSPEED":
+                torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+            torch.save(self.lr_scheduler.state_dict(), tmp / "scheduler.pt")
+            if self.ema is not None:
+                torch.save(self.ema.state_dict(), tmp / "ema.pt")
+            ckpt.write_json(tmp / "trainer_state.json", {"step": step, "optimizer_steps": self.optimizer_steps,
+                                                         "sampler": self.sampler.state_dict(),
+                                                         "sft_stream": self._sft_state()})
+        torch.save(ckpt.rng_state(), tmp / f"rng-rank{acc.process_index}.pt")
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            ckpt.commit(self.out, step, self.cfg.train.keep_last)
+        acc.wait_for_everyone()
+
+    def _sft_state(self):
+        if self.sft_stream is not None and hasattr(self.sft_stream, "state_dict"):
+            return self.sft_stream.state_dict()
+        return None
+
+    def load_checkpoint(self, path: Path) -> None:
+        import json
+
+        acc = self.accelerator
+        state = json.loads((path / "trainer_state.json").read_text())
+        acc.unwrap_model(self.model).load(str(path / "policy"))
+        if acc.distributed_type.name == "DEEPSPEED":
+            self.model.load_checkpoint(str(path / "deepspeed"), tag="state", load_module_strict=False)
+        else:
+            self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=self.device, weights_only=False))
+        self.lr_scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
+        if self.ema is not None and (path / "ema.pt").exists():
+            self.ema.load_state_dict(torch.load(path / "ema.pt", weights_only=False))
+        self.sampler.load_state_dict(state["sampler"])
+        if state.get("sft_stream") is not None and self.sft_stream is not None:
+            self.sft_stream.load_state_dict(state["sft_stream"])
+        rng_file = path / f"rng-rank{acc.process_index}.pt"
+        if rng_file.exists():
+            ckpt.set_rng_state(torch.load(rng_file, weights_only=False))
+        self.step = int(state["step"])
+        self.optimizer_steps = int(state["optimizer_steps"])
+
+    # -- the loop -----------------------------------------------------------------------------------
+    def fit(self) -> list[dict[str, float]]:
+        cfg, acc = self.cfg, self.accelerator
+        resume_from = ckpt.resolve_resume(cfg.train.resume, self.out)
+        if resume_from is not None:
+            self.load_checkpoint(resume_from)
+        if acc.is_main_process:
+            save_resolved_config(cfg, self.out)
+        self.tracker = Tracker(self.out, enabled=acc.is_main_process, tensorboard=cfg.logging.tensorboard, wandb=cfg.logging.wandb,
+                               wandb_project=cfg.logging.wandb_project, config=cfg.model_dump(mode="json"),
+                               resume_step=self.step if resume_from is not None else None)
+        history = []
+        bar = progress(cfg.train.max_steps, self.step, acc.is_main_process and cfg.logging.progress_bar, "MR-GRPO")
+        try:
+            while self.step < cfg.train.max_steps:
+                step = self.step + 1
+                t0 = time.perf_counter()
+                batch = self.rollout(step)
+                t1 = time.perf_counter()
+                scored = self.score(batch["pixels"], batch["records"], batch["group_ids"])
+                adv = self.advantages(scored, batch["group_ids"])
+                t2 = time.perf_counter()
+                train_metrics = self.train_on(step, batch, adv)
+                t3 = time.perf_counter()
+                metrics = self._global_reward_metrics(scored, adv)
+                metrics.update(train_metrics)
+                metrics.update(batch["time"])
+                metrics.update({"time/reward": t2 - t1, "time/train": t3 - t2, "time/step": t3 - t0,
+                                "lr": self.lr_scheduler.get_last_lr()[0], "optimizer_steps": self.optimizer_steps})
+                for name, f in scored.failures.items():
+                    if f:
+                        metrics[f"reward/{name}/failures"] = f
+                self._maybe_dump(step, batch, scored, adv)
+                self.step = step
+                if step % cfg.logging.eval_every == 0 or step == cfg.train.max_steps:
+                    metrics.update(self.evaluate(step))
+                if step % cfg.logging.sample_every == 0 or step == 1:
+                    G = cfg.rl.group_size
+                    self.tracker.save_samples(step, batch["pixels"][: min(4, len(batch["records"])) * G], nrow=G,
+                                              captions=[r.prompt for r in batch["records"][:4]])
+                if step % cfg.logging.log_every == 0 or step == cfg.train.max_steps:
+                    self.tracker.log(step, metrics)
+                    self.tracker.plot()
+                history.append(metrics)
+                bar.update(1)
+                bar.set_postfix(reward=f"{metrics.get('reward/mean', float('nan')):.4f}", step_s=f"{metrics['time/step']:.2f}")
+                if step % cfg.train.checkpoint_every == 0 or step == cfg.train.max_steps:
+                    self.save_checkpoint(step)
+            self._save_final()
+        finally:
+            bar.close()
+            self.tracker.close()
+            self._reward_pool.shutdown(wait=False)
+        return history
+
+    def _save_final(self) -> None:
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            policy = acc.unwrap_model(self.model)
+            policy.save(str(self.out / "final"))
+            if self.ema is not None:
+                backup = [p.detach().clone() for _, p in self.trainable]
+                self.ema.copy_to([p for _, p in self.trainable])
+                policy.save(str(self.out / "final_ema"))
+                for (_, p), b in zip(self.trainable, backup):
+                    p.data.copy_(b)
+        acc.wait_for_everyone()
+
+
+def train(cfg: RunConfig) -> int:
+    """Entry point of ``mrgrpo train`` for ``stage: rl``."""
+    trainer = GRPOTrainer(cfg)
+    try:
+        trainer.fit()
+    finally:
+        _destroy_process_group()
+    return 0
+
+
+def _destroy_process_group() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
