@@ -1,0 +1,195 @@
+"""MR-GRPO trainer behaviour on the toy policy (fast): on-policy ratio, one optimizer step per
+rollout, exact resume after SIGKILL, reward failures, learning direction."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from mrgrpo.config import load_recipe
+from mrgrpo.grpo import GRPOTrainer, RewardFailure
+from mrgrpo.tracking import read_metrics
+
+HERE = Path(__file__).parent
+REPO = HERE.parent.parent
+
+
+def _trainer(recipe: dict, **kwargs) -> GRPOTrainer:
+    return GRPOTrainer(load_recipe(data=recipe), **kwargs)
+
+
+def test_first_update_is_on_policy_ratio_exactly_one(toy_recipe):
+    toy_recipe["train"]["max_steps"] = 1
+    toy_recipe["logging"]["dump_rollouts"] = True
+    tr = _trainer(toy_recipe)
+    hist = tr.fit()
+    assert hist[0]["ratio/mean"] == 1.0
+    assert hist[0]["ratio/min"] == 1.0 and hist[0]["ratio/max"] == 1.0
+    assert hist[0]["clip_frac"] == 0.0
+    dump = torch.load(Path(toy_recipe["output_dir"]) / "rollouts" / "step-000001.rank-0.pt", weights_only=False)
+    # trained log-probs are float32 and real (SDE steps have non-zero log-probs)
+    assert dump["log_probs"].dtype == torch.float32
+    assert (dump["log_probs"][:, :-1] != 0).all() and (dump["log_probs"][:, -1] == 0).all()
+
+
+@pytest.mark.parametrize("inner_epochs", [1, 2])
+def test_exactly_one_optimizer_step_per_rollout_pass(toy_recipe, inner_epochs):
+    toy_recipe["train"]["max_steps"] = 2
+    toy_recipe["rl"]["inner_epochs"] = inner_epochs
+    tr = _trainer(toy_recipe)
+    calls = []
+    base = tr.optimizer.optimizer if hasattr(tr.optimizer, "optimizer") else tr.optimizer
+    base.register_step_post_hook(lambda *a: calls.append(1))
+    tr.fit()
+    # 16 images, micro-batch 8, 3 trained timesteps each -> 6 backward passes, but one step per pass
+    assert tr.accum == 2 * 3
+    assert len(calls) == 2 * inner_epochs
+
+
+def test_velocity_kl_and_reference(toy_recipe):
+    toy_recipe["rl"]["beta"] = 0.5
+    toy_recipe["train"]["max_steps"] = 3
+    hist = _trainer(toy_recipe).fit()
+    assert hist[0]["loss/kl"] == 0.0  # reference == policy before the first update
+    assert hist[-1]["loss/kl"] > 0.0
+
+
+def test_resolved_config_and_artifacts(toy_recipe):
+    tr = _trainer(toy_recipe)
+    tr.fit()
+    out = Path(toy_recipe["output_dir"])
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["rl"]["group_size"] == 4 and saved["train"]["lr"] == pytest.approx(3e-3)
+    records = read_metrics(out / "metrics.jsonl")
+    assert [r["step"] for r in records] == [1, 2, 3]
+    for key in ("reward/mean", "reward/bright", "reward/bright/invalid_frac", "advantage/std", "loss/policy",
+                "ratio/mean", "clip_frac", "lr", "time/rollout", "time/reward", "time/train"):
+        assert key in records[0], key
+    assert (out / "reward_curve.png").stat().st_size > 1000
+    assert (out / "samples" / "step-000001.png").exists()
+    assert [p.name for p in sorted((out / "checkpoints").iterdir())] == ["step-000002", "step-000003"]
+    assert (out / "final" / "net.pt").exists()
+
+
+def test_mixture_weights_route_rewards(toy_recipe):
+    """`red` is only in source b's mixture: images of source-a prompts are never scored by it."""
+    toy_recipe["train"]["max_steps"] = 1
+    toy_recipe["logging"]["dump_rollouts"] = True
+    _trainer(toy_recipe).fit()
+    dump = torch.load(Path(toy_recipe["output_dir"]) / "rollouts" / "step-000001.rank-0.pt", weights_only=False)
+    from_b = torch.tensor([p.startswith("another") for p in dump["prompts"] for _ in range(4)])
+    assert torch.equal(dump["valid"]["red"], from_b)
+    assert dump["valid"]["bright"].all()
+
+
+class _Flaky:
+    """A reward that fails on its 2nd call (a server that died)."""
+
+    name = "flaky"
+    is_remote = True
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, images, prompts, metadata=None):
+        from mrgrpo.rewards.base import RewardOutput
+
+        self.calls += 1
+        if self.calls == 2:
+            raise ConnectionError("reward server at 127.0.0.1:9 is gone")
+        return RewardOutput(torch.ones(len(images)) * 0.5 + torch.arange(len(images)) * 0.01)
+
+
+def test_failed_reward_is_masked_and_logged(toy_recipe):
+    from conftest import brightness
+    from mrgrpo.rewards.base import as_reward
+
+    toy_recipe["data"]["sources"] = toy_recipe["data"]["sources"][:1]
+    toy_recipe["data"]["sources"][0]["rewards"] = {"bright": 0.5, "red": 0.5}
+    toy_recipe["train"]["max_steps"] = 3
+    tr = _trainer(toy_recipe, rewards={"bright": as_reward(brightness), "red": _Flaky()})
+    hist = tr.fit()
+    assert hist[1]["reward/red/invalid_frac"] == 1.0 and hist[1]["reward/red/failures"] == 16
+    assert hist[2]["reward/red/invalid_frac"] == 0.0
+    assert all(np.isfinite(h["advantage/std"]) for h in hist)
+
+
+def test_failed_reward_stops_when_asked(toy_recipe):
+    from conftest import brightness
+    from mrgrpo.rewards.base import as_reward
+
+    toy_recipe["data"]["sources"] = toy_recipe["data"]["sources"][:1]
+    toy_recipe["data"]["sources"][0]["rewards"] = {"bright": 0.5, "red": 0.5}
+    toy_recipe["rl"]["reward_failure"] = "stop"
+    tr = _trainer(toy_recipe, rewards={"bright": as_reward(brightness), "red": _Flaky()})
+    with pytest.raises(RewardFailure, match="reward 'red' failed: reward server at 127.0.0.1:9 is gone"):
+        tr.fit()
+
+
+def _run_cli(recipe_path: Path, *extra: str, env=None) -> subprocess.Popen:
+    env = dict(os.environ if env is None else env)
+    env["PYTHONPATH"] = os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")])
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return subprocess.Popen([sys.executable, "-m", "mrgrpo.cli", "train", str(recipe_path), *extra], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_exact_resume_after_sigkill(toy_recipe, tmp_path):
+    toy_recipe["train"].update(max_steps=8, checkpoint_every=2)
+    toy_recipe["rl"]["beta"] = 0.1
+    # uninterrupted reference run
+    full = dict(toy_recipe, output_dir=str(tmp_path / "full"))
+    (tmp_path / "full.yaml").write_text(yaml.safe_dump(full))
+    p = _run_cli(tmp_path / "full.yaml")
+    assert p.wait(timeout=120) == 0, p.stdout.read()
+    ref = {r["step"]: r for r in read_metrics(tmp_path / "full" / "metrics.jsonl")}
+
+    # killed run: SIGKILL as soon as the step-2 checkpoint is complete
+    killed = dict(toy_recipe, output_dir=str(tmp_path / "killed"))
+    (tmp_path / "killed.yaml").write_text(yaml.safe_dump(killed))
+    p = _run_cli(tmp_path / "killed.yaml")
+    marker = tmp_path / "killed" / "checkpoints" / "step-000002" / "COMPLETE"
+    deadline = time.time() + 120
+    while not marker.exists() and p.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    p.send_signal(signal.SIGKILL)
+    p.wait(timeout=30)
+    done = read_metrics(tmp_path / "killed" / "metrics.jsonl")
+    assert done and max(r["step"] for r in done) < 8, "the run finished before it could be killed"
+
+    p = _run_cli(tmp_path / "killed.yaml", "--resume")
+    assert p.wait(timeout=120) == 0, p.stdout.read()
+    got = {r["step"]: r for r in read_metrics(tmp_path / "killed" / "metrics.jsonl")}
+    assert sorted(got) == list(range(1, 9))
+    for step in range(1, 9):
+        for key in ("reward/mean", "loss/policy", "loss/kl", "advantage/std", "ratio/mean", "grad_norm", "lr"):
+            assert got[step][key] == pytest.approx(ref[step][key], rel=1e-6, abs=1e-9), (step, key)
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_toy_learning_direction(toy_recipe, flip):
+    """Brightness rises (or falls with the advantage sign flipped) on every one of 3 seeds."""
+    deltas = []
+    for seed in range(3):
+        recipe = json.loads(json.dumps(toy_recipe))
+        recipe["output_dir"] = f"{toy_recipe['output_dir']}-{seed}"
+        recipe["data"]["sources"] = recipe["data"]["sources"][:1]
+        recipe["train"].update(max_steps=25, seed=seed, checkpoint_every=1000)
+        recipe["rl"]["flip_advantage_sign"] = flip
+        hist = _trainer(recipe).fit()
+        r = [h["reward/bright"] for h in hist]
+        deltas.append(np.mean(r[-5:]) - np.mean(r[:5]))
+    if flip:
+        assert max(deltas) < -0.01, deltas
+    else:
+        assert min(deltas) > 0.01, deltas
