@@ -186,8 +186,10 @@ class GRPOTrainer:
         self.policy.eval()  # no dropout: the recomputed log-prob must match the rollout's
         self.trainable = self.policy.trainable_parameters()
         optimizer = build_optimizer(self.trainable, cfg)
+        # the schedule drives the torch optimizer's param groups, which DDP and DeepSpeed wrappers share;
+        # it is stepped by hand once per optimizer step (not once per process, as accelerate would).
+        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, build_lr_lambda(cfg))
         self.model, self.optimizer = acc.prepare(self.policy, optimizer)
-        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer.optimizer if hasattr(self.optimizer, "optimizer") else self.optimizer, build_lr_lambda(cfg))
         self.ema = None
         if train.ema.enabled:
             from diffusers.training_utils import EMAModel
