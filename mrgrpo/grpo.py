@@ -18,7 +18,6 @@ Model-specific code lives in the policy (:class:`mrgrpo.policies.base.DiffusionP
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import time
@@ -30,14 +29,14 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from mrgrpo import checkpoint as ckpt
 from mrgrpo.advantages import accelerate_sum_reduce, compute_advantages
-from mrgrpo.config import RecipeError, RunConfig, save_resolved_config
+from mrgrpo.config import RecipeError, RunConfig
 from mrgrpo.data import PromptRecord, PromptSampler, load_sources, rank_slice, reward_weight_matrix
 from mrgrpo.losses import clipped_policy_loss, mean_kl, ratio_stats, velocity_kl
 from mrgrpo.rollout import choose_train_steps, derive_seed, guided_velocity, sample_generators, sample_ode, sample_trajectories
 from mrgrpo.sde import sde_step_with_logprob, step_mean_std
-from mrgrpo.tracking import Tracker, progress
+from mrgrpo.tracking import progress
+from mrgrpo.trainer_base import TrainerBase, build_policy, destroy_process_group, world_size
 
 
 class RewardFailure(RuntimeError):
@@ -55,77 +54,6 @@ class ScoredRewards:
     seconds: dict[str, float]
 
 
-def make_accelerator(cfg: RunConfig, gradient_accumulation_steps: int):
-    """An ``accelerate.Accelerator`` for the run (gloo on CPU, DeepSpeed when launched with it)."""
-    from accelerate import Accelerator
-    from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs
-
-    backend = cfg.distributed.backend
-    if backend == "auto":
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-    handlers: list[Any] = [DistributedDataParallelKwargs(find_unused_parameters=False)]
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # a backend given to a single process makes accelerate expect a process group
-        handlers.append(InitProcessGroupKwargs(backend=backend))
-    kwargs: dict[str, Any] = {}
-    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
-        from accelerate.utils import DeepSpeedPlugin
-
-        plugin = DeepSpeedPlugin(
-            zero_stage=int(os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2")),
-            gradient_accumulation_steps=gradient_accumulation_steps,
-            gradient_clipping=cfg.train.grad_clip or 0.0,
-            zero3_init_flag=False,
-        )
-        plugin.deepspeed_config["zero_allow_untested_optimizer"] = True
-        plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.train.micro_batch_size
-        kwargs["deepspeed_plugin"] = plugin
-    return Accelerator(
-        mixed_precision=cfg.train.mixed_precision,
-        gradient_accumulation_steps=gradient_accumulation_steps,
-        kwargs_handlers=handlers,
-        step_scheduler_with_optimizer=False,
-        **kwargs,
-    )
-
-
-def build_optimizer(params: Sequence[tuple[str, torch.nn.Parameter]], cfg: RunConfig) -> torch.optim.Optimizer:
-    """AdamW with weight decay on matrices only (ndim >= 2)."""
-    if not params:
-        raise RecipeError("the policy has no trainable parameters for this stage. Fix: check policy.set_stage / train.lora.")
-    decay = [p for _, p in params if p.ndim >= 2]
-    no_decay = [p for _, p in params if p.ndim < 2]
-    groups = [{"params": decay, "weight_decay": cfg.train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    groups = [g for g in groups if g["params"]]
-    return torch.optim.AdamW(groups, lr=cfg.train.lr, betas=tuple(cfg.train.betas), eps=1e-8)
-
-
-def build_lr_lambda(cfg: RunConfig) -> Callable[[int], float]:
-    """Linear warm-up, then constant or cosine to 0 at ``max_steps``."""
-    total = cfg.train.max_steps
-    warm = int(cfg.train.warmup_ratio * total) if cfg.train.warmup_ratio is not None else cfg.train.warmup_steps
-    schedule = cfg.train.schedule
-
-    def factor(step: int) -> float:
-        if warm > 0 and step < warm:
-            return (step + 1) / warm
-        if schedule == "cosine":
-            progress_frac = min(1.0, (step - warm) / max(1, total - warm))
-            return 0.5 * (1 + math.cos(math.pi * progress_frac))
-        return 1.0
-
-    return factor
-
-
-def build_policy(cfg: RunConfig):
-    """Build the recipe's policy and load ``policy.checkpoint`` (starting weights)."""
-    from mrgrpo.registry import POLICIES
-
-    policy = POLICIES.build(cfg.policy.name, **cfg.policy.kwargs)
-    if cfg.policy.checkpoint:
-        policy.load(str(cfg.resolve_path(cfg.policy.checkpoint)))
-    return policy
-
-
 def build_rewards(cfg: RunConfig) -> dict[str, Any]:
     """``{name: Reward}`` for every reward the recipe defines."""
     from mrgrpo.rewards.base import build_reward
@@ -133,7 +61,7 @@ def build_rewards(cfg: RunConfig) -> dict[str, Any]:
     return {key: build_reward(spec.name or key, spec.kwargs, label=key) for key, spec in sorted(cfg.rewards.items())}
 
 
-class GRPOTrainer:
+class GRPOTrainer(TrainerBase):
     """MR-GRPO on any :class:`~mrgrpo.policies.base.DiffusionPolicy` with any rewards.
 
     Args:
@@ -154,7 +82,7 @@ class GRPOTrainer:
         self.reward_names = used
 
         # -- layout: prompts per process, micro-batches, accumulation ------------------------------
-        world = int(os.environ.get("WORLD_SIZE", "1"))
+        world = world_size()
         n_prompts = cfg.prompts_per_step
         if n_prompts % world:
             raise RecipeError(f"train.images_per_step={train.images_per_step} gives {n_prompts} prompts a step, not divisible by {world} processes. Fix: use a multiple of {rl.group_size * world}.")
@@ -169,32 +97,10 @@ class GRPOTrainer:
         self.train_steps_per_sample = max(1, int(round(rl.timestep_fraction * n_sde)))
         self.accum = (self.local_images // self.micro) * self.train_steps_per_sample
 
-        self.accelerator = make_accelerator(cfg, self.accum)
-        acc = self.accelerator
-        self.is_main = acc.is_main_process
-        self.device = acc.device
-        torch.manual_seed(derive_seed(train.seed, acc.process_index) % (2**63))
-
-        # -- model -------------------------------------------------------------------------------
-        self.policy = policy if policy is not None else build_policy(cfg)
-        self.policy.set_stage("rl", lora=train.lora.model_dump() if train.lora.enabled else None)
-        if rl.beta > 0:
-            self.policy.enable_reference()
-        if train.gradient_checkpointing and hasattr(self.policy, "enable_gradient_checkpointing"):
-            self.policy.enable_gradient_checkpointing()
-        self.policy.to(self.device)
+        super().__init__(cfg, self.accum)
+        torch.manual_seed(derive_seed(train.seed, self.accelerator.process_index) % (2**63))
+        self.setup_model(policy if policy is not None else build_policy(cfg), "rl", reference=rl.beta > 0)
         self.policy.eval()  # no dropout: the recomputed log-prob must match the rollout's
-        self.trainable = self.policy.trainable_parameters()
-        optimizer = build_optimizer(self.trainable, cfg)
-        # the schedule drives the torch optimizer's param groups, which DDP and DeepSpeed wrappers share;
-        # it is stepped by hand once per optimizer step (not once per process, as accelerate would).
-        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, build_lr_lambda(cfg))
-        self.model, self.optimizer = acc.prepare(self.policy, optimizer)
-        self.ema = None
-        if train.ema.enabled:
-            from diffusers.training_utils import EMAModel
-
-            self.ema = EMAModel([p for _, p in self.trainable], decay=train.ema.decay)
 
         self.rewards = rewards if rewards is not None else build_rewards(cfg)
         missing = [k for k in self.reward_names if k not in self.rewards]
@@ -204,10 +110,7 @@ class GRPOTrainer:
         if rl.sft_aux_coef > 0:
             self.sft_stream = self._build_sft_stream()
 
-        self.step = 0
-        self.optimizer_steps = 0
         self._reward_pool = ThreadPoolExecutor(max_workers=max(1, len(self.rewards)))
-        self.tracker: Tracker | None = None
 
     # ---------------------------------------------------------------------------------------
     def _sde_mask(self) -> torch.Tensor:
@@ -222,9 +125,6 @@ class GRPOTrainer:
         world = int(os.environ.get("WORLD_SIZE", "1"))
         return build_sft_stream(self.cfg.data.sft_sources, self.cfg.sft, self.cfg.rl.sft_aux_batch_size,
                                 self.cfg.train.seed, resolve_path=self.cfg.resolve_path, rank=acc_rank, world_size=world)
-
-    def _autocast(self):
-        return self.accelerator.autocast()
 
     def _velocity_fn(self, model) -> Callable:
         def fn(x, sigma, cond):
@@ -242,7 +142,7 @@ class GRPOTrainer:
         records, offset = self._local_records(step)
         G = rl.group_size
         t0 = time.perf_counter()
-        with torch.no_grad(), self._autocast():
+        with torch.no_grad(), self.autocast():
             images = self._load_ref_images(records)
             enc = self.policy.encode([r.prompt for r in records], images,
                                      negative_prompt=rl.negative_prompt if rl.cfg_scale > 1 else None)
@@ -262,10 +162,10 @@ class GRPOTrainer:
         traj = sample_trajectories(
             self._velocity_fn(self.policy), noise.to(self.device), sigmas, cond, uncond=uncond, cfg_scale=rl.cfg_scale,
             sampler=rl.sampler, noise_level=rl.noise_level, sde_window=rl.sde_window, generators=gens,
-            cps_logprob=rl.cps_logprob, autocast=self._autocast,
+            cps_logprob=rl.cps_logprob, autocast=self.autocast,
         )
         t2 = time.perf_counter()
-        with torch.no_grad(), self._autocast():
+        with torch.no_grad(), self.autocast():
             pixels = torch.cat([self.policy.decode(traj.final[i:i + self.micro]).float() for i in range(0, traj.final.shape[0], self.micro)])
         t3 = time.perf_counter()
         group_ids = torch.tensor([offset + i for i in range(len(records)) for _ in range(G)], dtype=torch.long)
@@ -368,7 +268,7 @@ class GRPOTrainer:
                         x_next = traj.latents[idx, t_idx + 1]
                         s = traj.sigmas[t_idx]
                         s_next = traj.sigmas[t_idx + 1]
-                        with self._autocast():
+                        with self.autocast():
                             v = guided_velocity(velocity, x_t, s, cond_mb, uncond_mb, rl.cfg_scale)
                         step_out = sde_step_with_logprob(x_t, v.float(), s, s_next, sampler=rl.sampler, noise_level=rl.noise_level,
                                                          prev_sample=x_next, sigma_max=float(traj.sigmas[1]), cps_logprob=rl.cps_logprob)
@@ -378,7 +278,7 @@ class GRPOTrainer:
                         for key, val in ratio_stats(step_out.log_prob, old_lp, rl.clip_range).items():
                             stats[key].append(val)
                         if rl.beta > 0:
-                            with torch.no_grad(), self.policy.reference(), self._autocast():
+                            with torch.no_grad(), self.policy.reference(), self.autocast():
                                 v_ref = guided_velocity(ref_velocity, x_t, s, cond_mb, uncond_mb, rl.cfg_scale).float()
                             if rl.kl_type == "velocity":
                                 kl = velocity_kl(v.float(), v_ref, step_out.std)
@@ -391,25 +291,14 @@ class GRPOTrainer:
                             loss = (1 - rl.sft_aux_coef) * loss
                             if first and self.sft_stream is not None and step % rl.sft_aux_every == 0:
                                 sft_batch = next(self.sft_stream)
-                                with self._autocast():
+                                with self.autocast():
                                     l_sft = self.model("flow_matching_loss", sft_batch)
                                 # accelerate divides every micro-batch loss by the accumulation count;
                                 # scaling by it makes the SFT term contribute exactly lambda * grad(L_sft).
                                 loss = loss + rl.sft_aux_coef * self.accum * l_sft
                                 sft_losses.append(l_sft.item())
                         first = False
-                        self.accelerator.backward(loss)
-                        if self.accelerator.sync_gradients:
-                            if self.cfg.train.grad_clip:
-                                norm = self.accelerator.clip_grad_norm_([p for _, p in self.trainable], self.cfg.train.grad_clip)
-                                if norm is not None:
-                                    grad_norms.append(float(norm))
-                            self.optimizer.step()
-                            self.lr_scheduler.step()
-                            self.optimizer.zero_grad(set_to_none=True)
-                            self.optimizer_steps += 1
-                            if self.ema is not None:
-                                self.ema.step([p for _, p in self.trainable])
+                        self.backward_and_maybe_step(loss, grad_norms)
         out = {key: float(np.mean(v)) for key, v in stats.items() if v}
         out["ratio/min"] = float(np.min(stats["ratio/min"]))
         out["ratio/max"] = float(np.max(stats["ratio/max"]))
@@ -471,82 +360,34 @@ class GRPOTrainer:
         records = all_records[sl]
         if not records:
             return {}
-        with torch.no_grad(), self._autocast():
+        with torch.no_grad(), self.autocast():
             enc = self.policy.encode([r.prompt for r in records], self._load_ref_images(records),
                                      negative_prompt=rl.negative_prompt if rl.eval_cfg_scale > 1 else None)
         gens = sample_generators(self.cfg.train.seed, 0, range(sl.start, sl.start + len(records)), device=self.device, stream=4)
         noise = torch.cat([self.policy.init_noise(1, rl.height, rl.width, g) for g in gens]).to(self.device)
         final = sample_ode(self._velocity_fn(self.policy), noise, self.policy.sigmas(rl.eval_num_steps).to(self.device), enc.cond,
-                           uncond=enc.uncond, cfg_scale=rl.eval_cfg_scale, autocast=self._autocast)
-        with torch.no_grad(), self._autocast():
+                           uncond=enc.uncond, cfg_scale=rl.eval_cfg_scale, autocast=self.autocast)
+        with torch.no_grad(), self.autocast():
             pixels = self.policy.decode(final).float().cpu()
         scored = self.score(pixels, records, torch.arange(sl.start, sl.start + len(records)), sources=self.eval_sources, per_prompt=1)
         if self.tracker is not None:
             self.tracker.save_samples(step, pixels, nrow=min(8, len(records)), captions=[r.prompt for r in records], name="eval")
         return self._global_reward_metrics(scored, torch.zeros(len(records)), prefix="eval")
 
-    # -- checkpoints --------------------------------------------------------------------------------
-    def save_checkpoint(self, step: int) -> None:
-        acc = self.accelerator
-        acc.wait_for_everyone()
-        tmp = ckpt.begin(self.out, step, acc.is_main_process)
-        acc.wait_for_everyone()
-        if acc.distributed_type.name == "DEEPSPEED":
-            self.model.save_checkpoint(str(tmp / "deepspeed"), tag="state", exclude_frozen_parameters=True)
-        if acc.is_main_process:
-            acc.unwrap_model(self.model).save(str(tmp / "policy"))
-            if acc.distributed_type.name != "DEEPSPEED":
-                torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
-            torch.save(self.lr_scheduler.state_dict(), tmp / "scheduler.pt")
-            if self.ema is not None:
-                torch.save(self.ema.state_dict(), tmp / "ema.pt")
-            ckpt.write_json(tmp / "trainer_state.json", {"step": step, "optimizer_steps": self.optimizer_steps,
-                                                         "sampler": self.sampler.state_dict(),
-                                                         "sft_stream": self._sft_state()})
-        torch.save(ckpt.rng_state(), tmp / f"rng-rank{acc.process_index}.pt")
-        acc.wait_for_everyone()
-        if acc.is_main_process:
-            ckpt.commit(self.out, step, self.cfg.train.keep_last)
-        acc.wait_for_everyone()
+    # -- checkpoints ----------------------------------------------------------------------------------
+    def extra_state(self) -> dict[str, Any]:
+        sft = self.sft_stream.state_dict() if self.sft_stream is not None and hasattr(self.sft_stream, "state_dict") else None
+        return {"sampler": self.sampler.state_dict(), "sft_stream": sft}
 
-    def _sft_state(self):
-        if self.sft_stream is not None and hasattr(self.sft_stream, "state_dict"):
-            return self.sft_stream.state_dict()
-        return None
-
-    def load_checkpoint(self, path: Path) -> None:
-        import json
-
-        acc = self.accelerator
-        state = json.loads((path / "trainer_state.json").read_text())
-        acc.unwrap_model(self.model).load(str(path / "policy"))
-        if acc.distributed_type.name == "DEEPSPEED":
-            self.model.load_checkpoint(str(path / "deepspeed"), tag="state", load_module_strict=False)
-        else:
-            self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=self.device, weights_only=False))
-        self.lr_scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
-        if self.ema is not None and (path / "ema.pt").exists():
-            self.ema.load_state_dict(torch.load(path / "ema.pt", weights_only=False))
+    def load_extra_state(self, state: dict[str, Any]) -> None:
         self.sampler.load_state_dict(state["sampler"])
         if state.get("sft_stream") is not None and self.sft_stream is not None:
             self.sft_stream.load_state_dict(state["sft_stream"])
-        rng_file = path / f"rng-rank{acc.process_index}.pt"
-        if rng_file.exists():
-            ckpt.set_rng_state(torch.load(rng_file, weights_only=False))
-        self.step = int(state["step"])
-        self.optimizer_steps = int(state["optimizer_steps"])
 
     # -- the loop -----------------------------------------------------------------------------------
     def fit(self) -> list[dict[str, float]]:
         cfg, acc = self.cfg, self.accelerator
-        resume_from = ckpt.resolve_resume(cfg.train.resume, self.out)
-        if resume_from is not None:
-            self.load_checkpoint(resume_from)
-        if acc.is_main_process:
-            save_resolved_config(cfg, self.out)
-        self.tracker = Tracker(self.out, enabled=acc.is_main_process, tensorboard=cfg.logging.tensorboard, wandb=cfg.logging.wandb,
-                               wandb_project=cfg.logging.wandb_project, config=cfg.model_dump(mode="json"),
-                               resume_step=self.step if resume_from is not None else None)
+        self.start_run()
         history = []
         bar = progress(cfg.train.max_steps, self.step, acc.is_main_process and cfg.logging.progress_bar, "MR-GRPO")
         try:
@@ -584,26 +425,12 @@ class GRPOTrainer:
                 bar.set_postfix(reward=f"{metrics.get('reward/mean', float('nan')):.4f}", step_s=f"{metrics['time/step']:.2f}")
                 if step % cfg.train.checkpoint_every == 0 or step == cfg.train.max_steps:
                     self.save_checkpoint(step)
-            self._save_final()
+            self.save_final()
         finally:
             bar.close()
             self.tracker.close()
             self._reward_pool.shutdown(wait=False)
         return history
-
-    def _save_final(self) -> None:
-        acc = self.accelerator
-        acc.wait_for_everyone()
-        if acc.is_main_process:
-            policy = acc.unwrap_model(self.model)
-            policy.save(str(self.out / "final"))
-            if self.ema is not None:
-                backup = [p.detach().clone() for _, p in self.trainable]
-                self.ema.copy_to([p for _, p in self.trainable])
-                policy.save(str(self.out / "final_ema"))
-                for (_, p), b in zip(self.trainable, backup):
-                    p.data.copy_(b)
-        acc.wait_for_everyone()
 
 
 def train(cfg: RunConfig) -> int:
@@ -612,10 +439,5 @@ def train(cfg: RunConfig) -> int:
     try:
         trainer.fit()
     finally:
-        _destroy_process_group()
+        destroy_process_group()
     return 0
-
-
-def _destroy_process_group() -> None:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
