@@ -35,6 +35,7 @@ from mrgrpo.data import PromptRecord, PromptSampler, load_sources, rank_slice, r
 from mrgrpo.losses import clipped_policy_loss, mean_kl, ratio_stats, velocity_kl
 from mrgrpo.rollout import choose_train_steps, derive_seed, guided_velocity, sample_generators, sample_ode, sample_trajectories
 from mrgrpo.sde import sde_step_with_logprob, step_mean_std
+from mrgrpo.sft import flow_matching_step_loss
 from mrgrpo.tracking import progress
 from mrgrpo.trainer_base import TrainerBase, build_policy, destroy_process_group, world_size
 
@@ -291,8 +292,9 @@ class GRPOTrainer(TrainerBase):
                             loss = (1 - rl.sft_aux_coef) * loss
                             if first and self.sft_stream is not None and step % rl.sft_aux_every == 0:
                                 sft_batch = next(self.sft_stream)
+                                gen = torch.Generator().manual_seed(derive_seed(self.cfg.train.seed, 6, step, epoch, self.accelerator.process_index))
                                 with self.autocast():
-                                    l_sft = self.model("flow_matching_loss", sft_batch)
+                                    l_sft = flow_matching_step_loss(self.model, sft_batch, generator=gen)
                                 # accelerate divides every micro-batch loss by the accumulation count;
                                 # scaling by it makes the SFT term contribute exactly lambda * grad(L_sft).
                                 loss = loss + rl.sft_aux_coef * self.accum * l_sft

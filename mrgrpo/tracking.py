@@ -40,22 +40,30 @@ def truncate_metrics(path: str | os.PathLike, last_step: int) -> None:
     os.replace(tmp, p)
 
 
-def plot_reward_curves(records: Sequence[dict[str, Any]], out_path: str | os.PathLike, title: str = "MR-GRPO rewards") -> None:
-    """``reward/*`` and ``eval/*`` curves against step, one panel, saved as PNG (atomic)."""
+def plot_curves(metrics_path: str | os.PathLike, out_path: str | os.PathLike, prefixes: Sequence[str] = ("reward", "eval"),
+                title: str = "") -> None:
+    """Curves of the ``metrics.jsonl`` keys starting with ``prefixes`` against step (PNG)."""
+    plot_reward_curves(read_metrics(metrics_path), out_path, title=title or "MR-GRPO rewards", prefixes=prefixes)
+
+
+def plot_reward_curves(records: Sequence[dict[str, Any]], out_path: str | os.PathLike, title: str = "MR-GRPO rewards",
+                       prefixes: Sequence[str] = ("reward", "eval")) -> None:
+    """``reward*`` and ``eval*`` (or other ``prefixes``) curves against step, one panel, saved as PNG (atomic)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = sorted({k for r in records for k in r if (k.startswith("reward/") or k.startswith("eval/")) and not k.endswith("invalid_frac") and not k.endswith("/std")})
+    keys = sorted({k for r in records for k in r if k.split("/")[0] in prefixes
+                   and not k.endswith("invalid_frac") and not k.endswith("/failures") and not k.endswith("/std")})
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
     for k in keys:
         pts = [(r["step"], r[k]) for r in records if k in r and isinstance(r[k], (int, float)) and math.isfinite(r[k])]
         if pts:
             xs, ys = zip(*pts)
-            ax.plot(xs, ys, label=k, marker="o" if k.startswith("eval/") else None, linewidth=2 if k == "reward/mean" else 1)
+            ax.plot(xs, ys, label=k, marker="o" if k.startswith("eval/") else None, linewidth=2 if k in ("reward/mean", "loss") else 1)
     ax.set_xlabel("step")
-    ax.set_ylabel("reward")
+    ax.set_ylabel("/".join(prefixes))
     ax.set_title(title)
     ax.grid(alpha=0.3)
     if keys:
