@@ -193,3 +193,37 @@ def test_toy_learning_direction(toy_recipe, flip):
         assert max(deltas) < -0.01, deltas
     else:
         assert min(deltas) > 0.01, deltas
+
+
+def test_periodic_evaluation_is_deterministic(toy_recipe, tmp_path):
+    """eval/<reward> is logged every eval_every steps with fixed seeds: at lr=0 it never changes."""
+    evals = tmp_path / "eval.txt"
+    evals.write_text("held out one\nheld out two\nheld out three\n")
+    toy_recipe["data"]["eval_sources"] = [{"name": "heldout", "path": str(evals), "rewards": {"bright": 1.0}}]
+    toy_recipe["logging"].update(eval_every=1, eval_prompts=2)
+    toy_recipe["rl"]["eval_num_steps"] = 4
+    toy_recipe["train"]["max_steps"] = 2
+    toy_recipe["train"]["lr"] = 1e-12
+    hist = _trainer(toy_recipe).fit()
+    assert "eval/bright" in hist[0] and "eval/red" not in hist[0]
+    assert hist[0]["eval/bright"] == pytest.approx(hist[1]["eval/bright"], abs=1e-6)
+    assert 0.0 < hist[0]["eval/bright"] < 1.0
+    assert (Path(toy_recipe["output_dir"]) / "eval" / "step-000001.png").exists()
+
+
+def test_ema_tracks_trained_weights(toy_recipe):
+    toy_recipe["train"]["ema"] = {"enabled": True, "decay": 0.5}
+    toy_recipe["train"]["max_steps"] = 3
+    tr = _trainer(toy_recipe)
+    before = [p.detach().clone() for _, p in tr.trainable]
+    tr.fit()
+    out = Path(toy_recipe["output_dir"])
+    final = torch.load(out / "final" / "net.pt", weights_only=True)
+    ema = torch.load(out / "final_ema" / "net.pt", weights_only=True)
+    key = "inp.weight"
+    # the EMA differs from both the initial and the final weights, and is closer to the final ones
+    assert not torch.equal(final[key], ema[key]) and not torch.equal(before[0], ema[key])
+    assert (ema[key] - final[key]).norm() < (before[0] - final[key]).norm()
+    trained = dict(tr.policy.net.state_dict())
+    assert torch.equal(trained[key], final[key])  # the live weights are restored after the EMA save
+    assert (Path(out) / "checkpoints" / "step-000002" / "ema.pt").exists()
