@@ -19,7 +19,6 @@ Model-specific code lives in the policy (:class:`mrgrpo.policies.base.DiffusionP
 from __future__ import annotations
 
 import math
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -99,6 +98,8 @@ class GRPOTrainer(TrainerBase):
         self.accum = (self.local_images // self.micro) * self.train_steps_per_sample
 
         super().__init__(cfg, self.accum)
+        # data before models: a missing data set fails in seconds, not after loading 5B parameters
+        self.sft_stream = self._build_sft_stream() if rl.sft_aux_coef > 0 else None
         torch.manual_seed(derive_seed(train.seed, self.accelerator.process_index) % (2**63))
         self.setup_model(policy if policy is not None else build_policy(cfg), "rl", reference=rl.beta > 0)
         self.policy.eval()  # no dropout: the recomputed log-prob must match the rollout's
@@ -107,10 +108,6 @@ class GRPOTrainer(TrainerBase):
         missing = [k for k in self.reward_names if k not in self.rewards]
         if missing:
             raise RecipeError(f"rewards {missing} are used by the mixtures but were not built. Fix: define them under `rewards:`.")
-        self.sft_stream = None
-        if rl.sft_aux_coef > 0:
-            self.sft_stream = self._build_sft_stream()
-
         self._reward_pool = ThreadPoolExecutor(max_workers=max(1, len(self.rewards)))
 
     # ---------------------------------------------------------------------------------------
@@ -122,10 +119,9 @@ class GRPOTrainer(TrainerBase):
     def _build_sft_stream(self):
         from mrgrpo.image_data import build_sft_stream
 
-        acc_rank = int(os.environ.get("RANK", "0"))
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        return build_sft_stream(self.cfg.data.sft_sources, self.cfg.sft, self.cfg.rl.sft_aux_batch_size,
-                                self.cfg.train.seed, resolve_path=self.cfg.resolve_path, rank=acc_rank, world_size=world)
+        return build_sft_stream(self.cfg.data.sft_sources, self.cfg.sft, self.cfg.rl.sft_aux_batch_size, self.cfg.train.seed,
+                                resolve_path=self.cfg.resolve_path, rank=self.accelerator.process_index,
+                                world_size=self.accelerator.num_processes)
 
     def _velocity_fn(self, model) -> Callable:
         def fn(x, sigma, cond):

@@ -90,7 +90,9 @@ def build_policy(cfg: RunConfig):
 
     policy = POLICIES.build(cfg.policy.name, **cfg.policy.kwargs)
     if cfg.policy.checkpoint:
-        policy.load(str(cfg.resolve_path(cfg.policy.checkpoint)))
+        local = cfg.resolve_path(cfg.policy.checkpoint)
+        # a path that exists locally, else the string as given (a hub id the policy may resolve)
+        policy.load(str(local) if local.exists() else cfg.policy.checkpoint)
     return policy
 
 
