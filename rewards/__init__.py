@@ -1,0 +1,24 @@
+"""Built-in rewards, registered lazily in :data:`mrgrpo.registry.REWARDS` (nothing heavy is imported here).
+
+Write your own as a :class:`mrgrpo.rewards.base.Reward` subclass, or a plain function
+``f(images, prompts) -> list[float]``; plug it in with a dotted path (``rewards: {mine: {name:
+"my_pkg.rewards:score"}}``) or an entry point in the ``mrgrpo.rewards`` group.
+"""
+
+from mrgrpo.registry import REWARDS
+
+_BUILTINS = {
+    "ocr": ("mrgrpo.rewards.ocr:OCRReward", "OCR accuracy of the quoted text (RapidOCR offline, or PaddleOCR)"),
+    "clip": ("mrgrpo.rewards.clip:CLIPScore", "CLIP cosine similarity of image and prompt (open_clip)"),
+    "unifiedreward_think": ("mrgrpo.rewards.unified_reward:UnifiedRewardThink", "pairwise UnifiedReward-Think judge via an OpenAI-compatible server (group win rate)"),
+    "unifiedreward-think": ("mrgrpo.rewards.unified_reward:UnifiedRewardThink", "alias of unifiedreward_think"),
+    "unifiedreward_point": ("mrgrpo.rewards.unified_reward:UnifiedRewardPoint", "pointwise UnifiedReward 1-5 score via an OpenAI-compatible server"),
+    "brightness": ("mrgrpo.rewards.pixel:Brightness", "mean luminance in [0, 1] (smoke tests)"),
+    "color_match": ("mrgrpo.rewards.pixel:ColorMatch", "closeness of the mean colour to the colour named in the prompt"),
+    "jpeg_compressibility": ("mrgrpo.rewards.pixel:JPEGCompressibility", "negative JPEG size (simpler images score higher)"),
+    "remote": ("mrgrpo.rewards.remote:RemoteReward", "a reward served by `mrgrpo serve`, over HTTP"),
+}
+
+for _name, (_path, _help) in _BUILTINS.items():
+    if _name not in REWARDS._entries:
+        REWARDS.register_lazy(_name, _path, help=_help)
