@@ -1,0 +1,151 @@
+"""Plain SD3 / SD3.5 as a policy, from diffusers' own components (proves a second policy plugs in).
+
+Prompts are encoded by ``StableDiffusion3Pipeline.encode_prompt`` (CLIP-L + CLIP-G + T5), the
+DiT is ``SD3Transformer2DModel``, the VAE ``AutoencoderKL``. Text-to-image only.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mrgrpo.losses import add_flow_noise, flow_matching_loss, sample_flow_sigmas
+from mrgrpo.policies.base import STAGES, Conditioning, EncodedPrompts
+from mrgrpo.policies.dit_policy import DiTPolicy
+
+
+class SD3Policy(DiTPolicy):
+    """SD3 / SD3.5 from a diffusers pipeline folder or hub id.
+
+    Args:
+        pretrained: pipeline folder or id (``stabilityai/stable-diffusion-3.5-medium``).
+        dtype: dtype of the frozen parts (text encoders, VAE, and the DiT until it trains).
+        max_sequence_length: T5 tokens.
+    """
+
+    def __init__(self, pretrained: str, dtype: str = "bfloat16", max_sequence_length: int = 256, timestep_shift: float | None = None,
+                 policy_name: str = "sd3", policy_kwargs: dict | None = None):
+        super().__init__()
+        from diffusers import StableDiffusion3Pipeline
+
+        from mrgrpo.policies.deepgen.policy import _dtype
+
+        self.frozen_dtype = _dtype(dtype)
+        pipe = StableDiffusion3Pipeline.from_pretrained(pretrained, torch_dtype=self.frozen_dtype)
+        self.transformer, self.vae, self.scheduler = pipe.transformer, pipe.vae, pipe.scheduler
+        self.text_encoder, self.text_encoder_2, self.text_encoder_3 = pipe.text_encoder, pipe.text_encoder_2, pipe.text_encoder_3
+        object.__setattr__(self, "pipe", pipe)  # shares the modules above; not registered twice
+        self.max_sequence_length = max_sequence_length
+        self.timestep_shift = timestep_shift or float(self.scheduler.config.get("shift", 3.0))
+        self.latent_channels = self.transformer.config.in_channels
+        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.policy_name, self.policy_kwargs = policy_name, dict(policy_kwargs or {})
+        self.set_stage("rl")
+
+    def encode(self, prompts: list[str], images: list[list[Any]] | None = None, *, negative_prompt: str | None = None) -> EncodedPrompts:
+        if images is not None and any(images):
+            raise ValueError("the sd3 policy is text-to-image only: it takes no reference images (use deepgen for editing)")
+        with torch.no_grad():
+            pe, npe, pooled, npooled = self.pipe.encode_prompt(
+                prompt=prompts, prompt_2=None, prompt_3=None, device=self.device, num_images_per_prompt=1,
+                do_classifier_free_guidance=negative_prompt is not None,
+                negative_prompt=[negative_prompt] * len(prompts) if negative_prompt is not None else None,
+                max_sequence_length=self.max_sequence_length)
+        cond = Conditioning({"context": pe, "pooled": pooled})
+        return EncodedPrompts(cond, Conditioning({"context": npe, "pooled": npooled}) if negative_prompt is not None else None)
+
+    def velocity(self, latents, sigma, cond, ref_latents=None):
+        if ref_latents:
+            raise ValueError("the sd3 policy takes no reference latents")
+        dit = self.active_transformer()
+        dtype = next(dit.parameters()).dtype
+        return dit(hidden_states=latents.to(dtype), encoder_hidden_states=cond.tensors["context"].to(dtype),
+                   pooled_projections=cond.tensors["pooled"].to(dtype), timestep=(sigma.float() * 1000).to(dtype)).sample
+
+    def flow_matching_loss(self, batch, generator=None):
+        with torch.no_grad():
+            x0 = self.encode_images(batch["images"].to(self.device))
+        cond = self.encode(list(batch["prompts"])).cond
+        noise = torch.randn(x0.shape, generator=generator).to(x0.device)
+        sigma = sample_flow_sigmas(x0.shape[0], shift=self.timestep_shift, generator=generator).to(x0.device)
+        return flow_matching_loss(self.velocity(add_flow_noise(x0, noise, sigma), sigma, cond), x0, noise)
+
+    def set_stage(self, stage: str, lora: dict | None = None) -> None:
+        """Only the DiT trains (``rl`` and ``sft``; ``pretrain`` has nothing to pre-train here)."""
+        if stage not in STAGES:
+            raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+        if stage == "pretrain":
+            raise ValueError("the sd3 policy has no pre-training stage (its text encoders are frozen); use stage sft or rl")
+        self.requires_grad_(False)
+        self.train_dit(lora)
+        self.stage = stage
+
+    def load(self, path: str) -> None:
+        import json
+
+        from safetensors.torch import load_file
+
+        p = Path(path)
+        info = json.loads((p / "policy.json").read_text()) if (p / "policy.json").exists() else {}
+        if info.get("dit_lora") and self.dit_lora is None:
+            self.train_dit(info["dit_lora"])
+        state = load_file(str(p / "model.safetensors" if p.is_dir() else p))
+        missing, unexpected = [], [k for k in state if k not in dict(self.named_parameters())]
+        if unexpected:
+            raise RuntimeError(f"{path}: unexpected keys {unexpected[:5]} for the sd3 policy")
+        self.load_state_dict(state, strict=False)
+        del missing
+
+
+def build_sd3(pretrained: str = "stabilityai/stable-diffusion-3.5-medium", **kwargs: Any) -> SD3Policy:
+    return SD3Policy(pretrained, policy_name="sd3", policy_kwargs={"pretrained": pretrained, **kwargs}, **kwargs)
+
+
+def build_tiny_sd3(out_dir: str | os.PathLike, seed: int = 0) -> Path:
+    """Write a random-init toy SD3 pipeline (3 tiny text encoders, DiT, VAE) to ``out_dir``."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
+    from mrgrpo.policies.deepgen.tiny import _tokenizer
+
+    torch.manual_seed(seed)
+    tok = _tokenizer()
+    tok.model_max_length = 77
+    clip = dict(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                max_position_embeddings=77, projection_dim=16, eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"),
+                pad_token_id=tok.pad_token_id)
+    pipe = StableDiffusion3Pipeline(
+        transformer=SD3Transformer2DModel(sample_size=8, patch_size=2, in_channels=16, out_channels=16, num_layers=2, attention_head_dim=8,
+                                          num_attention_heads=2, joint_attention_dim=32, caption_projection_dim=16,
+                                          pooled_projection_dim=32, pos_embed_max_size=16),
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        vae=AutoencoderKL(latent_channels=16, block_out_channels=(8, 16, 16, 16), down_block_types=("DownEncoderBlock2D",) * 4,
+                          up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=1, norm_num_groups=4, use_quant_conv=False,
+                          use_post_quant_conv=False, scaling_factor=1.5305, shift_factor=0.0609),
+        text_encoder=CLIPTextModelWithProjection(CLIPTextConfig(**clip)), tokenizer=tok,
+        text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**clip)), tokenizer_2=tok,
+        text_encoder_3=T5EncoderModel(T5Config(vocab_size=len(tok), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=2)), tokenizer_3=tok,
+    )
+    out = Path(out_dir)
+    tmp = Path(tempfile.mkdtemp(prefix=".tiny-sd3-", dir=out.parent))
+    pipe.save_pretrained(tmp)
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return out
+
+
+def tiny_sd3(seed: int = 0, cache_dir: str | None = None, **kwargs: Any) -> SD3Policy:
+    """Registry factory of ``sd3-tiny``: built once into a cache folder, loaded like a real pipeline."""
+    root = Path(os.environ.get("MRGRPO_CACHE", Path.home() / ".cache" / "mrgrpo"))
+    path = Path(cache_dir) if cache_dir else root / "tiny" / f"sd3-v1-seed{seed}"
+    if not (path / "model_index.json").exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        build_tiny_sd3(path, seed)
+    return SD3Policy(str(path), dtype="float32", max_sequence_length=32, policy_name="sd3-tiny",
+                     policy_kwargs={"seed": seed, "cache_dir": cache_dir, **kwargs}, **kwargs)
