@@ -43,9 +43,10 @@ import math
 import os
 import warnings
 from collections import Counter, deque
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -637,7 +638,7 @@ class SFTStream:
         self.kind_probs = {k: v / total for k, v in self.kind_probs.items()}
         self.batches = 0
 
-    def __iter__(self) -> "SFTStream":
+    def __iter__(self) -> SFTStream:
         return self
 
     def choose(self, n: int) -> SourceStream:
@@ -771,7 +772,7 @@ def build_sft_stream(sources: Sequence[SFTSource], sft_cfg: SFTConfig, batch_siz
             warnings.warn(f"{msg}; skipped (required: false)", stacklevel=2)
             log.warning("%s; skipped (required: false)", msg)
             continue
-        common = dict(rank=rank, world_size=world_size, num_workers=workers, weight=src.weight)
+        common: dict[str, Any] = {"rank": rank, "world_size": world_size, "num_workers": workers, "weight": src.weight}
         if src.format == "webdataset":
             shards = _ShardStream(files, seed, index, rank, world_size, src.caption_key, sft_cfg.pixel_budget, 32, (0, 0, 0), name)
             stream = SourceStream(name, kind, index, batch_size, seed, stats, shards=shards, **common)
@@ -789,6 +790,25 @@ def build_sft_stream(sources: Sequence[SFTSource], sft_cfg: SFTConfig, batch_siz
     return SFTStream(streams, tuple(sft_cfg.t2i_edit_ratio), sft_cfg.caption_dropout, seed, rank, stats)
 
 
-__all__ = ["DataStats", "ImageRecord", "ImageRecordDataset", "IMAGE_EXTS", "REASONS", "Sample", "Skipped", "SFTStream",
-           "SourceStream", "build_sft_stream", "decode_wds_sample", "epoch_order", "expand_shards", "fit_to_budget",
-           "iter_shard", "load_records", "parse_record", "records_files", "resize_to_budget", "to_tensor"]
+__all__ = [
+    "IMAGE_EXTS",
+    "REASONS",
+    "DataStats",
+    "ImageRecord",
+    "ImageRecordDataset",
+    "SFTStream",
+    "Sample",
+    "Skipped",
+    "SourceStream",
+    "build_sft_stream",
+    "decode_wds_sample",
+    "epoch_order",
+    "expand_shards",
+    "fit_to_budget",
+    "iter_shard",
+    "load_records",
+    "parse_record",
+    "records_files",
+    "resize_to_budget",
+    "to_tensor",
+]

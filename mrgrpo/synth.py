@@ -117,7 +117,7 @@ def synthesize(out_dir: str | Path, n: int = 200, size: int = 64, seed: int = 0)
 
     def dims() -> tuple[int, int]:
         fw, fh = rng.choice(ASPECTS)
-        return int(round(size * fw)), int(round(size * fh))
+        return round(size * fw), round(size * fh)
 
     t2i, captions = [], []
     shard_path = out / "shards" / "synth-000000.tar"
