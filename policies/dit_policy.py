@@ -60,6 +60,7 @@ class DiTPolicy(DiffusionPolicy):
                                 init_lora_weights="gaussian", target_modules=list(lora.get("target_modules") or DIT_LORA_TARGETS))
             self.transformer.add_adapter(config)
             self.dit_lora = dict(lora)
+            self.train(self.training)  # new LoRA modules (dropout) follow the policy's train/eval mode
         for n, p in self.transformer.named_parameters():
             if "lora_" in n:
                 p.data = p.data.float()

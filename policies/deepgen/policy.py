@@ -289,7 +289,11 @@ class DeepGenPolicy(DiTPolicy):
         targets = r".*language_model.*\.(" + "|".join(VLM_LORA_TARGETS + ("embed_tokens",)) + ")"
         config = LoraConfig(r=cfg.get("rank", 64), lora_alpha=cfg.get("alpha", 128), lora_dropout=cfg.get("dropout", 0.05),
                             target_modules=targets)
-        lm.add_adapter(config)
+        from peft import inject_adapter_in_model
+
+        inject_adapter_in_model(config, lm, adapter_name="default")  # keys: ...q_proj.lora_A.default.weight (released layout)
+        lm.peft_config = {"default": config}
+        self.train(self.training)  # new LoRA modules (dropout) follow the policy's train/eval mode
         for n, p in lm.named_parameters():
             if "lora_" in n:
                 p.data = p.data.float()

@@ -1,0 +1,1 @@
+../../benchmarks/policy_params.py
