@@ -308,31 +308,38 @@ class GRPOTrainer(TrainerBase):
 
     # -- metrics -----------------------------------------------------------------------------------
     def _global_reward_metrics(self, scored: ScoredRewards, adv: torch.Tensor, prefix: str = "reward") -> dict[str, float]:
+        """Global (all-process) means: per reward over its valid images, ``<prefix>/mean`` = the mean over
+        images of each image's mixture-weighted reward (over its valid rewards), invalid fractions, advantage std."""
         acc = self.accelerator
         names = sorted(scored.scores)
+        w = scored.weights
         rows = []
-        for name in names:
-            considered = scored.weights[:, names.index(name)] > 0 if scored.weights.shape[1] == len(names) else torch.ones_like(scored.valid[name])
+        for j, name in enumerate(names):
+            considered = w[:, j] > 0
             v = scored.valid[name] & considered
             s = scored.scores[name].double()
-            rows.append(torch.stack([(s * v).sum(), v.sum().double(), considered.sum().double(), (s * s * v).sum()]))
+            rows.append(torch.stack([(s * v).sum(), v.sum().double(), considered.sum().double()]))
+        valid_w = torch.stack([w[:, j] * scored.valid[k] for j, k in enumerate(names)], dim=1).double()
+        mixed = (valid_w * torch.stack([scored.scores[k] for k in names], dim=1).double()).sum(1)
+        has = valid_w.sum(1) > 0
+        per_image = torch.where(has, mixed / valid_w.sum(1).clamp(min=1e-12), torch.zeros_like(mixed))
+        rows.append(torch.stack([per_image.sum(), has.sum().double(), torch.tensor(0.0, dtype=torch.float64)]))
         a = adv.detach().double().cpu()
-        rows.append(torch.stack([a.sum(), torch.tensor(float(a.numel()), dtype=torch.float64), (a * a).sum(), torch.tensor(0.0, dtype=torch.float64)]))
+        rows.append(torch.stack([a.sum(), torch.tensor(float(a.numel()), dtype=torch.float64), (a * a).sum()]))
         total = torch.stack(rows)
         if acc.num_processes > 1:
             total = acc.reduce(total.to(acc.device), reduction="sum").cpu()
         metrics = {}
-        means = []
         for i, name in enumerate(names):
-            ssum, nvalid, nconsidered, _ = total[i].tolist()
+            ssum, nvalid, nconsidered = total[i].tolist()
             if nvalid > 0:
                 metrics[f"{prefix}/{name}"] = ssum / nvalid
-                means.append(ssum / nvalid)
             if nconsidered > 0:
                 metrics[f"{prefix}/{name}/invalid_frac"] = 1.0 - nvalid / nconsidered
-        if means:
-            metrics[f"{prefix}/mean"] = float(np.mean(means))
-        asum, an, asq, _ = total[-1].tolist()
+        msum, mcount, _ = total[-2].tolist()
+        if mcount > 0:
+            metrics[f"{prefix}/mean"] = msum / mcount
+        asum, an, asq = total[-1].tolist()
         if prefix == "reward" and an > 1:
             mean = asum / an
             metrics["advantage/mean"] = mean

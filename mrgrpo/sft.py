@@ -49,7 +49,8 @@ class SFTTrainer(TrainerBase):
 
         rank = self.accelerator.process_index
         self.stream = build_sft_stream(cfg.data.sft_sources, cfg.sft, train.micro_batch_size, train.seed,
-                                       resolve_path=cfg.resolve_path, rank=rank, world_size=self.accelerator.num_processes)
+                                       resolve_path=cfg.resolve_path, rank=rank, world_size=self.accelerator.num_processes,
+                                       allow_empty=False)
         torch.manual_seed(derive_seed(train.seed, 5, rank) % (2**63))
         self.setup_model(policy if policy is not None else build_policy(cfg), cfg.stage, reference=False)
         self.policy.train()
