@@ -22,7 +22,7 @@ def images(n: int):
 
 
 def main() -> int:
-    from conftest import start_server
+    from serverutil import start_server
 
     from mrgrpo.rewards.base import build_reward
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mrgrpo.policies.base import Conditioning
 
 POLICY_NAMES = ["deepgen-tiny", "sd3-tiny"]
 

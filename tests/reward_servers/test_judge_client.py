@@ -7,7 +7,6 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-import torch
 from PIL import Image
 
 from mrgrpo.rewards.unified_reward import (DEEPGEN_TEMPLATE, UnifiedRewardPoint, UnifiedRewardThink, pairwise_win_rates,

@@ -92,7 +92,7 @@ def test_token_is_enforced(server_factory):
 
 
 def test_remote_client_round_robin_and_dead_server(server_factory):
-    from conftest import free_port
+    from serverutil import free_port
 
     _, url = server_factory("brightness")
     dead = f"http://127.0.0.1:{free_port()}"

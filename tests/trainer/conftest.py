@@ -9,19 +9,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 torch.set_num_threads(1)
 
 
-def brightness(images, prompts):
-    """Mean pixel value of each image in [0, 1]."""
-    import numpy as np
-
-    return [float(np.asarray(im, dtype=np.float32).mean() / 255.0) for im in images]
-
-
-def redness(images, prompts):
-    import numpy as np
-
-    return [float(np.asarray(im, dtype=np.float32)[..., 0].mean() / 255.0) for im in images]
-
-
 @pytest.fixture
 def toy_recipe(tmp_path):
     """A complete RL recipe dict for the toy policy with plain-function rewards."""
@@ -33,7 +20,7 @@ def toy_recipe(tmp_path):
         "stage": "rl",
         "output_dir": str(tmp_path / "run"),
         "policy": {"name": "toy_policy:ToyPolicy", "kwargs": {"seed": 0}},
-        "rewards": {"bright": {"name": "conftest:brightness"}, "red": {"name": "conftest:redness"}},
+        "rewards": {"bright": {"name": "toy_rewards:brightness"}, "red": {"name": "toy_rewards:redness"}},
         "data": {"sources": [
             {"name": "a", "path": str(prompts), "weight": 1.0, "rewards": {"bright": 1.0}},
             {"name": "b", "path": str(other), "weight": 1.0, "rewards": {"bright": 0.5, "red": 0.5}},

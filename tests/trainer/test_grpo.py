@@ -111,7 +111,7 @@ class _Flaky:
 
 
 def test_failed_reward_is_masked_and_logged(toy_recipe):
-    from conftest import brightness
+    from toy_rewards import brightness
     from mrgrpo.rewards.base import as_reward
 
     toy_recipe["data"]["sources"] = toy_recipe["data"]["sources"][:1]
@@ -125,7 +125,7 @@ def test_failed_reward_is_masked_and_logged(toy_recipe):
 
 
 def test_failed_reward_stops_when_asked(toy_recipe):
-    from conftest import brightness
+    from toy_rewards import brightness
     from mrgrpo.rewards.base import as_reward
 
     toy_recipe["data"]["sources"] = toy_recipe["data"]["sources"][:1]

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from mrgrpo.config import load_recipe
 from mrgrpo.grpo import GRPOTrainer
