@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: quickstart test test-slow bench
+.PHONY: quickstart quickstart-sft test test-slow bench
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -23,3 +23,7 @@ test-slow: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/step_time.py --out benchmarks/results/step_time_cpu.json
+
+quickstart-sft: $(STAMP)
+	$(BIN)/mrgrpo data synth --out data/synth
+	$(BIN)/mrgrpo train recipes/quickstart_sft.yaml
