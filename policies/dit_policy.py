@@ -26,6 +26,13 @@ class DiTPolicy(DiffusionPolicy):
     _use_reference = False
     stage: str | None = None
 
+    def init_noise(self, batch: int, height: int, width: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        cfg = self.transformer.config
+        largest = cfg.pos_embed_max_size * cfg.patch_size * self.vae_scale_factor
+        if max(height, width) > largest:
+            raise ValueError(f"{height}x{width} is larger than this DiT's position grid allows ({largest} px per side); use a smaller size")
+        return super().init_noise(batch, height, width, generator)
+
     # -- latents <-> pixels ------------------------------------------------------------------
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         cfg = self.vae.config
@@ -92,6 +99,19 @@ class DiTPolicy(DiffusionPolicy):
 
     def enable_gradient_checkpointing(self) -> None:
         self.transformer.enable_gradient_checkpointing()
+
+    # -- generation ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, prompts: list[str], images: list[list[Any]] | None = None, *, num_steps: int = 50, cfg_scale: float = 4.0,
+                 height: int = 512, width: int = 512, generator: torch.Generator | None = None, negative_prompt: str = "") -> list[Any]:
+        """ODE sampling with CFG (cond + uncond in one batch); returns PIL images."""
+        from mrgrpo.policies.base import tensor_to_images
+        from mrgrpo.rollout import sample_ode
+
+        enc = self.encode(prompts, images, negative_prompt=negative_prompt if cfg_scale > 1 else None)
+        noise = self.init_noise(len(prompts), height, width, generator)
+        final = sample_ode(self.velocity, noise, self.sigmas(num_steps).to(self.device), enc.cond, uncond=enc.uncond, cfg_scale=cfg_scale)
+        return tensor_to_images(self.decode(final))
 
     # -- persistence ----------------------------------------------------------------------------
     def trained_state(self) -> dict[str, torch.Tensor]:

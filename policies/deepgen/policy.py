@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from mrgrpo.losses import add_flow_noise, flow_matching_loss, sample_flow_sigmas
-from mrgrpo.policies.base import Conditioning, EncodedPrompts, STAGES, images_to_tensor, tensor_to_images
+from mrgrpo.policies.base import Conditioning, EncodedPrompts, STAGES, images_to_tensor
 from mrgrpo.policies.deepgen.checkpoint import load_deepgen_checkpoint
 from mrgrpo.policies.deepgen.dit import dit_forward, install_masked_attention
 from mrgrpo.policies.deepgen.scb import Connector, masked_mean
@@ -299,19 +299,6 @@ class DeepGenPolicy(DiTPolicy):
                 p.data = p.data.float()
                 p.requires_grad_(True)
 
-    # -- generation ------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def generate(self, prompts: list[str], images: list[list[Any]] | None = None, *, num_steps: int = 50, cfg_scale: float = 4.0,
-                 height: int = 512, width: int = 512, generator: torch.Generator | None = None, negative_prompt: str = "") -> list[Any]:
-        """ODE sampling with CFG (cond + uncond in one batch); returns PIL images."""
-        from mrgrpo.rollout import sample_ode
-
-        enc = self.encode(prompts, images, negative_prompt=negative_prompt if cfg_scale > 1 else None)
-        noise = self.init_noise(len(prompts), height, width, generator)
-        final = sample_ode(self.velocity, noise, self.sigmas(num_steps).to(self.device), enc.cond, uncond=enc.uncond, cfg_scale=cfg_scale)
-        return tensor_to_images(self.decode(final))
-
-    # -- persistence -------------------------------------------------------------------------------------
     def load(self, path: str) -> None:
         """Load a ``save()`` folder or a released DeepGen checkpoint (SFT, or RL on top of SFT)."""
         p = Path(path)
