@@ -80,7 +80,8 @@ class DeepGenPolicy(DiTPolicy):
                  dtype: str = "bfloat16", scb_layers: Sequence[int] = RELEASED_SCB_LAYERS, num_queries: int = 128,
                  connector_layers: int = 6, connector_heads: int = 32, connector_mlp: int = 11946, mask_padding: bool = True,
                  timestep_shift: float = 3.0, pixel_budget: int = 512, max_prompt_tokens: int | None = 1024,
-                 init_seed: int = 0, policy_name: str = "deepgen", policy_kwargs: dict | None = None):
+                 init_seed: int = 0, policy_name: str = "deepgen", policy_kwargs: dict | None = None,
+                 modules: dict[str, Any] | None = None):
         super().__init__()
         from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
         from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration, Qwen2VLImageProcessor
@@ -88,17 +89,22 @@ class DeepGenPolicy(DiTPolicy):
         self.frozen_dtype = _dtype(dtype)
         self.policy_name = policy_name
         self.policy_kwargs = dict(policy_kwargs or {})
-        self.lmm = Qwen2_5_VLForConditionalGeneration.from_pretrained(vlm, torch_dtype=self.frozen_dtype)
-        self.tokenizer = AutoTokenizer.from_pretrained(vlm)
-        self.image_processor = Qwen2VLImageProcessor.from_pretrained(vlm)
-        self.transformer = SD3Transformer2DModel.from_pretrained(transformer, subfolder=transformer_subfolder, torch_dtype=self.frozen_dtype)
-        vae_src = vae or transformer
-        self.vae = AutoencoderKL.from_pretrained(vae_src, subfolder=vae_subfolder if vae is None or vae_subfolder else None,
-                                                 torch_dtype=self.frozen_dtype)
-        try:
-            self.scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(scheduler or transformer, subfolder="scheduler")
-        except (OSError, ValueError):
-            self.scheduler = FlowMatchEulerDiscreteScheduler(shift=timestep_shift)
+        if modules is not None:  # already-built components (benchmarks of the real-size shapes without weights)
+            self.lmm, self.tokenizer, self.image_processor = modules["lmm"], modules["tokenizer"], modules["image_processor"]
+            self.transformer, self.vae = modules["transformer"], modules["vae"]
+            self.scheduler = modules.get("scheduler") or FlowMatchEulerDiscreteScheduler(shift=timestep_shift)
+        else:
+            self.lmm = Qwen2_5_VLForConditionalGeneration.from_pretrained(vlm, torch_dtype=self.frozen_dtype)
+            self.tokenizer = AutoTokenizer.from_pretrained(vlm)
+            self.image_processor = Qwen2VLImageProcessor.from_pretrained(vlm)
+            self.transformer = SD3Transformer2DModel.from_pretrained(transformer, subfolder=transformer_subfolder, torch_dtype=self.frozen_dtype)
+            vae_src = vae or transformer
+            self.vae = AutoencoderKL.from_pretrained(vae_src, subfolder=vae_subfolder if vae is None or vae_subfolder else None,
+                                                     torch_dtype=self.frozen_dtype)
+            try:
+                self.scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(scheduler or transformer, subfolder="scheduler")
+            except (OSError, ValueError):
+                self.scheduler = FlowMatchEulerDiscreteScheduler(shift=timestep_shift)
         install_masked_attention(self.transformer)
 
         text_cfg = self.lmm.config.text_config if hasattr(self.lmm.config, "text_config") else self.lmm.config

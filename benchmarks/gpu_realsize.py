@@ -1,0 +1,116 @@
+"""MR-GRPO steps of a REAL-SIZE DeepGen (random init: no weights needed) on one GPU.
+
+    python benchmarks/gpu_realsize.py --steps 2 --num-steps 50 --out results.json
+
+Builds Qwen2.5-VL-3B, the SCB connector and the SD3.5-M-shaped DiT at their real shapes directly on
+the GPU (bf16 frozen parts, float32 trained DiT, bf16 frozen reference copy), then runs the real
+trainer (rollout at 512x512, G=8, CPS sampler, 60% of the steps trained, velocity KL, AdamW) and
+reports time per phase, the on-policy ratio of the first update and peak GPU memory.
+Quality is meaningless (random weights); shapes, dtypes, memory and speed are the real ones.
+NOT RUN in this repository's development sessions (no GPU was available): written for users with one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def build_real_size_policy(device: str = "cuda"):
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLImageProcessor
+
+    from mrgrpo.policies.deepgen.policy import DeepGenPolicy
+    from mrgrpo.policies.deepgen.tiny import SPECIALS, _tokenizer
+
+    tok = _tokenizer()
+    ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIALS}
+    cfg = Qwen2_5_VLConfig(
+        text_config={"hidden_size": 2048, "num_hidden_layers": 36, "num_attention_heads": 16, "num_key_value_heads": 2,
+                     "intermediate_size": 11008, "vocab_size": 151936, "tie_word_embeddings": True,
+                     "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]},
+                     "pad_token_id": ids["<|endoftext|>"]},
+        vision_config={"depth": 32, "hidden_size": 1280, "num_heads": 16, "intermediate_size": 3420, "out_hidden_size": 2048,
+                       "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2, "window_size": 112,
+                       "fullatt_block_indexes": [7, 15, 23, 31]},
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"])
+    cfg._attn_implementation = "sdpa"
+    with torch.device(device):
+        lmm = Qwen2_5_VLForConditionalGeneration(cfg).to(torch.bfloat16)
+        dit = SD3Transformer2DModel(sample_size=128, patch_size=2, in_channels=16, out_channels=16, num_layers=24, attention_head_dim=64,
+                                    num_attention_heads=24, joint_attention_dim=4096, caption_projection_dim=1536, pooled_projection_dim=2048,
+                                    pos_embed_max_size=384, dual_attention_layers=tuple(range(13)), qk_norm="rms_norm").to(torch.bfloat16)
+        vae = AutoencoderKL(latent_channels=16, block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+                            up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, use_quant_conv=False, use_post_quant_conv=False,
+                            scaling_factor=1.5305, shift_factor=0.0609).to(torch.bfloat16)
+    modules = {"lmm": lmm, "tokenizer": tok, "image_processor": Qwen2VLImageProcessor(), "transformer": dit, "vae": vae,
+               "scheduler": FlowMatchEulerDiscreteScheduler(shift=3.0)}
+    return DeepGenPolicy("real-size-random", "real-size-random", dtype="bfloat16", modules=modules).to(device)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=2)
+    ap.add_argument("--num-steps", type=int, default=50)
+    ap.add_argument("--micro", type=int, default=8)
+    ap.add_argument("--out", default="gpu_realsize.json")
+    args = ap.parse_args(argv)
+
+    from step_time import bare_compute_seconds
+
+    from mrgrpo.config import load_recipe
+    from mrgrpo.grpo import GRPOTrainer
+
+    t0 = time.perf_counter()
+    policy = build_real_size_policy()
+    build_s = time.perf_counter() - t0
+    prompts = Path("/tmp/gpu_prompts.txt")
+    prompts.write_text("\n".join(f"a photo of object number {i} on a wooden table" for i in range(8)) + "\n")
+    cfg = load_recipe(data={
+        "stage": "rl", "output_dir": "/tmp/gpu_run", "policy": {"name": "deepgen"},
+        "rewards": {"brightness": {}, "jpeg_compressibility": {}},
+        "data": {"sources": [{"name": "p", "path": str(prompts), "rewards": {"brightness": 0.5, "jpeg_compressibility": 0.5}}]},
+        "rl": {"num_steps": args.num_steps, "group_size": 8, "sampler": "cps", "beta": 5e-7, "sft_aux_coef": 0.0},
+        "train": {"images_per_step": 8, "micro_batch_size": args.micro, "max_steps": args.steps, "gradient_checkpointing": True,
+                  "checkpoint_every": 10**6, "mixed_precision": "bf16"},
+        "logging": {"progress_bar": False, "tensorboard": False, "sample_every": 10**6, "eval_every": 10**6}})
+    trainer = GRPOTrainer(cfg, policy=policy)
+    rows = []
+    for step in range(1, args.steps + 1):
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        batch = trainer.rollout(step)
+        scored = trainer.score(batch["pixels"], batch["records"], batch["group_ids"])
+        adv = trainer.advantages(scored, batch["group_ids"])
+        t_r = time.perf_counter()
+        m = trainer.train_on(step, batch, adv)
+        torch.cuda.synchronize()
+        t_e = time.perf_counter()
+        bare = bare_compute_seconds(trainer, batch)
+        row = {**{k: round(v, 3) for k, v in batch["time"].items()}, "time/reward+adv": round(t_r - t - sum(batch["time"].values()), 3),
+               "time/train": round(t_e - t_r, 3), "time/step": round(t_e - t, 3), "time/bare_dit": round(bare, 3),
+               "overhead_ratio": round((t_e - t) / bare, 3), "ratio/min": m["ratio/min"], "ratio/max": m["ratio/max"],
+               "clip_frac": m["clip_frac"], "loss/kl": m.get("loss/kl", 0.0), "grad_norm": m.get("grad_norm", 0.0)}
+        rows.append(row)
+        print(json.dumps({"step": step, **row}), flush=True)
+    result = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "build_s": round(build_s, 1),
+              "peak_cuda_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+              "params": {"vlm": sum(p.numel() for p in policy.lmm.parameters()), "dit": sum(p.numel() for p in policy.transformer.parameters()),
+                         "trainable": sum(p.numel() for _, p in trainer.trainable)},
+              "settings": {"images_per_step": 8, "micro_batch": args.micro, "num_steps": args.num_steps, "trained_steps_per_sample":
+                           trainer.train_steps_per_sample, "size": 512, "bf16": True, "gradient_checkpointing": True}, "steps": rows}
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    print(json.dumps({k: v for k, v in result.items() if k != "steps"}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
