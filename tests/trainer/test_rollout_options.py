@@ -1,0 +1,66 @@
+"""Rollout options on the toy policy, and the tiny DeepGen on editing prompts / from an SFT checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from mrgrpo.config import load_recipe
+from mrgrpo.grpo import GRPOTrainer
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_sde_window_shared_noise_and_cfg(toy_recipe):
+    toy_recipe["rl"].update(num_steps=8, sde_window=[2, 5], shared_noise=True, cfg_scale=3.0)
+    tr = GRPOTrainer(load_recipe(data=toy_recipe))
+    batch = tr.rollout(1)
+    traj = batch["traj"]
+    assert traj.sde_steps.tolist() == [False, False, True, True, True, False, False, False]
+    assert (traj.log_probs[:, 2:5] != 0).all() and (traj.log_probs[:, [0, 1, 5, 6, 7]] == 0).all()
+    assert batch["uncond"] is not None  # CFG > 1 encodes the negative prompt in the same call
+    x0 = traj.latents[:, 0]
+    assert torch.equal(x0[0], x0[3]) and not torch.equal(x0[0], x0[4])  # one noise per group of 4
+    assert not torch.equal(traj.latents[0, 4], traj.latents[1, 4])  # the SDE steps still diverge
+    hist = tr.fit()
+    assert hist[0]["ratio/mean"] == pytest.approx(1.0, abs=1e-6)
+    assert tr.train_steps_per_sample == 2  # round(0.6 * 3 SDE steps)
+
+
+def test_deepgen_tiny_trains_on_editing_prompts(tmp_path, monkeypatch):
+    monkeypatch.setenv("MRGRPO_CACHE", str(tmp_path / "cache"))
+    cfg = load_recipe(REPO / "recipes" / "quickstart.yaml", [
+        f"output_dir={tmp_path}/run", "train.max_steps=2", "logging.progress_bar=false", "logging.tensorboard=false",
+        "data.sources.0.path=prompts/edit_sample.jsonl", "data.sources.0.kind=edit", "data.sources.1.weight=0",
+        "data.eval_sources=[]", "train.checkpoint_every=100"])
+    tr = GRPOTrainer(cfg)
+    batch = tr.rollout(1)
+    refs = batch["cond"].items["ref_latents"]
+    assert len(refs) == 16 and all(len(r) == 1 and tuple(r[0].shape) == (16, 8, 8) for r in refs)
+    hist = tr.fit()
+    assert len(hist) == 2 and hist[0]["ratio/mean"] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_sft_checkpoint_is_the_rl_starting_point(tmp_path, monkeypatch):
+    from mrgrpo.sft import SFTTrainer
+    from mrgrpo.synth import synthesize
+
+    monkeypatch.setenv("MRGRPO_CACHE", str(tmp_path / "cache"))
+    synthesize(tmp_path / "synth", n=16, size=64, seed=0)
+    sft_cfg = load_recipe(REPO / "recipes" / "quickstart_sft.yaml", [
+        f"data.sft_sources.0.path={tmp_path}/synth/t2i.jsonl", f"data.sft_sources.1.path={tmp_path}/synth/edit.jsonl",
+        f"output_dir={tmp_path}/sft", "train.max_steps=2", "logging.progress_bar=false", "logging.tensorboard=false"])
+    sft = SFTTrainer(sft_cfg)
+    sft.fit()
+    trained = {n: p.detach().clone() for n, p in sft.policy.named_parameters() if p.requires_grad}
+    assert any("lora_" in n for n in trained) and any(n.startswith("transformer.") for n in trained)
+    rl_cfg = load_recipe(REPO / "recipes" / "quickstart.yaml", [
+        f"output_dir={tmp_path}/rl", f"policy.checkpoint={tmp_path}/sft/final", "train.max_steps=1", "logging.progress_bar=false",
+        "logging.tensorboard=false", "data.eval_sources=[]"])
+    rl = GRPOTrainer(rl_cfg)
+    params = dict(rl.policy.named_parameters())
+    for name, value in trained.items():
+        torch.testing.assert_close(params[name].detach().float().cpu(), value.float().cpu())
+    assert [n for n, _ in rl.trainable] and all(n.startswith("transformer.") for n, _ in rl.trainable)
