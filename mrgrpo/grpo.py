@@ -35,7 +35,6 @@ from mrgrpo.losses import clipped_policy_loss, mean_kl, ratio_stats, velocity_kl
 from mrgrpo.rollout import choose_train_steps, derive_seed, guided_velocity, sample_generators, sample_ode, sample_trajectories
 from mrgrpo.sde import sde_step_with_logprob, step_mean_std
 from mrgrpo.sft import flow_matching_step_loss
-from mrgrpo.tracking import progress
 from mrgrpo.trainer_base import TrainerBase, build_policy, destroy_process_group, world_size
 
 
@@ -390,52 +389,44 @@ class GRPOTrainer(TrainerBase):
             self.sft_stream.load_state_dict(state["sft_stream"])
 
     # -- the loop -----------------------------------------------------------------------------------
+    def step_once(self, step: int) -> dict[str, float]:
+        """One MR-GRPO step: rollout, rewards, advantages, training; evaluation and sample grids when due."""
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        batch = self.rollout(step)
+        t1 = time.perf_counter()
+        scored = self.score(batch["pixels"], batch["records"], batch["group_ids"])
+        adv = self.advantages(scored, batch["group_ids"])
+        t2 = time.perf_counter()
+        train_metrics = self.train_on(step, batch, adv)
+        t3 = time.perf_counter()
+        metrics = self._global_reward_metrics(scored, adv)
+        metrics.update(train_metrics)
+        metrics.update(batch["time"])
+        metrics.update({"time/reward": t2 - t1, "time/train": t3 - t2, "time/step": t3 - t0,
+                        "lr": self.lr_scheduler.get_last_lr()[0], "optimizer_steps": self.optimizer_steps})
+        for name, f in scored.failures.items():
+            if f:
+                metrics[f"reward/{name}/failures"] = f
+        self._maybe_dump(step, batch, scored, adv)
+        if step % cfg.logging.eval_every == 0 or step == cfg.train.max_steps:
+            metrics.update(self.evaluate(step))
+        if step % cfg.logging.sample_every == 0 or step == 1:
+            G = cfg.rl.group_size
+            self.tracker.save_samples(step, batch["pixels"][: min(4, len(batch["records"])) * G], nrow=G,
+                                      captions=[r.prompt for r in batch["records"][:4]])
+        return metrics
+
     def fit(self) -> list[dict[str, float]]:
-        cfg, acc = self.cfg, self.accelerator
-        self.start_run()
-        history = []
-        bar = progress(cfg.train.max_steps, self.step, acc.is_main_process and cfg.logging.progress_bar, "MR-GRPO")
-        try:
-            while self.step < cfg.train.max_steps:
-                step = self.step + 1
-                t0 = time.perf_counter()
-                batch = self.rollout(step)
-                t1 = time.perf_counter()
-                scored = self.score(batch["pixels"], batch["records"], batch["group_ids"])
-                adv = self.advantages(scored, batch["group_ids"])
-                t2 = time.perf_counter()
-                train_metrics = self.train_on(step, batch, adv)
-                t3 = time.perf_counter()
-                metrics = self._global_reward_metrics(scored, adv)
-                metrics.update(train_metrics)
-                metrics.update(batch["time"])
-                metrics.update({"time/reward": t2 - t1, "time/train": t3 - t2, "time/step": t3 - t0,
-                                "lr": self.lr_scheduler.get_last_lr()[0], "optimizer_steps": self.optimizer_steps})
-                for name, f in scored.failures.items():
-                    if f:
-                        metrics[f"reward/{name}/failures"] = f
-                self._maybe_dump(step, batch, scored, adv)
-                self.step = step
-                if step % cfg.logging.eval_every == 0 or step == cfg.train.max_steps:
-                    metrics.update(self.evaluate(step))
-                if step % cfg.logging.sample_every == 0 or step == 1:
-                    G = cfg.rl.group_size
-                    self.tracker.save_samples(step, batch["pixels"][: min(4, len(batch["records"])) * G], nrow=G,
-                                              captions=[r.prompt for r in batch["records"][:4]])
-                if step % cfg.logging.log_every == 0 or step == cfg.train.max_steps:
-                    self.tracker.log(step, metrics)
-                    self.tracker.plot()
-                history.append(metrics)
-                bar.update(1)
-                bar.set_postfix(reward=f"{metrics.get('reward/mean', float('nan')):.4f}", step_s=f"{metrics['time/step']:.2f}")
-                if step % cfg.train.checkpoint_every == 0 or step == cfg.train.max_steps:
-                    self.save_checkpoint(step)
-            self.save_final()
-        finally:
-            bar.close()
-            self.tracker.close()
-            self._reward_pool.shutdown(wait=False)
-        return history
+        """Train until ``train.max_steps`` (resuming if asked); returns the per-step metrics."""
+        return self.run_loop(self.step_once, desc="MR-GRPO", plot=self.tracker_plot,
+                             postfix=lambda m: {"reward": f"{m.get('reward/mean', float('nan')):.4f}", "step_s": f"{m['time/step']:.2f}"})
+
+    def tracker_plot(self) -> None:
+        self.tracker.plot()
+
+    def close(self) -> None:
+        self._reward_pool.shutdown(wait=False)
 
 
 def train(cfg: RunConfig) -> int:

@@ -20,7 +20,7 @@ import torch
 
 from mrgrpo.config import RecipeError, RunConfig
 from mrgrpo.rollout import derive_seed, sample_ode
-from mrgrpo.tracking import plot_curves, progress
+from mrgrpo.tracking import plot_curves
 from mrgrpo.trainer_base import TrainerBase, build_policy, destroy_process_group, world_size
 
 
@@ -116,41 +116,29 @@ class SFTTrainer(TrainerBase):
         self.tracker.save_samples(step, pixels, nrow=len(prompts), captions=prompts)
         self.policy.train(was_training)
 
-    def fit(self) -> list[dict[str, float]]:
+    def step_once(self, step: int) -> dict[str, float]:
+        """One optimizer step over ``accum`` micro-batches; sample grid when due."""
         cfg = self.cfg
-        self.start_run()
-        history = []
-        bar = progress(cfg.train.max_steps, self.step, self.is_main and cfg.logging.progress_bar, cfg.stage.upper())
-        try:
-            while self.step < cfg.train.max_steps:
-                step = self.step + 1
-                t0 = time.perf_counter()
-                metrics = self.train_step(step)
-                dt = time.perf_counter() - t0
-                local = torch.tensor([metrics["loss"], metrics["images"]], dtype=torch.float64)
-                if self.accelerator.num_processes > 1:
-                    local = self.accelerator.reduce(local.to(self.device), reduction="sum").cpu()
-                    metrics["loss"] = float(local[0]) / self.accelerator.num_processes
-                metrics.update({"lr": self.lr_scheduler.get_last_lr()[0], "time/step": dt, "images_per_s": float(local[1]) / dt,
-                                "optimizer_steps": self.optimizer_steps})
-                metrics.update(self._data_metrics())
-                self.step = step
-                if step % cfg.logging.sample_every == 0 or step == cfg.train.max_steps:
-                    self.sample_grid(step)
-                if step % cfg.logging.log_every == 0 or step == cfg.train.max_steps:
-                    self.tracker.log(step, metrics)
-                    if self.is_main:
-                        plot_curves(self.tracker.metrics_path, self.out / "loss_curve.png", prefixes=("loss",), title=f"{cfg.stage} loss")
-                history.append(metrics)
-                bar.update(1)
-                bar.set_postfix(loss=f"{metrics['loss']:.4f}", step_s=f"{dt:.2f}")
-                if step % cfg.train.checkpoint_every == 0 or step == cfg.train.max_steps:
-                    self.save_checkpoint(step)
-            self.save_final()
-        finally:
-            bar.close()
-            self.tracker.close()
-        return history
+        t0 = time.perf_counter()
+        metrics = self.train_step(step)
+        dt = time.perf_counter() - t0
+        local = torch.tensor([metrics["loss"], metrics["images"]], dtype=torch.float64)
+        if self.accelerator.num_processes > 1:
+            local = self.accelerator.reduce(local.to(self.device), reduction="sum").cpu()
+            metrics["loss"] = float(local[0]) / self.accelerator.num_processes
+        metrics.update({"lr": self.lr_scheduler.get_last_lr()[0], "time/step": dt, "images_per_s": float(local[1]) / dt,
+                        "optimizer_steps": self.optimizer_steps})
+        metrics.update(self._data_metrics())
+        if step % cfg.logging.sample_every == 0 or step == cfg.train.max_steps:
+            self.sample_grid(step)
+        return metrics
+
+    def fit(self) -> list[dict[str, float]]:
+        """Train until ``train.max_steps`` (resuming if asked); returns the per-step metrics."""
+        plot = lambda: plot_curves(self.tracker.metrics_path, self.out / "loss_curve.png", prefixes=("loss",),  # noqa: E731
+                                   title=f"{self.cfg.stage} loss")
+        return self.run_loop(self.step_once, desc=self.cfg.stage.upper(), plot=plot,
+                             postfix=lambda m: {"loss": f"{m['loss']:.4f}", "step_s": f"{m['time/step']:.2f}"})
 
 
 def train(cfg: RunConfig) -> int:

@@ -12,13 +12,13 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
 from mrgrpo import checkpoint as ckpt
 from mrgrpo.config import RecipeError, RunConfig, save_resolved_config
-from mrgrpo.tracking import Tracker
+from mrgrpo.tracking import Tracker, progress
 
 
 def world_size() -> int:
@@ -170,6 +170,39 @@ class TrainerBase:
         self.tracker = Tracker(self.out, enabled=acc.is_main_process, tensorboard=cfg.logging.tensorboard, wandb=cfg.logging.wandb,
                                wandb_project=cfg.logging.wandb_project, config=cfg.model_dump(mode="json"),
                                resume_step=self.step if resume_from is not None else None)
+
+    def run_loop(self, one_step: Callable[[int], dict[str, float]], *, desc: str,
+                 postfix: Callable[[Mapping[str, float]], dict[str, str]], plot: Callable[[], None]) -> list[dict[str, float]]:
+        """Resume, then ``one_step(step) -> metrics`` until ``train.max_steps``: log and plot every
+        ``log_every`` steps, progress bar, checkpoint every ``checkpoint_every`` steps and at the end, final save."""
+        cfg = self.cfg
+        self.start_run()
+        history: list[dict[str, float]] = []
+        bar = progress(cfg.train.max_steps, self.step, self.is_main and cfg.logging.progress_bar, desc)
+        try:
+            while self.step < cfg.train.max_steps:
+                step = self.step + 1
+                metrics = one_step(step)
+                self.step = step
+                last = step == cfg.train.max_steps
+                if step % cfg.logging.log_every == 0 or last:
+                    self.tracker.log(step, metrics)
+                    if self.is_main:
+                        plot()
+                history.append(metrics)
+                bar.update(1)
+                bar.set_postfix(**postfix(metrics))
+                if step % cfg.train.checkpoint_every == 0 or last:
+                    self.save_checkpoint(step)
+            self.save_final()
+        finally:
+            bar.close()
+            self.tracker.close()
+            self.close()
+        return history
+
+    def close(self) -> None:
+        """Release what the trainer holds besides the model (thread pools, clients)."""
 
     # -- checkpoints ----------------------------------------------------------------------------
     def extra_state(self) -> dict[str, Any]:
