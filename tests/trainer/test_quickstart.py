@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from mrgrpo.config import load_recipe
 from mrgrpo.grpo import GRPOTrainer
@@ -26,3 +27,11 @@ def test_quickstart_learns_and_flipped_sign_unlearns(tmp_path, monkeypatch):
     # measured on 2 seeds at lr 3e-2: +0.057 / +0.054 up, -0.13 / -0.22 with the sign flipped
     assert min(ups) > 0.02, ups
     assert max(downs) < -0.02, downs
+
+
+@pytest.mark.slow
+def test_quickstart_learns_on_five_seeds_over_sixty_steps(tmp_path, monkeypatch):
+    """The stronger version of the learning check (make test-slow): every one of 5 seeds improves."""
+    monkeypatch.setenv("MRGRPO_CACHE", str(tmp_path / "cache"))
+    ups = [np.mean(r[-10:]) - np.mean(r[:10]) for r in (_run(tmp_path, s, False, steps=60) for s in range(5))]
+    assert min(ups) > 0.02, ups
