@@ -119,10 +119,34 @@ def build_reward(name: str, kwargs: dict[str, Any] | None = None, *, label: str 
     factory = REWARDS.get(name)
     kwargs = dict(kwargs or {})
     if isinstance(factory, type) or kwargs or getattr(factory, "_mrgrpo_factory", False):
+        check_kwargs(factory, kwargs, name)
         obj = factory(**kwargs)
     else:
         obj = factory
     return as_reward(obj, label or name)
+
+
+def accepted_kwargs(factory: Callable[..., Any]) -> list[str] | None:
+    """Keyword names ``factory`` accepts (its ``__init__`` for a class); None when it takes ``**kwargs`` or has no signature."""
+    try:
+        sig = inspect.signature(factory)
+    except (TypeError, ValueError):
+        return None
+    params = list(sig.parameters.values())
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
+def check_kwargs(factory: Callable[..., Any], kwargs: dict[str, Any], name: str) -> None:
+    """Raise a clear TypeError for keyword arguments ``factory`` does not accept."""
+    known = accepted_kwargs(factory)
+    if known is None:
+        return
+    unknown = sorted(set(kwargs) - set(known))
+    if unknown:
+        raise TypeError(f"reward {name!r} got unknown argument(s) {', '.join(map(repr, unknown))}. "
+                        f"It accepts: {', '.join(known) or '(none)'}.")
 
 
 def batched(seq: Sequence[Any], size: int) -> list[Sequence[Any]]:

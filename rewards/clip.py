@@ -16,38 +16,56 @@ import torch
 from mrgrpo.rewards.base import Reward, RewardOutput
 
 
+def register_model_config(model_name: str, config: dict | str) -> None:
+    """Register an open_clip architecture under ``model_name`` from a config dict or a JSON file."""
+    import json
+
+    from open_clip import factory
+
+    if isinstance(config, str):
+        with open(config) as f:
+            config = json.load(f)
+    if not isinstance(config, dict) or "vision_cfg" not in config or "text_cfg" not in config:
+        raise ValueError("clip: model_config must be an open_clip config (dict or JSON file) with embed_dim, vision_cfg and text_cfg")
+    factory._MODEL_CONFIGS[model_name] = dict(config)  # open_clip keeps its registry here (add_model_config reads files only)
+
+
 class CLIPScore(Reward):
     """``cos(E_img(image), E_txt(prompt))`` in [-1, 1].
 
     Args:
         model_name: open_clip architecture name.
         pretrained: open_clip pretrained tag, or a path to a checkpoint file.
-        model_config: an open_clip model config dict to register under ``model_name``.
+        model_config: an open_clip model config (dict or JSON file) to register under ``model_name``.
         device: torch device (default: CUDA when available).
         batch_size: images per forward pass.
     """
 
     name = "clip"
 
-    def __init__(self, model_name: str = "ViT-L-14", pretrained: str | None = "openai", model_config: dict | None = None,
+    def __init__(self, model_name: str = "ViT-L-14", pretrained: str | None = "openai", model_config: dict | str | None = None,
                  device: str | None = None, batch_size: int = 32):
         try:
             import open_clip
         except ImportError as exc:
             raise ImportError("the clip reward needs open_clip. Fix: pip install 'mrgrpo[clip]'.") from exc
         if model_config is not None:
-            from open_clip import factory
-
-            factory._MODEL_CONFIGS[model_name] = dict(model_config)
+            register_model_config(model_name, model_config)
+        if batch_size < 1:
+            raise ValueError(f"clip: batch_size must be >= 1, got {batch_size}")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         try:
             model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=pretrained, device=self.device)
-        except RuntimeError as exc:
-            raise RuntimeError(f"clip: cannot load model {model_name!r} with pretrained={pretrained!r}: {exc}") from exc
+        except (RuntimeError, FileNotFoundError, ValueError) as exc:
+            known = ", ".join(open_clip.list_models()[:8])
+            raise RuntimeError(f"clip: cannot load model {model_name!r} with pretrained={pretrained!r}: {exc}. "
+                               f"model_name is an open_clip architecture (e.g. {known}, ...) or one given by model_config; "
+                               f"pretrained is an open_clip tag or a local checkpoint file.") from exc
         self.model = model.eval().requires_grad_(False)
         self.preprocess = preprocess
         self.tokenizer = open_clip.get_tokenizer(model_name)
         self.batch_size = batch_size
+        self.model_name = model_name
         self.lock = threading.Lock()
 
     @torch.no_grad()
@@ -64,4 +82,4 @@ class CLIPScore(Reward):
     def score(self, images, prompts, metadata):
         with self.lock:
             img, txt = self.embed(images, prompts)
-        return RewardOutput((img * txt).sum(dim=-1).cpu())
+        return RewardOutput((img * txt).sum(dim=-1).cpu(), details={"model": self.model_name})
