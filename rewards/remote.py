@@ -50,15 +50,17 @@ class RemoteReward(Reward):
         backoff: seconds before the first retry, doubled each time.
         batch_size: images per request.
         max_concurrency: requests in flight at once (default: one per URL).
-        needs_groups: set True when the served reward compares the images of a group (then
-            requests carry whole groups and the trainer keeps groups together).
+        needs_groups: whether the served reward compares the images of a group (then requests
+            carry whole groups and the trainer keeps groups together). Default: asked from the
+            server's ``/health`` when the client is built (and again at the first call if no
+            server answered then).
     """
 
     name = "remote"
     is_remote = True
 
     def __init__(self, urls: str | Sequence[str], token: str | None = None, timeout: float = 120.0, max_retries: int = 3,
-                 backoff: float = 0.5, batch_size: int = 64, max_concurrency: int | None = None, needs_groups: bool = False):
+                 backoff: float = 0.5, batch_size: int = 64, max_concurrency: int | None = None, needs_groups: bool | None = None):
         import httpx
 
         self.urls = [urls] if isinstance(urls, str) else list(urls or [])
@@ -69,13 +71,32 @@ class RemoteReward(Reward):
         self.max_retries = max_retries
         self.backoff = backoff
         self.batch_size = batch_size
-        self.needs_groups = needs_groups
+        self._needs_groups = needs_groups
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         workers = max_concurrency or len(self.urls)
         self.http = httpx.Client(timeout=timeout, headers=headers, limits=httpx.Limits(max_connections=max(workers, 4)))
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="remote-reward")
         self._cycle = itertools.cycle(range(len(self.urls)))
         self._lock = threading.Lock()
+        if needs_groups is None:
+            self._probe()
+
+    @property
+    def needs_groups(self) -> bool:
+        return bool(self._needs_groups)
+
+    def _probe(self) -> None:
+        """Read ``needs_groups`` from the first server that answers ``GET /health``."""
+        import httpx
+
+        for url in self.urls:
+            try:
+                r = self.http.get(f"{url.rstrip('/')}/health", timeout=5.0)
+                if r.status_code == 200:
+                    self._needs_groups = bool(r.json().get("needs_groups", False))
+                    return
+            except (httpx.HTTPError, ValueError):
+                continue
 
     def _next_url(self) -> str:
         with self._lock:
@@ -129,6 +150,8 @@ class RemoteReward(Reward):
         return idx, out, None
 
     def score(self, images, prompts, metadata):
+        if self._needs_groups is None:
+            self._probe()
         n = len(images)
         scores, valid = [0.0] * n, [False] * n
         details, errors, failures = [], [], 0

@@ -76,6 +76,9 @@ def test_max_batch_splits_requests_and_keeps_groups_whole(server_factory):
     res = client(images, ["p"] * 9, [{"group_id": g} for g in gids])
     assert res.scores.tolist() == pytest.approx(out["scores"]) and res.valid.all()
     assert all(d["group_sizes"] == [3] for d in res.details["server"])
+    auto = build_reward("remote", {"urls": url, "batch_size": 4})  # needs_groups read from /health
+    assert auto.needs_groups and auto(images, ["p"] * 9, [{"group_id": g} for g in gids]).scores.tolist() == res.scores.tolist()
+    assert not build_reward("remote", {"urls": url, "needs_groups": False}).needs_groups
 
 
 def _b64(im: Image.Image, fmt: str) -> str:
