@@ -25,7 +25,11 @@ class FakeJudge:
     """
 
     def __init__(self, fail_first=0, fail_status=503, delay_first=0.0, garble=False, point=False, biased=False, no_tag=False,
-                 work_s=0.0):
+                 work_s=0.0, wait_for_overlap=False):
+        # wait_for_overlap: the first request is held (up to 10 s) until a second one is in flight, so a client
+        # that really sends concurrently always shows peak >= 2, however loaded the machine is
+        self.overlap = threading.Event()
+        self.wait_for_overlap = wait_for_overlap
         self.fail_first, self.fail_status, self.delay_first = fail_first, fail_status, delay_first
         self.garble, self.point, self.biased, self.no_tag, self.work_s = garble, point, biased, no_tag, work_s
         self.requests, self.prompts, self.models, self.formats = 0, [], [], []
@@ -47,7 +51,11 @@ class FakeJudge:
                     n = judge.requests
                     judge.inflight += 1
                     judge.peak = max(judge.peak, judge.inflight)
+                    if judge.inflight >= 2:
+                        judge.overlap.set()
                 try:
+                    if n == 1 and judge.wait_for_overlap:
+                        judge.overlap.wait(timeout=10)
                     if n == 1 and judge.delay_first:
                         time.sleep(judge.delay_first)
                     if n <= judge.fail_first:
@@ -230,7 +238,7 @@ def test_timeout_then_retry(judge_factory):
 
 
 def test_bounded_concurrency_and_thread_safety(judge_factory):
-    judge = judge_factory(work_s=0.05)
+    judge = judge_factory(work_s=0.05, wait_for_overlap=True)
     r = UnifiedRewardThink(base_url=judge.url, model="m", max_concurrency=3, backoff=0.01)
     levels = [0, 40, 80, 120, 160, 200]  # G = 6: 15 pairs per call
     results = []
