@@ -1,6 +1,21 @@
-"""What every VAE + flow-matching-DiT policy shares: latents <-> pixels, sigmas, DiT LoRA,
-the reference model, and saving the trained weights. Subclasses set ``transformer``, ``vae``,
-``scheduler``, ``frozen_dtype``, ``policy_name``, ``policy_kwargs`` and implement encoding and velocity.
+"""What every VAE + flow-matching-DiT policy shares: latents <-> pixels, sigmas, DiT LoRA, the
+reference model, generation, and saving / loading the trained weights.
+
+Subclasses set ``transformer``, ``vae``, ``scheduler``, ``frozen_dtype``, ``timestep_shift``,
+``policy_name``, ``policy_kwargs`` and implement ``encode``, ``velocity``, ``flow_matching_loss``,
+``set_stage`` (and, for extra trained parts, :meth:`DiTPolicy.trained_components` /
+:meth:`DiTPolicy._save_component` / :meth:`DiTPolicy._load_component`).
+
+Save folder layout (``save(dir)``; only what trains is written)::
+
+    policy.json                 {"name", "kwargs", "stage", "components", "dit_lora", "lineage", ...}
+    transformer/                the full DiT (diffusers ``save_pretrained``: config.json + safetensors)
+    transformer_lora/           a DiT LoRA as peft adapter files (adapter_config.json + adapter_model.safetensors)
+    ...                         subclass components (DeepGen: scb.safetensors, vlm_lora/)
+
+``lineage`` lists the weights loaded into the policy before it was saved that the folder does not
+supersede (e.g. the SFT checkpoint under an RL run that trains only the DiT); :meth:`load` loads
+them first, so a saved folder is self-describing.
 """
 
 from __future__ import annotations
@@ -8,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import logging
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -15,7 +31,55 @@ import torch
 
 from mrgrpo.policies.base import DiffusionPolicy
 
+log = logging.getLogger("mrgrpo.policies")
+
 DIT_LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+SAVE_FORMAT = 2
+
+
+def lora_config(spec: dict[str, Any], default_targets: Any, init: str | bool = "gaussian"):
+    """A peft ``LoraConfig`` from ``{rank, alpha, dropout, target_modules, rank_pattern}``."""
+    from peft import LoraConfig
+
+    unknown = set(spec) - {"rank", "alpha", "dropout", "target_modules", "rank_pattern", "enabled"}
+    if unknown:
+        raise ValueError(f"unknown LoRA option(s) {sorted(unknown)}; use rank, alpha, dropout, target_modules")
+    rank = int(spec.get("rank", 32))
+    return LoraConfig(r=rank, lora_alpha=float(spec.get("alpha", 2 * rank)), lora_dropout=float(spec.get("dropout", 0.0)),
+                      target_modules=spec.get("target_modules") or default_targets, rank_pattern=dict(spec.get("rank_pattern") or {}),
+                      init_lora_weights=init)
+
+
+def save_adapter(module: torch.nn.Module, config: Any, directory: Path) -> None:
+    """Write ``module``'s ``default`` LoRA as peft adapter files (``adapter_config.json`` + ``adapter_model.safetensors``)."""
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    directory.mkdir(parents=True, exist_ok=True)
+    state = get_peft_model_state_dict(module, adapter_name="default", save_embedding_layers=False)
+    save_file({f"base_model.model.{k}": v.detach().float().cpu().contiguous() for k, v in state.items()},
+              str(directory / "adapter_model.safetensors"), metadata={"format": "pt"})
+    config.save_pretrained(str(directory))
+
+
+def read_adapter(directory: Path) -> tuple[Any, dict[str, torch.Tensor]]:
+    """``(LoraConfig, state)`` of peft adapter files; state keys without the ``base_model.model.`` prefix."""
+    from peft import LoraConfig
+    from safetensors.torch import load_file
+
+    config = LoraConfig.from_pretrained(str(directory))
+    state = load_file(str(directory / "adapter_model.safetensors"))
+    return config, {k.removeprefix("base_model.model."): v for k, v in state.items()}
+
+
+def load_adapter_state(module: torch.nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
+    """Copy a peft adapter state into ``module``'s ``default`` adapter; every LoRA tensor must fit."""
+    from peft import set_peft_model_state_dict
+
+    result = set_peft_model_state_dict(module, state, adapter_name="default")
+    missing = [k for k in result.missing_keys if "lora_" in k]
+    if result.unexpected_keys or missing:
+        raise RuntimeError(f"LoRA adapter {where} does not fit: missing {missing[:10]}, unexpected {list(result.unexpected_keys)[:10]}")
 
 
 class DiTPolicy(DiffusionPolicy):
@@ -25,6 +89,17 @@ class DiTPolicy(DiffusionPolicy):
     _ref_transformer = None
     _use_reference = False
     stage: str | None = None
+    timestep_shift: float = 3.0
+
+    def _lineage(self) -> list[dict[str, Any]]:
+        if "_loaded_from" not in self.__dict__:
+            self.__dict__["_loaded_from"] = []
+        return self.__dict__["_loaded_from"]
+
+    def _record_load(self, path: str, components: list[str]) -> None:
+        p = Path(path)
+        where = str(p.resolve()) if p.exists() else str(path)
+        self._lineage()[:] = [e for e in self._lineage() if e["path"] != where] + [{"path": where, "components": sorted(components)}]
 
     def init_noise(self, batch: int, height: int, width: int, generator: torch.Generator | None = None) -> torch.Tensor:
         cfg = self.transformer.config
@@ -35,16 +110,23 @@ class DiTPolicy(DiffusionPolicy):
 
     # -- latents <-> pixels ------------------------------------------------------------------
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Images ``[B, 3, H, W]`` float32 in [0, 1] from DiT latents ``[B, C, h, w]`` (un-scaled, un-shifted)."""
         cfg = self.vae.config
-        x = latents.to(self.vae.dtype) / cfg.scaling_factor + (cfg.shift_factor or 0.0)
+        x = latents.to(self.vae.device, self.vae.dtype) / cfg.scaling_factor + (cfg.shift_factor or 0.0)
         return (self.vae.decode(x).sample.float() / 2 + 0.5).clamp(0, 1)
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """DiT latents ``[B, C, H/f, W/f]`` float32 (posterior mode, shifted and scaled) of ``[B, 3, H, W]`` in [0, 1]."""
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"encode_images takes [B, 3, H, W] in [0, 1], got {tuple(images.shape)}")
         cfg = self.vae.config
         dist = self.vae.encode(images.to(self.vae.device, self.vae.dtype) * 2 - 1).latent_dist
         return ((dist.mode() - (cfg.shift_factor or 0.0)) * cfg.scaling_factor).float()
 
     def sigmas(self, num_steps: int) -> torch.Tensor:
+        """``[num_steps + 1]`` float32 from 1 to 0: the scheduler's shifted sigmas (shift ``scheduler.config.shift``)."""
+        if num_steps < 1:
+            raise ValueError(f"num_steps must be >= 1, got {num_steps}")
         self.scheduler.set_timesteps(num_steps)
         return self.scheduler.sigmas.float().cpu()
 
@@ -55,32 +137,54 @@ class DiTPolicy(DiffusionPolicy):
         return self.transformer
 
     # -- DiT training -------------------------------------------------------------------------
+    def add_dit_lora(self, spec: dict[str, Any]) -> None:
+        """Add a LoRA adapter (``default``) to the DiT: ``{rank, alpha, dropout, target_modules}``; frozen until trained."""
+        if self.dit_lora is not None:
+            raise RuntimeError(f"the DiT already has a LoRA ({self.dit_lora}); build a fresh policy for another one")
+        config = lora_config(spec, DIT_LORA_TARGETS)
+        self.transformer.add_adapter(config)
+        self.dit_lora = {"rank": config.r, "alpha": config.lora_alpha, "dropout": config.lora_dropout,
+                         "target_modules": sorted(config.target_modules) if isinstance(config.target_modules, (set, list)) else config.target_modules}
+        for n, p in self.transformer.named_parameters():
+            if "lora_" in n:
+                p.data = p.data.float()
+                p.requires_grad_(False)
+        self.train(self.training)  # new LoRA modules (dropout) follow the policy's train/eval mode
+
     def train_dit(self, lora: dict | None) -> None:
-        """Make the DiT trainable: a LoRA on it when ``lora`` is given, else all of it (float32)."""
-        if not lora:
+        """Make the DiT trainable (float32): a LoRA on it when ``lora`` is given, else all of it."""
+        if not lora or not lora.get("enabled", True):
+            if self.dit_lora is not None:
+                raise RuntimeError("this policy's DiT carries a LoRA: train it with set_stage(stage, lora=...) or build a fresh policy")
             self.transformer.float().requires_grad_(True)
             return
-        from peft import LoraConfig
-
         if self.dit_lora is None:
-            config = LoraConfig(r=lora.get("rank", 32), lora_alpha=lora.get("alpha", 64), lora_dropout=lora.get("dropout", 0.0),
-                                init_lora_weights="gaussian", target_modules=list(lora.get("target_modules") or DIT_LORA_TARGETS))
-            self.transformer.add_adapter(config)
-            self.dit_lora = dict(lora)
-            self.train(self.training)  # new LoRA modules (dropout) follow the policy's train/eval mode
+            self.add_dit_lora({k: v for k, v in lora.items() if k != "enabled"})
         for n, p in self.transformer.named_parameters():
             if "lora_" in n:
                 p.data = p.data.float()
                 p.requires_grad_(True)
 
     def enable_reference(self) -> None:
-        """A frozen copy of the DiT when all of it trains; LoRA policies disable their adapters instead."""
-        if self.dit_lora is None and self._ref_transformer is None:
-            ref = copy.deepcopy(self.transformer).requires_grad_(False).to(self.frozen_dtype)
-            object.__setattr__(self, "_ref_transformer", ref)  # not a submodule: DDP, optimizers, state dicts skip it
+        """Prepare :meth:`reference`: a frozen copy of the DiT (in ``frozen_dtype``) when all of it trains.
+
+        No-op for a DiT LoRA (the reference disables the adapter) or a frozen DiT. Call after
+        :meth:`set_stage`, before wrapping the policy for DDP / DeepSpeed.
+        """
+        if self.dit_lora is not None or self._ref_transformer is not None:
+            return
+        if not any(p.requires_grad for p in self.transformer.parameters()):
+            return
+        ref = copy.deepcopy(self.transformer).requires_grad_(False).to(self.frozen_dtype).eval()
+        object.__setattr__(self, "_ref_transformer", ref)  # not a submodule: DDP, optimizers, state dicts skip it
 
     @contextlib.contextmanager
     def reference(self) -> Iterator["DiTPolicy"]:
+        """Inside, :meth:`velocity` is the reference (initial) DiT's: adapters disabled, or the frozen copy.
+
+        Conditioning is NOT recomputed: encode outside (the VLM / SCB are frozen in RL).
+        A policy whose DiT is frozen is its own reference.
+        """
         if self.dit_lora is not None:
             self.transformer.disable_adapters()
             try:
@@ -89,7 +193,10 @@ class DiTPolicy(DiffusionPolicy):
                 self.transformer.enable_adapters()
             return
         if self._ref_transformer is None:
-            raise RuntimeError("reference() needs enable_reference() first (the trainer calls it when rl.beta > 0)")
+            if any(p.requires_grad for p in self.transformer.parameters()):
+                raise RuntimeError("reference() needs enable_reference() first (the trainer calls it when rl.beta > 0)")
+            yield self
+            return
         self._ref_transformer.to(self.device)
         self._use_reference = True
         try:
@@ -104,12 +211,17 @@ class DiTPolicy(DiffusionPolicy):
     @torch.no_grad()
     def generate(self, prompts: list[str], images: list[list[Any]] | None = None, *, num_steps: int = 50, cfg_scale: float = 4.0,
                  height: int = 512, width: int = 512, generator: torch.Generator | None = None, negative_prompt: str = "") -> list[Any]:
-        """ODE sampling with CFG (cond + uncond in one batch); returns PIL images."""
+        """Euler ODE sampling with CFG (cond and uncond encoded in one batch and denoised in one batch).
+
+        Args:
+            prompts: B prompts; images: per prompt, a list of PIL reference images (editing) or None.
+            height, width: multiples of 16. Returns B PIL images.
+        """
         from mrgrpo.policies.base import tensor_to_images
         from mrgrpo.rollout import sample_ode
 
+        noise = self.init_noise(len(prompts), height, width, generator)  # size errors before any model work
         enc = self.encode(prompts, images, negative_prompt=negative_prompt if cfg_scale > 1 else None)
-        noise = self.init_noise(len(prompts), height, width, generator)
         final = sample_ode(self.velocity, noise, self.sigmas(num_steps).to(self.device), enc.cond, uncond=enc.uncond, cfg_scale=cfg_scale)
         return tensor_to_images(self.decode(final))
 
@@ -118,14 +230,101 @@ class DiTPolicy(DiffusionPolicy):
         """Every parameter that currently trains (LoRA weights included), float32 on CPU."""
         return {n: p.detach().float().cpu().contiguous() for n, p in self.named_parameters() if p.requires_grad}
 
-    def policy_info(self) -> dict[str, Any]:
-        return {"name": self.policy_name, "kwargs": self.policy_kwargs, "stage": self.stage, "dit_lora": self.dit_lora}
+    def trained_components(self) -> list[str]:
+        """Which parts train now: ``transformer`` (all of the DiT) and/or ``transformer_lora``."""
+        out = []
+        named = list(self.transformer.named_parameters())
+        if any(p.requires_grad and "lora_" not in n for n, p in named):
+            out.append("transformer")
+        if any(p.requires_grad and "lora_" in n for n, p in named):
+            out.append("transformer_lora")
+        return out
+
+    def _save_component(self, name: str, directory: Path) -> None:
+        if name == "transformer":
+            if self.dit_lora is not None:
+                raise RuntimeError("cannot save a full DiT that also carries a LoRA")
+            self.transformer.save_pretrained(str(directory / "transformer"), safe_serialization=True)
+        elif name == "transformer_lora":
+            save_adapter(self.transformer, self.transformer.peft_config["default"], directory / "transformer_lora")
+        else:
+            raise ValueError(f"unknown component {name!r}")
+
+    def _load_component(self, name: str, directory: Path) -> None:
+        if name == "transformer":
+            from safetensors.torch import load_file
+
+            files = sorted((directory / "transformer").glob("*.safetensors"))
+            if not files:
+                raise FileNotFoundError(f"{directory / 'transformer'} has no safetensors weights")
+            state: dict[str, torch.Tensor] = {}
+            for f in files:
+                state.update(load_file(str(f)))
+            result = self.transformer.load_state_dict(state, strict=False)
+            missing = [k for k in result.missing_keys if "lora_" not in k]
+            if missing or result.unexpected_keys:
+                raise RuntimeError(f"{directory / 'transformer'} does not fit the DiT: missing {missing[:10]}, "
+                                   f"unexpected {list(result.unexpected_keys)[:10]}")
+        elif name == "transformer_lora":
+            config, state = read_adapter(directory / "transformer_lora")
+            if self.dit_lora is None:
+                self.add_dit_lora({"rank": config.r, "alpha": config.lora_alpha, "dropout": config.lora_dropout,
+                                   "target_modules": config.target_modules, "rank_pattern": config.rank_pattern})
+            load_adapter_state(self.transformer, state, str(directory / "transformer_lora"))
+        else:
+            raise ValueError(f"unknown component {name!r} in {directory}/policy.json")
+
+    def policy_info(self, components: list[str]) -> dict[str, Any]:
+        lineage = [e for e in self._lineage() if not set(e["components"]) <= set(components)]
+        return {"format": SAVE_FORMAT, "name": self.policy_name, "kwargs": self.policy_kwargs, "stage": self.stage,
+                "components": components, "dit_lora": self.dit_lora, "lineage": lineage}
 
     def save(self, directory: str) -> None:
-        """``model.safetensors`` (trained weights under the model's own key names) + ``policy.json``."""
-        from safetensors.torch import save_file
-
+        """Write the trained parts (see the module docstring) and ``policy.json`` to ``directory``."""
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        save_file(self.trained_state(), str(d / "model.safetensors"))
-        (d / "policy.json").write_text(json.dumps(self.policy_info(), indent=2))
+        components = self.trained_components()
+        for name in components:
+            self._save_component(name, d)
+        (d / "policy.json").write_text(json.dumps(self.policy_info(components), indent=2, default=str))
+
+    def load(self, path: str) -> None:
+        """Load a folder written by :meth:`save` (its lineage first), or a weights file (:meth:`load_weights_file`)."""
+        p = Path(path)
+        if (p / "policy.json").is_file():
+            self._load_saved(p)
+        else:
+            self.load_weights_file(str(path))
+
+    def _load_saved(self, d: Path) -> None:
+        info = json.loads((d / "policy.json").read_text())
+        if info.get("name") not in (None, self.policy_name) and self.policy_name.split("-")[0] != str(info["name"]).split("-")[0]:
+            raise ValueError(f"{d} was saved by policy {info['name']!r}, not {self.policy_name!r}")
+        known = {e["path"] for e in self._lineage()}
+        for entry in info.get("lineage", []):
+            if entry["path"] not in known:
+                if not Path(entry["path"]).exists() and Path(entry["path"]).is_absolute():
+                    raise FileNotFoundError(f"{d} was saved on top of {entry['path']}, which no longer exists")
+                self.load(entry["path"])
+        if "components" not in info:  # format 1: one flat model.safetensors of the trained weights
+            self.load_weights_file(str(d / "model.safetensors"), info)
+            return
+        for name in info["components"]:
+            self._load_component(name, d)
+        self._record_load(str(d), info["components"])
+
+    def load_weights_file(self, path: str, info: dict | None = None) -> None:
+        """A flat state dict of DiT weights (``transformer.<name>`` or bare diffusers names)."""
+        from mrgrpo.policies.deepgen.checkpoint import normalise_keys, read_state_dict
+
+        if info and info.get("dit_lora") and self.dit_lora is None:
+            self.add_dit_lora(info["dit_lora"])
+        state = normalise_keys(read_state_dict(path))
+        own = self.state_dict()
+        bad = [k for k in state if k not in own or own[k].shape != state[k].shape]
+        if bad:
+            raise RuntimeError(f"{path}: {len(bad)} key(s) do not fit the {self.policy_name} policy, e.g. {bad[:10]}")
+        with torch.no_grad():
+            for k, v in state.items():
+                own[k].copy_(v.to(own[k].dtype))
+        self._record_load(path, sorted({"transformer_lora" if "lora_" in k else "transformer" for k in state}))

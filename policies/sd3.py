@@ -48,24 +48,37 @@ class SD3Policy(DiTPolicy):
         self.set_stage("rl")
 
     def encode(self, prompts: list[str], images: list[list[Any]] | None = None, *, negative_prompt: str | None = None) -> EncodedPrompts:
+        """CLIP-L + CLIP-G + T5 (diffusers' ``encode_prompt``): ``context [B, 77 + T5, 4096]``, ``pooled [B, 2048]``.
+
+        With ``negative_prompt`` the negatives are encoded in the same batch as the prompts.
+        """
         if images is not None and any(images):
             raise ValueError("the sd3 policy is text-to-image only: it takes no reference images (use deepgen for editing)")
+        if isinstance(prompts, str) or not prompts:
+            raise ValueError("prompts must be a non-empty list of strings")
+        n = len(prompts)
+        texts = list(prompts) + ([negative_prompt] * n if negative_prompt is not None else [])
         with torch.no_grad():
-            pe, npe, pooled, npooled = self.pipe.encode_prompt(
-                prompt=prompts, prompt_2=None, prompt_3=None, device=self.device, num_images_per_prompt=1,
-                do_classifier_free_guidance=negative_prompt is not None,
-                negative_prompt=[negative_prompt] * len(prompts) if negative_prompt is not None else None,
-                max_sequence_length=self.max_sequence_length)
-        cond = Conditioning({"context": pe, "pooled": pooled})
-        return EncodedPrompts(cond, Conditioning({"context": npe, "pooled": npooled}) if negative_prompt is not None else None)
+            pe, _, pooled, _ = self.pipe.encode_prompt(
+                prompt=texts, prompt_2=None, prompt_3=None, device=self.device, num_images_per_prompt=1,
+                do_classifier_free_guidance=False, max_sequence_length=self.max_sequence_length)
+        both = Conditioning({"context": pe, "pooled": pooled})
+        if negative_prompt is None:
+            return EncodedPrompts(both)
+        return EncodedPrompts(both.select(slice(0, n)), both.select(slice(n, 2 * n)))
 
-    def velocity(self, latents, sigma, cond, ref_latents=None):
-        if ref_latents:
-            raise ValueError("the sd3 policy takes no reference latents")
+    def velocity(self, latents: torch.Tensor, sigma: torch.Tensor, cond: Conditioning,
+                 ref_latents: list[list[torch.Tensor]] | None = None) -> torch.Tensor:
+        """DiT velocity ``[B, C, h, w]`` at ``sigma [B]`` (timestep = sigma * 1000)."""
+        if ref_latents or cond.items.get("ref_latents"):
+            raise ValueError("the sd3 policy takes no reference latents (it is text-to-image only)")
+        if len(cond) != latents.shape[0]:
+            raise ValueError(f"conditioning holds {len(cond)} samples for {latents.shape[0]} latents (use cond.repeat(G))")
         dit = self.active_transformer()
         dtype = next(dit.parameters()).dtype
-        return dit(hidden_states=latents.to(dtype), encoder_hidden_states=cond.tensors["context"].to(dtype),
-                   pooled_projections=cond.tensors["pooled"].to(dtype), timestep=(sigma.float() * 1000).to(dtype)).sample
+        return dit(hidden_states=latents.to(dtype), encoder_hidden_states=cond.tensors["context"].to(latents.device, dtype),
+                   pooled_projections=cond.tensors["pooled"].to(latents.device, dtype),
+                   timestep=(sigma.to(latents.device).float() * 1000).to(dtype)).sample
 
     def flow_matching_loss(self, batch, generator=None):
         with torch.no_grad():
@@ -86,20 +99,11 @@ class SD3Policy(DiTPolicy):
         self.stage = stage
 
     def load(self, path: str) -> None:
-        import json
-
-        from safetensors.torch import load_file
-
+        """A folder written by :meth:`save`, or a flat DiT state dict (``transformer.<name>`` or bare diffusers names)."""
         p = Path(path)
-        info = json.loads((p / "policy.json").read_text()) if (p / "policy.json").exists() else {}
-        if info.get("dit_lora") and self.dit_lora is None:
-            self.train_dit(info["dit_lora"])
-        state = load_file(str(p / "model.safetensors" if p.is_dir() else p))
-        missing, unexpected = [], [k for k in state if k not in dict(self.named_parameters())]
-        if unexpected:
-            raise RuntimeError(f"{path}: unexpected keys {unexpected[:5]} for the sd3 policy")
-        self.load_state_dict(state, strict=False)
-        del missing
+        if not p.exists():
+            raise FileNotFoundError(f"sd3 weights {path} do not exist")
+        super().load(path)
 
 
 def build_sd3(pretrained: str = "stabilityai/stable-diffusion-3.5-medium", **kwargs: Any) -> SD3Policy:

@@ -20,14 +20,15 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mrgrpo.losses import add_flow_noise, flow_matching_loss, sample_flow_sigmas
 from mrgrpo.policies.base import Conditioning, EncodedPrompts, STAGES, images_to_tensor
-from mrgrpo.policies.deepgen.checkpoint import load_deepgen_checkpoint
+from mrgrpo.policies.deepgen.checkpoint import SCB_PREFIXES, LoadReport, load_deepgen_checkpoint
 from mrgrpo.policies.deepgen.dit import dit_forward, install_masked_attention
 from mrgrpo.policies.deepgen.scb import Connector, masked_mean
-from mrgrpo.policies.dit_policy import DiTPolicy
+from mrgrpo.policies.dit_policy import DiTPolicy, load_adapter_state, lora_config, read_adapter, save_adapter
 
 T2I_TEMPLATE = "<|im_start|>user\nGenerate an image: {prompt}<|im_end|>\n<|im_start|>assistant\n"
 EDIT_TEMPLATE = "<|im_start|>user\n{images}\n{prompt}<|im_end|>\n<|im_start|>assistant\n"
@@ -35,6 +36,12 @@ IMAGE_SLOT = "<|vision_start|>{pads}<|vision_end|>"
 #: released SCB selection: decoder outputs of 0-based layers 34, 28, 22, 16, 10, 4
 RELEASED_SCB_LAYERS = (35, 29, 23, 17, 11, 5)
 VLM_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+#: default VLM LoRA (SFT stage): language-model linear layers + embed_tokens, never the ViT
+VLM_LORA_DEFAULT = {"rank": 64, "alpha": 128, "dropout": 0.05,
+                    "target_modules": r".*language_model.*\.(" + "|".join(VLM_LORA_TARGETS + ("embed_tokens",)) + ")"}
+#: CLIP normalisation of the ViT input (Qwen2.5-VL's image processor uses the same)
+VIT_MEAN = (0.48145466, 0.4578275, 0.40821073)
+VIT_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def fit_to_budget(width: int, height: int, budget: int = 512, multiple: int = 32) -> tuple[int, int]:
@@ -58,19 +65,27 @@ class DeepGenPolicy(DiTPolicy):
     """DeepGen: Qwen2.5-VL + SCB + think tokens + SD3.5-M DiT (text-to-image and editing).
 
     Args:
-        vlm: Qwen2.5-VL path or hub id (model, tokenizer and image processor).
-        transformer: DiT source: a diffusers pipeline folder/id (``transformer_subfolder``) or a model folder.
-        vae: VAE source (default: ``transformer``'s pipeline, subfolder ``vae``).
-        checkpoint: DeepGen weights to load (released layout or ``policy.save`` folder).
-        dtype: dtype of the frozen modules (VLM, VAE; the DiT until it trains).
-        scb_layers: ``hidden_states`` indices, deepest first.
-        num_queries: think tokens.
-        connector_layers / connector_heads / connector_mlp: connector shape.
-        mask_padding: mask pads in connector, pooling and DiT context (False = released behaviour).
-        timestep_shift: the scheduler's shift (training noise law too).
-        pixel_budget: reference images are resized to about this squared, sides multiples of 32.
-        max_prompt_tokens: training keeps the last ``max_prompt_tokens`` prompt positions (+ queries).
-        policy_name / policy_kwargs: how to rebuild this policy (written by :meth:`save`).
+        vlm: Qwen2.5-VL folder or hub id (model + tokenizer).
+        transformer: DiT source: a diffusers pipeline folder/id (``transformer_subfolder``) or a model folder
+            (``transformer_subfolder=None``).
+        vae / vae_subfolder: VAE source (default: ``transformer``'s pipeline, subfolder ``vae``).
+        scheduler: scheduler source (default: ``transformer``'s pipeline, subfolder ``scheduler``; else
+            ``FlowMatchEulerDiscreteScheduler(shift=timestep_shift)``).
+        checkpoint: DeepGen weights loaded after building (released file/folder or a ``save()`` folder).
+        dtype: dtype of the frozen modules (VLM, VAE; the DiT until it trains). Trained parts are float32.
+        scb_layers: ``hidden_states`` indices, deepest first (released: 35, 29, 23, 17, 11, 5).
+        num_queries: think tokens (128).
+        connector_layers / connector_heads / connector_mlp: connector shape (6 / 32 / 11946).
+        mask_padding: mask pads in the connector, the pooling and the DiT context (False = the
+            released behaviour, where pads leak and outputs depend on the batch's padding).
+        timestep_shift: the scheduler's shift, also the training noise law's.
+        pixel_budget: reference images are resized to about ``pixel_budget**2`` pixels, sides multiples of 32.
+        max_prompt_tokens: ``encode(..., truncate=True)`` (training) keeps the last ``max_prompt_tokens``
+            positions of a text-to-image prompt (+ the think tokens); editing prompts are not truncated.
+        init_seed: seed of the think tokens' and the connector's initialisation.
+        policy_name / policy_kwargs: how to rebuild this policy (written to ``policy.json`` by :meth:`save`).
+        modules: already-built ``{"lmm", "tokenizer", "transformer", "vae"[, "scheduler"]}`` (real-size
+            benchmarks without weights); the path arguments are then ignored.
     """
 
     supports_editing = True
@@ -84,49 +99,50 @@ class DeepGenPolicy(DiTPolicy):
                  modules: dict[str, Any] | None = None):
         super().__init__()
         from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
-        from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration, Qwen2VLImageProcessor
+        from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
 
         self.frozen_dtype = _dtype(dtype)
         self.policy_name = policy_name
         self.policy_kwargs = dict(policy_kwargs or {})
-        if modules is not None:  # already-built components (benchmarks of the real-size shapes without weights)
-            self.lmm, self.tokenizer, self.image_processor = modules["lmm"], modules["tokenizer"], modules["image_processor"]
+        if modules is not None:
+            self.lmm, self.tokenizer = modules["lmm"], modules["tokenizer"]
             self.transformer, self.vae = modules["transformer"], modules["vae"]
             self.scheduler = modules.get("scheduler") or FlowMatchEulerDiscreteScheduler(shift=timestep_shift)
         else:
-            self.lmm = Qwen2_5_VLForConditionalGeneration.from_pretrained(vlm, torch_dtype=self.frozen_dtype)
+            self.lmm = Qwen2_5_VLForConditionalGeneration.from_pretrained(vlm, dtype=self.frozen_dtype)
             self.tokenizer = AutoTokenizer.from_pretrained(vlm)
-            self.image_processor = Qwen2VLImageProcessor.from_pretrained(vlm)
             self.transformer = SD3Transformer2DModel.from_pretrained(transformer, subfolder=transformer_subfolder, torch_dtype=self.frozen_dtype)
-            vae_src = vae or transformer
-            self.vae = AutoencoderKL.from_pretrained(vae_src, subfolder=vae_subfolder if vae is None or vae_subfolder else None,
-                                                     torch_dtype=self.frozen_dtype)
+            self.vae = AutoencoderKL.from_pretrained(vae or transformer, subfolder=vae_subfolder, torch_dtype=self.frozen_dtype)
             try:
                 self.scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(scheduler or transformer, subfolder="scheduler")
-            except (OSError, ValueError):
+            except (OSError, ValueError, EnvironmentError):
                 self.scheduler = FlowMatchEulerDiscreteScheduler(shift=timestep_shift)
+        self.lmm.requires_grad_(False)
+        self.vae.requires_grad_(False).eval()
         install_masked_attention(self.transformer)
 
         text_cfg = self.lmm.config.text_config if hasattr(self.lmm.config, "text_config") else self.lmm.config
         hidden = text_cfg.hidden_size
         n_states = text_cfg.num_hidden_layers + 1
-        bad = [i for i in scb_layers if not -n_states <= i < n_states]
-        if bad:
-            raise ValueError(f"scb_layers {bad} are outside hidden_states[0..{n_states - 1}] of this VLM ({n_states - 1} layers)")
+        bad = [i for i in scb_layers if not -n_states <= int(i) < n_states]
+        if bad or not scb_layers:
+            raise ValueError(f"scb_layers {list(scb_layers)}: {bad or 'empty'} outside hidden_states[0..{n_states - 1}] "
+                             f"of this VLM ({n_states - 1} layers; hidden_states[0] is the embedding output)")
         self.scb_layers = [int(i) for i in scb_layers]
         gen = torch.Generator().manual_seed(init_seed)
         self.meta_queries = nn.Parameter(torch.randn(num_queries, hidden, generator=gen) / math.sqrt(hidden))
-        self.projector_1 = nn.Linear(hidden * len(self.scb_layers), hidden)
-        with torch.random.fork_rng():
+        with torch.random.fork_rng(devices=[]):
             torch.manual_seed(init_seed)
+            self.projector_1 = nn.Linear(hidden * len(self.scb_layers), hidden)
             self.connector = Connector(hidden, connector_heads, connector_mlp, connector_layers)
         self.projector_2 = nn.Linear(hidden, self.transformer.config.pooled_projection_dim)
         self.projector_3 = nn.Linear(hidden, self.transformer.config.joint_attention_dim)
-        for p in (self.projector_2, self.projector_3):
-            nn.init.zeros_(p.weight)
-            nn.init.zeros_(p.bias)
-        self.mask_padding = mask_padding
-        self.timestep_shift = timestep_shift
+        for proj in (self.projector_2, self.projector_3):
+            nn.init.zeros_(proj.weight)
+            nn.init.zeros_(proj.bias)
+        self.vlm_lora: dict | None = None
+        self.mask_padding = bool(mask_padding)
+        self.timestep_shift = float(timestep_shift)
         self.pixel_budget = pixel_budget
         self.max_prompt_tokens = max_prompt_tokens
         self.latent_channels = self.transformer.config.in_channels
@@ -134,35 +150,57 @@ class DeepGenPolicy(DiTPolicy):
         self.image_token = "<|image_pad|>"
         self.image_token_id = self.tokenizer.convert_tokens_to_ids(self.image_token)
         self.pad_token_id = self.tokenizer.convert_tokens_to_ids("<|endoftext|>")
-        self.merge = self.lmm.config.vision_config.spatial_merge_size
+        vcfg = self.lmm.config.vision_config
+        self.vit_patch, self.merge, self.temporal_patch = vcfg.patch_size, vcfg.spatial_merge_size, vcfg.temporal_patch_size
         if checkpoint:
             self.load(checkpoint)
         self.set_stage("rl")
 
     # -- prompt building ----------------------------------------------------------------------
-    def _ref_inputs(self, images: Sequence[Any]) -> tuple[list[torch.Tensor], list[int], torch.Tensor | None, torch.Tensor | None]:
-        """Resize references to the budget; VAE pixels ``[3, H, W]``, token counts, ViT patches and grids."""
+    def vit_patches(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Qwen2.5-VL ViT input of one reference ``[3, H, W]`` in [0, 1] (sides multiples of 32).
+
+        Resized by 28/32 (bilinear, as released), CLIP-normalised, packed into patches:
+        returns ``patches [(H'/14)(W'/14), 3 * 2 * 14 * 14]`` and ``grid_thw [1, 3]``; the ViT then gives
+        ``(H/32)(W/32)`` tokens.
+        """
+        x = F.interpolate(pixels[None].float(), scale_factor=28 / 32, mode="bilinear")[0]
+        mean = torch.tensor(VIT_MEAN, dtype=x.dtype).view(3, 1, 1)
+        std = torch.tensor(VIT_STD, dtype=x.dtype).view(3, 1, 1)
+        x = (x - mean) / std
+        c, h, w = x.shape
+        p, m, tp = self.vit_patch, self.merge, self.temporal_patch
+        gh, gw = h // p, w // p
+        if gh % m or gw % m:
+            raise ValueError(f"reference of {pixels.shape[-1]}x{pixels.shape[-2]} px does not pack into ViT patches; sides must be multiples of 32")
+        x = x[None].expand(tp, c, h, w)  # one frame repeated over the temporal patch
+        x = x.reshape(tp, c, gh // m, m, p, gw // m, m, p).permute(2, 5, 3, 6, 1, 0, 4, 7)  # gh/m gw/m m m c tp p p
+        return x.reshape(gh * gw, c * tp * p * p), torch.tensor([[1, gh, gw]])
+
+    def _ref_inputs(self, images: Sequence[Any]) -> tuple[list[torch.Tensor], list[int], list[torch.Tensor], list[torch.Tensor]]:
+        """Per reference: VAE pixels ``[3, H, W]`` at the pixel budget, token count, ViT patches, grid."""
         from PIL import Image
 
-        pixels, counts, vit_inputs = [], [], []
+        pixels, counts, patches, grids = [], [], [], []
         for im in images:
+            if not hasattr(im, "convert"):
+                raise TypeError(f"reference images must be PIL images, got {type(im).__name__}")
             im = im.convert("RGB")
             w, h = fit_to_budget(im.width, im.height, self.pixel_budget, 32)
-            resized = im.resize((w, h), Image.BICUBIC)
-            pixels.append(images_to_tensor([resized])[0])
+            px = images_to_tensor([im.resize((w, h), Image.BICUBIC)])[0]
+            pixels.append(px)
             counts.append((h // 32) * (w // 32))
-            vit_inputs.append(resized.resize((w * 28 // 32, h * 28 // 32), Image.BILINEAR))
-        if not vit_inputs:
-            return pixels, counts, None, None
-        proc = self.image_processor(images=vit_inputs, do_resize=False, return_tensors="pt")
-        return pixels, counts, proc["pixel_values"], proc["image_grid_thw"]
+            pt, grid = self.vit_patches(px)
+            patches.append(pt)
+            grids.append(grid)
+        return pixels, counts, patches, grids
 
-    def _tokenize(self, texts: list[str], truncate: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """Left-padded ids ``[B, L]`` and mask, with ``num_queries`` placeholders appended to each."""
+    def _tokenize(self, texts: list[str], truncate: list[bool]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-padded ids ``[B, L]`` and mask ``[B, L]``, with ``num_queries`` placeholders appended to each row."""
         q = self.meta_queries.shape[0]
         rows = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-        if truncate and self.max_prompt_tokens:
-            rows = [r[-self.max_prompt_tokens:] for r in rows]
+        if self.max_prompt_tokens:
+            rows = [r[-self.max_prompt_tokens:] if cut else r for r, cut in zip(rows, truncate)]
         rows = [r + [self.pad_token_id] * q for r in rows]
         longest = max(len(r) for r in rows)
         ids = torch.full((len(rows), longest), self.pad_token_id, dtype=torch.long)
@@ -172,166 +210,254 @@ class DeepGenPolicy(DiTPolicy):
             mask[i, longest - len(r):] = 1
         return ids, mask
 
+    def prompt_text(self, prompt: str, num_refs: int = 0, ref_tokens: Sequence[int] = ()) -> str:
+        """The VLM prompt (before the think tokens): the T2I template, or the editing one with image slots."""
+        if not num_refs:
+            return T2I_TEMPLATE.format(prompt=prompt)
+        slots = "".join(IMAGE_SLOT.format(pads=self.image_token * n) for n in ref_tokens)
+        return EDIT_TEMPLATE.format(images=slots, prompt=prompt)
+
     def _encode_batch(self, prompts: list[str], refs: list[list[Any]] | None, truncate: bool = False) -> Conditioning:
-        """The VLM + SCB forward for B prompts: context ``[B, L, J]``, pooled ``[B, P]``, mask ``[B, L]``."""
+        """The VLM + SCB forward for B prompts.
+
+        Returns tensors ``context [B, L, joint_attention_dim]``, ``pooled [B, pooled_projection_dim]``,
+        ``context_mask [B, L]`` (bool, only with ``mask_padding``), and items ``ref_latents`` (per sample a
+        list of ``[C, h, w]``) when any prompt has references.
+        """
         device = self.device
-        texts, ref_pixels, vit_pixels, grids = [], [], [], []
+        texts, ref_pixels, vit_patches, grids, cut = [], [], [], [], []
         for i, prompt in enumerate(prompts):
-            imgs = refs[i] if refs else []
-            pixels, counts, vit, grid = self._ref_inputs(imgs)
+            imgs = list(refs[i]) if refs and refs[i] else []
+            pixels, counts, patches, grid = self._ref_inputs(imgs)
             ref_pixels.append(pixels)
-            if vit is not None:
-                vit_pixels.append(vit)
-                grids.append(grid)
-            if imgs:
-                slots = "".join(IMAGE_SLOT.format(pads=self.image_token * n) for n in counts)
-                texts.append(EDIT_TEMPLATE.format(images=slots, prompt=prompt))
-            else:
-                texts.append(T2I_TEMPLATE.format(prompt=prompt))
-        ids, mask = self._tokenize(texts, truncate)
+            vit_patches += patches
+            grids += grid
+            texts.append(self.prompt_text(prompt, len(imgs), counts))
+            cut.append(truncate and not imgs)
+        ids, mask = self._tokenize(texts, cut)
         ids, mask = ids.to(device), mask.to(device)
         q = self.meta_queries.shape[0]
-        embed = self.lmm.get_input_embeddings()
-        embeds = embed(ids)
-        embeds = torch.cat([embeds[:, :-q], self.meta_queries.to(embeds.dtype).unsqueeze(0).expand(len(prompts), -1, -1)], dim=1)
+        embeds = self.lmm.get_input_embeddings()(ids)
+        queries = self.meta_queries.to(embeds.dtype).unsqueeze(0).expand(len(prompts), -1, -1)
+        embeds = torch.cat([embeds[:, :-q], queries], dim=1)
         image_grid = None
-        if vit_pixels:
+        if vit_patches:
             image_grid = torch.cat(grids).to(device)
             with torch.no_grad():
-                feats = self.lmm.model.get_image_features(torch.cat(vit_pixels).to(device, self.lmm.dtype), image_grid).pooler_output
+                feats = self.lmm.model.get_image_features(torch.cat(vit_patches).to(device, self.lmm.dtype), image_grid).pooler_output
             feats = torch.cat(list(feats)).to(embeds.dtype)
-            slot = (ids == self.image_token_id).unsqueeze(-1).expand_as(embeds)
-            embeds = embeds.masked_scatter(slot, feats)
+            slot = ids == self.image_token_id
+            if int(slot.sum()) != feats.shape[0]:
+                raise RuntimeError(f"{int(slot.sum())} image tokens in the prompts but the ViT gave {feats.shape[0]} features")
+            embeds = embeds.masked_scatter(slot.unsqueeze(-1).expand_as(embeds), feats)
         token_type = (ids == self.image_token_id).int()
         position_ids, _ = self.lmm.model.get_rope_index(ids, token_type, image_grid_thw=image_grid, attention_mask=mask)
         out = self.lmm.model.language_model(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids,
                                             output_hidden_states=True, use_cache=False)
-        states = out.hidden_states
-        stacked = torch.cat([states[i] for i in self.scb_layers], dim=-1)
+        stacked = torch.cat([out.hidden_states[i] for i in self.scb_layers], dim=-1)
         valid = mask.bool() if self.mask_padding else None
         z = self.connector(self.projector_1(stacked.to(self.projector_1.weight.dtype)), valid)
-        context = self.projector_3(z)
-        pooled = self.projector_2(masked_mean(z, valid))
-        tensors = {"context": context, "pooled": pooled}
+        tensors = {"context": self.projector_3(z), "pooled": self.projector_2(masked_mean(z, valid))}
         if self.mask_padding:
             tensors["context_mask"] = mask.bool()
         items = {}
         if refs and any(refs):
             with torch.no_grad():
-                items["ref_latents"] = [[self.encode_images(p.unsqueeze(0).to(device))[0] for p in px] for px in ref_pixels]
+                items["ref_latents"] = [[self.encode_images(px.unsqueeze(0))[0] for px in pxs] for pxs in ref_pixels]
         return Conditioning(tensors, items)
 
     def _grad_context(self):
         needs = any(p.requires_grad for n, p in self.named_parameters() if not n.startswith(("transformer.", "vae.")))
-        return contextlib.nullcontext() if needs else torch.no_grad()
+        return contextlib.nullcontext() if needs and torch.is_grad_enabled() else torch.no_grad()
 
     def encode(self, prompts: list[str], images: list[list[Any]] | None = None, *, negative_prompt: str | None = None,
                truncate: bool = False) -> EncodedPrompts:
-        """Encode B prompts once; with ``negative_prompt`` the negative ones go through the VLM in the same batch."""
+        """Encode B prompts once (VLM + SCB; gradients only when the SCB / VLM LoRA train).
+
+        Args:
+            prompts: B instructions (text-to-image prompts, or edit instructions when ``images`` is given).
+            images: per prompt, a list of PIL reference images (may be empty for a T2I prompt in the same batch).
+            negative_prompt: with it, also the CFG conditioning, computed in the SAME VLM batch: for T2I the
+                negative text (``""`` = the empty prompt) through the same template; for editing the same
+                references + the negative text.
+            truncate: training-time left truncation of T2I prompts to ``max_prompt_tokens``.
+        """
+        if isinstance(prompts, str):
+            raise TypeError("prompts must be a list of strings")
+        if not prompts:
+            raise ValueError("encode needs at least one prompt")
         if images is not None and len(images) != len(prompts):
             raise ValueError(f"got {len(images)} reference lists for {len(prompts)} prompts")
         with self._grad_context():
             if negative_prompt is None:
-                return EncodedPrompts(self._encode_batch(prompts, images, truncate))
-            negs = [negative_prompt] * len(prompts)
-            both = self._encode_batch(prompts + negs, (images + images) if images else None, truncate)
+                return EncodedPrompts(self._encode_batch(list(prompts), images, truncate))
             n = len(prompts)
+            both = self._encode_batch(list(prompts) + [negative_prompt] * n, (list(images) * 2) if images else None, truncate)
             return EncodedPrompts(both.select(slice(0, n)), both.select(slice(n, 2 * n)))
 
     # -- denoiser --------------------------------------------------------------------------------
     def velocity(self, latents: torch.Tensor, sigma: torch.Tensor, cond: Conditioning,
                  ref_latents: list[list[torch.Tensor]] | None = None) -> torch.Tensor:
+        """DiT velocity ``[B, C, h, w]`` (the DiT's dtype) of ``latents [B, C, h, w]`` at ``sigma [B]`` (timestep = sigma * 1000).
+
+        Reference latents (``cond.items["ref_latents"]`` or ``ref_latents``) join the target's tokens in the
+        joint attention; the context mask hides pads when ``mask_padding``.
+        """
+        if latents.ndim != 4 or sigma.shape != (latents.shape[0],):
+            raise ValueError(f"velocity takes latents [B, C, h, w] and sigma [B], got {tuple(latents.shape)} and {tuple(sigma.shape)}")
+        if len(cond) != latents.shape[0]:
+            raise ValueError(f"conditioning holds {len(cond)} samples for {latents.shape[0]} latents (use cond.repeat(G))")
         dit = self.active_transformer()
         dtype = next(dit.parameters()).dtype
         refs = ref_latents if ref_latents is not None else cond.items.get("ref_latents")
         if refs is not None:
-            refs = [[r.to(dtype) for r in rs] for rs in refs]
+            refs = [[r.to(latents.device, dtype) for r in rs] for rs in refs]
         timestep = (sigma.to(latents.device).float() * 1000.0).to(dtype)
-        return dit_forward(dit, latents.to(dtype), timestep, cond.tensors["context"].to(dtype), cond.tensors["pooled"].to(dtype),
+        ctx = cond.tensors["context"].to(latents.device, dtype)
+        return dit_forward(dit, latents.to(dtype), timestep, ctx, cond.tensors["pooled"].to(latents.device, dtype),
                            cond.tensors.get("context_mask"), refs)
 
     # -- training ------------------------------------------------------------------------------------
     def flow_matching_loss(self, batch: dict[str, Any], generator: torch.Generator | None = None) -> torch.Tensor:
-        images = batch["images"].to(self.device)
+        """SFT loss: ``batch = {"images": [B, 3, H, W] in [0, 1], "prompts": [B], "ref_images": [B][k] PIL | None}``.
+
+        Targets encoded by the VAE (mode); noise and ``sigma ~ shift-3 law`` drawn from ``generator`` (CPU).
+        """
+        images = batch["images"]
+        if len(batch["prompts"]) != images.shape[0]:
+            raise ValueError(f"{images.shape[0]} images for {len(batch['prompts'])} prompts")
         with torch.no_grad():
-            x0 = self.encode_images(images)
+            x0 = self.encode_images(images.to(self.device))
         cond = self.encode(list(batch["prompts"]), batch.get("ref_images"), truncate=True).cond
         noise = torch.randn(x0.shape, generator=generator, dtype=torch.float32).to(x0.device)
         sigma = sample_flow_sigmas(x0.shape[0], shift=self.timestep_shift, generator=generator).to(x0.device)
         v = self.velocity(add_flow_noise(x0, noise, sigma), sigma, cond)
         return flow_matching_loss(v, x0, noise)
 
-    def scb_modules(self) -> dict[str, nn.Module | nn.Parameter]:
+    def scb_modules(self) -> dict[str, nn.Module]:
         return {"projector_1": self.projector_1, "connector": self.connector, "projector_2": self.projector_2,
                 "projector_3": self.projector_3}
 
     def set_stage(self, stage: str, lora: dict | None = None) -> None:
-        """pretrain: think tokens + projectors + connector; sft: + DiT + VLM LoRA; rl: DiT (or a DiT LoRA)."""
+        """Freeze all but the stage's parts; trained parts become float32.
+
+        * ``pretrain``: think tokens + projectors + connector.
+        * ``sft``: + the whole DiT + a VLM LoRA (``lora`` overrides :data:`VLM_LORA_DEFAULT`: r 64, alpha 128,
+          dropout 0.05, language-model linear layers + embed_tokens).
+        * ``rl``: the DiT only, or a DiT LoRA when ``lora`` (``{rank, alpha, dropout, target_modules}``) is given.
+        """
         if stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
         self.requires_grad_(False)
         if stage in ("pretrain", "sft"):
+            self.meta_queries.data = self.meta_queries.data.float()
             self.meta_queries.requires_grad_(True)
             for m in self.scb_modules().values():
                 m.float().requires_grad_(True)
-            self.meta_queries.data = self.meta_queries.data.float()
         if stage == "sft":
-            self._add_vlm_lora(lora or {})
-            self.transformer.float().requires_grad_(True)
+            if not self.has_vlm_lora():
+                self.add_vlm_lora({**VLM_LORA_DEFAULT, **{k: v for k, v in (lora or {}).items() if k != "enabled"}})
+            for n, p in self.lmm.named_parameters():
+                if "lora_" in n:
+                    p.data = p.data.float()
+                    p.requires_grad_(True)
+            self.train_dit(None)
         if stage == "rl":
             self.train_dit(lora)
         self.stage = stage
 
-    def _add_vlm_lora(self, cfg: dict) -> None:
-        from peft import LoraConfig
+    # -- VLM LoRA ----------------------------------------------------------------------------------
+    def has_vlm_lora(self) -> bool:
+        return self.vlm_lora is not None
 
-        lm = self.lmm
-        if getattr(lm, "peft_config", None):
-            for n, p in lm.named_parameters():
-                if "lora_" in n:
-                    p.requires_grad_(True)
-            return
-        # language-model linear layers and embed_tokens; never the ViT
-        targets = r".*language_model.*\.(" + "|".join(VLM_LORA_TARGETS + ("embed_tokens",)) + ")"
-        config = LoraConfig(r=cfg.get("rank", 64), lora_alpha=cfg.get("alpha", 128), lora_dropout=cfg.get("dropout", 0.05),
-                            target_modules=targets)
+    def add_vlm_lora(self, spec: dict[str, Any]) -> None:
+        """Inject a LoRA (adapter ``default``, gaussian init as released) into the VLM; frozen until a stage trains it.
+
+        Keys then read ``lmm.model.language_model.layers.{i}.self_attn.q_proj.lora_A.default.weight`` (the released layout).
+        """
         from peft import inject_adapter_in_model
 
-        inject_adapter_in_model(config, lm, adapter_name="default")  # keys: ...q_proj.lora_A.default.weight (released layout)
-        lm.peft_config = {"default": config}
-        self.train(self.training)  # new LoRA modules (dropout) follow the policy's train/eval mode
-        for n, p in lm.named_parameters():
+        if self.has_vlm_lora():
+            raise RuntimeError("the VLM already has a LoRA")
+        config = lora_config(spec, VLM_LORA_DEFAULT["target_modules"], init="gaussian")
+        inject_adapter_in_model(config, self.lmm, adapter_name="default")
+        self.lmm.peft_config = {"default": config}
+        targets = config.target_modules
+        self.vlm_lora = {"rank": config.r, "alpha": config.lora_alpha, "dropout": config.lora_dropout,
+                         "target_modules": sorted(targets) if isinstance(targets, (set, list)) else targets,
+                         "rank_pattern": dict(config.rank_pattern or {})}
+        for n, p in self.lmm.named_parameters():
             if "lora_" in n:
                 p.data = p.data.float()
-                p.requires_grad_(True)
+                p.requires_grad_(False)
+        self.train(self.training)  # new LoRA modules (dropout) follow the policy's train/eval mode
+
+    # -- persistence ---------------------------------------------------------------------------------
+    def trained_components(self) -> list[str]:
+        out = []
+        if self.meta_queries.requires_grad or any(p.requires_grad for m in self.scb_modules().values() for p in m.parameters()):
+            out.append("scb")
+        out += super().trained_components()
+        if any(p.requires_grad for n, p in self.lmm.named_parameters() if "lora_" in n):
+            out.append("vlm_lora")
+        return out
+
+    def scb_state(self) -> dict[str, torch.Tensor]:
+        """Think tokens, projectors and connector under the released key names, float32 on CPU."""
+        return {k: v.detach().float().cpu().contiguous() for k, v in self.state_dict().items()
+                if k == "meta_queries" or k.startswith(SCB_PREFIXES)}
+
+    def _save_component(self, name: str, directory: Path) -> None:
+        if name == "scb":
+            from safetensors.torch import save_file
+
+            save_file(self.scb_state(), str(directory / "scb.safetensors"), metadata={"format": "pt"})
+        elif name == "vlm_lora":
+            save_adapter(self.lmm, self.lmm.peft_config["default"], directory / "vlm_lora")
+        else:
+            super()._save_component(name, directory)
+
+    def _load_component(self, name: str, directory: Path) -> None:
+        if name == "scb":
+            load_deepgen_checkpoint(self, directory / "scb.safetensors")
+        elif name == "vlm_lora":
+            config, state = read_adapter(directory / "vlm_lora")
+            if not self.has_vlm_lora():
+                self.add_vlm_lora({"rank": config.r, "alpha": config.lora_alpha, "dropout": config.lora_dropout,
+                                   "target_modules": config.target_modules, "rank_pattern": config.rank_pattern})
+            load_adapter_state(self.lmm, state, str(directory / "vlm_lora"))
+        else:
+            super()._load_component(name, directory)
+
+    def policy_info(self, components: list[str]) -> dict[str, Any]:
+        return {**super().policy_info(components), "vlm_lora": self.vlm_lora, "mask_padding": self.mask_padding,
+                "scb_layers": self.scb_layers}
 
     def load(self, path: str) -> None:
-        """Load a ``save()`` folder or a released DeepGen checkpoint (SFT, or RL on top of SFT)."""
+        """Load a :meth:`save` folder, or a released DeepGen checkpoint (file, folder or hub id).
+
+        Released checkpoints load through :func:`load_deepgen_checkpoint` (both key layouts; all-or-nothing
+        per component; an RL checkpoint holding only the DiT loads on top of the SFT one loaded before).
+        """
         p = Path(path)
-        meta = p / "policy.json"
-        if meta.exists():
-            info = json.loads(meta.read_text())
-            if info.get("dit_lora") and self.dit_lora is None:
-                self.train_dit(info["dit_lora"])
-            if info.get("stage") == "sft" and not getattr(self.lmm, "peft_config", None):
-                self._add_vlm_lora({})
-        elif not p.exists():
+        if (p / "policy.json").is_file():
+            self._load_saved(p)
+            return
+        if not p.exists():
+            if p.is_absolute() or str(path).startswith((".", "~")) or str(path).count("/") != 1:
+                raise FileNotFoundError(f"DeepGen checkpoint {path} does not exist")
             from huggingface_hub import snapshot_download
 
             p = Path(snapshot_download(str(path)))  # a hub id (only where a hub is reachable)
-        state_has_lora = self._checkpoint_has_vlm_lora(p)
-        if state_has_lora and not getattr(self.lmm, "peft_config", None):
-            self._add_vlm_lora({})
-        load_deepgen_checkpoint(self, p)
+        self.load_weights_file(str(p))
 
-    @staticmethod
-    def _checkpoint_has_vlm_lora(path: Path) -> bool:
-        from mrgrpo.policies.deepgen.checkpoint import normalise_keys, read_state_dict
-
-        try:
-            return any(k.startswith("lmm.") and "lora_" in k for k in normalise_keys(read_state_dict(path)))
-        except Exception:
-            return False
+    def load_weights_file(self, path: str, info: dict | None = None) -> LoadReport:
+        """A flat released-layout state dict (file or folder): see :func:`load_deepgen_checkpoint`."""
+        if info and info.get("dit_lora") and self.dit_lora is None:
+            self.add_dit_lora(info["dit_lora"])
+        report = load_deepgen_checkpoint(self, path)
+        self._record_load(path, report.components)
+        return report
 
 
 def build_deepgen(**kwargs: Any) -> DeepGenPolicy:

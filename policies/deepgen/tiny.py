@@ -99,15 +99,27 @@ def _scb_kwargs(s: dict) -> dict[str, Any]:
 
 
 def tiny_cache_dir(seed: int, spec: dict | None) -> Path:
-    key = hashlib.sha1(json.dumps({"seed": seed, **TINY, **(spec or {}), "v": 1}, sort_keys=True).encode()).hexdigest()[:12]
+    key = hashlib.sha1(json.dumps({"seed": seed, **TINY, **(spec or {}), "v": 2}, sort_keys=True).encode()).hexdigest()[:12]
     root = Path(os.environ.get("MRGRPO_CACHE", Path.home() / ".cache" / "mrgrpo"))
     return root / "tiny" / f"deepgen-{key}"
 
 
 def tiny_deepgen(seed: int = 0, cache_dir: str | None = None, spec: dict | None = None, **kwargs: Any):
-    """Registry factory of ``deepgen-tiny``: build the toy model files once, then load them like real weights."""
+    """Registry factory of ``deepgen-tiny``: build the toy model files once, then load them like real weights.
+
+    Args:
+        seed: initialisation seed of the toy weights.
+        cache_dir: where the files go (default ``$MRGRPO_CACHE/tiny/deepgen-<hash>``, else ``~/.cache/mrgrpo/...``);
+            written atomically, reused when present.
+        spec: overrides of :data:`TINY` (``hidden``, ``layers``, ``scb_layers``, ...); TINY keys may also be given
+            as keyword arguments (``hidden=32``).
+        kwargs: :class:`DeepGenPolicy` options (``mask_padding``, ``checkpoint``, ``pixel_budget``, ...).
+    """
     from mrgrpo.policies.deepgen.policy import DeepGenPolicy
 
+    shape = {k: kwargs.pop(k) for k in list(kwargs) if k in TINY}
+    if shape:
+        spec = {**(spec or {}), **shape}
     path = Path(cache_dir) if cache_dir else tiny_cache_dir(seed, spec)
     if not (path / "deepgen_init.safetensors").exists():
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,1 +1,0 @@
-../../benchmarks/policy_params.py
