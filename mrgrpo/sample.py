@@ -24,7 +24,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--width", type=int, default=None)
     p.add_argument("--negative-prompt", default="", help="negative prompt for CFG")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="recipe override")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="recipe override (a.b=c); for a saved folder only policy.kwargs.NAME=VALUE (e.g. policy.kwargs.mask_padding=false)")
 
 
 def _build(args: argparse.Namespace):
@@ -37,7 +38,18 @@ def _build(args: argparse.Namespace):
         if not meta.exists():
             raise SystemExit(f"error: {src} has no policy.json; pass a recipe or a folder written by policy.save (e.g. a run's final/)")
         info = json.loads(meta.read_text())
-        policy = POLICIES.build(info["name"], **info.get("kwargs", {}))
+        kwargs = dict(info.get("kwargs", {}))
+        if args.set:
+            from mrgrpo.config import RecipeError, apply_overrides
+
+            try:
+                over = apply_overrides({"policy": {"kwargs": {}}}, list(args.set))
+            except RecipeError as exc:
+                raise SystemExit(f"error: {exc}") from None
+            if set(over) != {"policy"} or set(over["policy"]) != {"kwargs"}:
+                raise SystemExit("error: with a saved policy folder, --set takes only policy.kwargs.NAME=VALUE")
+            kwargs.update(over["policy"]["kwargs"])
+        policy = POLICIES.build(info["name"], **kwargs)
         policy.load(str(src))
         for parent in (src.parent, src.parent.parent, src.parent.parent.parent):  # final/ or checkpoints/step-N/policy/
             if (parent / "config.yaml").exists():

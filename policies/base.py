@@ -105,6 +105,8 @@ class DiffusionPolicy(nn.Module, abc.ABC):
     vae_scale_factor: int = 8
     #: whether :meth:`encode` accepts reference images (editing)
     supports_editing: bool = False
+    #: shift ``k`` of the training noise law ``s = k u / (1 + (k - 1) u)`` (``mrgrpo.losses.sample_flow_sigmas``)
+    timestep_shift: float = 3.0
 
     # -- dispatch through the (possibly DDP/DeepSpeed-wrapped) module ----------------------
     def forward(self, method: str, *args: Any, **kwargs: Any) -> Any:
@@ -180,8 +182,12 @@ class DiffusionPolicy(nn.Module, abc.ABC):
         """
 
     @abc.abstractmethod
-    def set_stage(self, stage: str) -> None:
-        """Freeze everything but the stage's trainable parts (``pretrain | sft | rl``)."""
+    def set_stage(self, stage: str, lora: dict[str, Any] | None = None) -> None:
+        """Freeze everything but the stage's trainable parts (``pretrain | sft | rl``); trainable parts in float32.
+
+        ``lora`` (``{rank, alpha, dropout, target_modules}``) trains a LoRA instead of full weights where the
+        policy supports it (the DiT in ``rl``).
+        """
 
     def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
         """``(name, parameter)`` of every parameter that currently requires grad."""
@@ -198,6 +204,22 @@ class DiffusionPolicy(nn.Module, abc.ABC):
 
     def enable_reference(self) -> None:
         """Prepare what :meth:`reference` needs (e.g. the frozen copy); call after :meth:`set_stage`."""
+
+    # -- sampling ----------------------------------------------------------------------------
+    def generate(
+        self,
+        prompts: list[str],
+        images: list[list[Any]] | None = None,
+        *,
+        num_steps: int = 50,
+        cfg_scale: float = 4.0,
+        height: int = 512,
+        width: int = 512,
+        generator: torch.Generator | None = None,
+        negative_prompt: str = "",
+    ) -> list[Any]:
+        """Deterministic (ODE) sampling with CFG; one PIL image per prompt (used by ``mrgrpo sample``)."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement generate()")
 
     # -- persistence -------------------------------------------------------------------------
     @abc.abstractmethod

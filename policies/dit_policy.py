@@ -275,7 +275,12 @@ class DiTPolicy(DiffusionPolicy):
             raise ValueError(f"unknown component {name!r} in {directory}/policy.json")
 
     def policy_info(self, components: list[str]) -> dict[str, Any]:
-        lineage = [e for e in self._lineage() if not set(e["components"]) <= set(components)]
+        # weights loaded earlier that this save (or a later load) fully overwrote are not needed to rebuild it
+        lineage, covered = [], set(components)
+        for entry in reversed(self._lineage()):
+            if not set(entry["components"]) <= covered:
+                lineage.insert(0, entry)
+            covered |= set(entry["components"])
         return {"format": SAVE_FORMAT, "name": self.policy_name, "kwargs": self.policy_kwargs, "stage": self.stage,
                 "components": components, "dit_lora": self.dit_lora, "lineage": lineage}
 

@@ -225,8 +225,9 @@ def load_deepgen_checkpoint(model: torch.nn.Module, path: str | Path, *, strict:
         else:
             loaded.append(k)
     present = {component_of(k) for k in state}
+    params = [n for n, _ in model.named_parameters()]  # buffers (e.g. the DiT's fixed sin-cos table) are not required
     for comp in ("scb", "transformer", "transformer_lora", "vlm_lora"):
-        own_keys = [k for k in own if component_of(k) == comp]
+        own_keys = [k for k in params if component_of(k) == comp]
         if comp in present:
             report.missing += [k for k in own_keys if k not in state]
         elif own_keys:
