@@ -39,8 +39,8 @@ def group_zscore(
 ) -> torch.Tensor:
     """``(x - mean_g) / (std_g + eps)`` within each group over the valid members; ``[N]`` float32.
 
-    ``std`` is the unbiased one. Invalid members, and groups with fewer than two valid members
-    (no spread to measure), get 0.
+    ``std`` is the unbiased one. Invalid members, groups with fewer than two valid members and
+    groups whose valid members all have the same value (no spread to measure) get 0.
     """
     x = values.float()
     ok = torch.ones_like(x, dtype=torch.bool) if valid is None else valid.bool().to(x.device)
@@ -50,6 +50,11 @@ def group_zscore(
         if int(members.sum()) < 2:
             continue
         xs = x[members]
+        if bool(xs.max() == xs.min()):
+            # identical rewards carry no signal: exactly 0. Computed, float32 rounding of the mean
+            # leaves ~1e-3 after dividing by eps, which the batch normalisation of gdpo then
+            # blows up to O(1) advantages when every group of the batch is constant.
+            continue
         out[members] = (xs - xs.mean()) / (xs.std() + eps)
     return out
 

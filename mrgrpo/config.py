@@ -11,6 +11,7 @@ Relative paths in a recipe are resolved against the recipe file's folder.
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 from pathlib import Path
@@ -243,6 +244,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             if isinstance(node, list):
                 node = _list_item(node, k, keys[: i + 1], text)
                 continue
+            if not isinstance(node, dict):
+                raise RecipeError(f"--set {text!r}: {'.'.join(keys[:i])} is a value, not a section. "
+                                  f"Fix: set {'.'.join(keys[:i])}=... directly")
             if node.get(k) is None:
                 node[k] = {}
             node = node[k]
@@ -275,7 +279,10 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
         if e["type"] == "extra_forbidden":
             parent = ".".join(str(x) for x in e["loc"][:-1])
             fix = f"remove it or fix its spelling; run `mrgrpo recipes schema` for the fields of {parent or 'the recipe'}"
-            lines.append(f"  - field `{loc}`: unknown key. Fix: {fix}.")
+            shown = repr(value)
+            if len(shown) > 80:
+                shown = shown[:77] + "..."
+            lines.append(f"  - field `{loc}`: unknown key (value {shown}). Fix: {fix}.")
         elif e["type"] == "missing":
             lines.append(f"  - field `{loc}`: required but missing. Fix: add it (see `mrgrpo recipes schema`).")
         else:
@@ -311,9 +318,9 @@ def load_recipe(
             data = yaml.safe_load(recipe_path.read_text()) or {}
         except yaml.YAMLError as exc:
             raise RecipeError(f"{source}: not valid YAML: {exc}. Fix: correct the YAML syntax.") from exc
-    data = dict(data or {})
-    if not isinstance(data, dict):
+    if not isinstance(data or {}, dict):
         raise RecipeError(f"{source}: the top level must be a mapping of sections (policy, rewards, data, rl, train, ...).")
+    data = copy.deepcopy(dict(data or {}))  # overrides must not write into the caller's dict
     apply_overrides(data, list(overrides or []))
     try:
         cfg = RunConfig.model_validate(data)
@@ -391,13 +398,45 @@ def dump_config(cfg: RunConfig) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
 
 
+def _with_absolute_paths(cfg: RunConfig) -> dict[str, Any]:
+    """``cfg.model_dump(mode="json")`` with every recipe-relative file path made absolute.
+
+    Relative paths are taken against the recipe's folder (or the CWD for a recipe given as a
+    dict); written as they are into ``output_dir/config.yaml`` they would be taken against the
+    run folder when that file is loaded again, and point at files that are not there.
+    """
+    data = cfg.model_dump(mode="json")
+
+    def fix(node: dict[str, Any], key: str, only_if_exists: bool = False) -> None:
+        value = node.get(key)
+        if not value or resolve_path(value, None).is_absolute():
+            return
+        p = cfg.resolve_path(value).absolute()
+        if only_if_exists and not p.exists():
+            return  # e.g. a hub id for policy.checkpoint
+        node[key] = str(p)
+
+    for section in ("sources", "eval_sources", "sft_sources"):
+        for src in data["data"][section]:
+            fix(src, "path")
+            if section == "sft_sources":
+                fix(src, "image_root")
+    fix(data["policy"], "checkpoint", only_if_exists=True)
+    fix(data["distributed"], "accelerate_config")
+    return data
+
+
 def save_resolved_config(cfg: RunConfig, output_dir: str | os.PathLike) -> Path:
-    """Write the resolved recipe to ``output_dir/config.yaml`` atomically and return its path."""
+    """Write the resolved recipe to ``output_dir/config.yaml`` atomically and return its path.
+
+    File paths that the recipe gives relative to its folder are written absolute, so that the
+    file loads back (``load_recipe(output_dir/config.yaml)``) and names the same files.
+    """
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     target = out / "config.yaml"
     tmp = target.with_suffix(".yaml.tmp")
-    tmp.write_text(dump_config(cfg))
+    tmp.write_text(yaml.safe_dump(_with_absolute_paths(cfg), sort_keys=False))
     os.replace(tmp, target)
     return target
 

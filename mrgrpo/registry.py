@@ -119,7 +119,9 @@ class Registry:
         self._loaded_entry_points = True
         for ep in metadata.entry_points(group=self.entry_point_group):
             if ep.name not in self._entries:
-                self._entries[ep.name] = _Entry(ep.value, f"plug-in from {ep.value}")
+                # "module:attr", without the optional " [extras]" suffix of an entry-point value
+                target = f"{ep.module}:{ep.attr}" if ep.attr else ep.module
+                self._entries[ep.name] = _Entry(target, f"plug-in from {target}")
 
     def names(self) -> list[str]:
         """All registered names (built-ins, decorated, and entry-point plug-ins), sorted."""

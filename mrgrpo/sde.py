@@ -161,9 +161,11 @@ def sde_step_with_logprob(
         raise ValueError(f"cps_logprob must be 'gaussian' or 'unnormalised', got {cps_logprob!r}")
     if sampler == "cps" and cps_logprob == "unnormalised":
         log_prob = -((prev_sample - mean) ** 2).mean(dim=tuple(range(1, mean.ndim)))
-    elif bool((std > 0).all()):
-        log_prob = gaussian_log_prob(prev_sample, mean, std)
     else:
-        # ODE steps (or a zero noise level) have no density; zeros keep shapes uniform.
-        log_prob = torch.zeros(mean.shape[0], dtype=torch.float32, device=mean.device)
+        # ODE steps (or a zero noise level) have no density: those samples get 0, per sample, so
+        # one std == 0 sample (e.g. sigma_next == 0 under cps in a [B] sigma batch) does not zero
+        # the log-probs of the others.
+        has_density = std.reshape(-1) > 0
+        safe_std = torch.where(std > 0, std, torch.ones_like(std))
+        log_prob = torch.where(has_density, gaussian_log_prob(prev_sample, mean, safe_std), 0.0)
     return SDEStep(prev_sample, log_prob, mean, std)
