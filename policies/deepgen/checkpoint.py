@@ -37,6 +37,7 @@ SCB_PREFIXES = ("projector_1.", "projector_2.", "projector_3.", "connector.")
 #: components a checkpoint may carry; each is loaded all-or-nothing
 COMPONENTS = ("scb", "transformer", "transformer_lora", "vlm_lora", "vlm")
 _IGNORED = ("vae.", "ema.")
+_SHARD = re.compile(r".*-\d{5}-of-\d{5}\.(safetensors|bin)$")
 
 
 class CheckpointError(RuntimeError):
@@ -64,10 +65,15 @@ def find_weight_files(path: Path) -> list[Path]:
         for name in _WEIGHT_FILES:
             if (path / name).is_file():
                 return [path / name]
-        for suffix in _WEIGHT_SUFFIXES:
-            shards = sorted(path.glob(f"*{suffix}"))
-            if shards:
-                return shards
+        found = sorted(f for suffix in _WEIGHT_SUFFIXES for f in path.rglob(f"*{suffix}") if ".cache" not in f.parts)
+        shards = [f for f in found if _SHARD.match(f.name)]
+        if shards and len(shards) == len(found):
+            return shards
+        if len(found) == 1:
+            return found
+        if found:  # e.g. the hub repo holding the pre-training, SFT and RL checkpoints side by side
+            listing = "\n    ".join(str(f.relative_to(path)) for f in found[:30])
+            raise CheckpointError(f"{path} holds several checkpoints; name one of them:\n    {listing}")
         raise CheckpointError(f"no weight file in folder {path} (looked for {', '.join(_WEIGHT_SUFFIXES)} files)")
     raise CheckpointError(f"no checkpoint at {path}: expected a .safetensors/.pt/.pth/.bin file or a folder holding one")
 

@@ -444,11 +444,7 @@ class DeepGenPolicy(DiTPolicy):
             self._load_saved(p)
             return
         if not p.exists():
-            if p.is_absolute() or str(path).startswith((".", "~")) or str(path).count("/") != 1:
-                raise FileNotFoundError(f"DeepGen checkpoint {path} does not exist")
-            from huggingface_hub import snapshot_download
-
-            p = Path(snapshot_download(str(path)))  # a hub id (only where a hub is reachable)
+            p = Path(_fetch_from_hub(str(path)))
         self.load_weights_file(str(p))
 
     def load_weights_file(self, path: str, info: dict | None = None) -> LoadReport:
@@ -458,6 +454,23 @@ class DeepGenPolicy(DiTPolicy):
         report = load_deepgen_checkpoint(self, path)
         self._record_load(path, report.components)
         return report
+
+
+def _fetch_from_hub(spec: str) -> str:
+    """``owner/name`` (whole repo) or ``owner/name/path/in/repo.pt`` (one file) from the Hugging Face hub."""
+    parts = spec.split("/")
+    if spec.startswith(("/", ".", "~")) or len(parts) < 2 or not all(parts):
+        raise FileNotFoundError(f"DeepGen checkpoint {spec} does not exist (and is not a hub id owner/name[/file])")
+    try:
+        if len(parts) == 2:
+            from huggingface_hub import snapshot_download
+
+            return snapshot_download(spec)
+        from huggingface_hub import hf_hub_download
+
+        return hf_hub_download("/".join(parts[:2]), "/".join(parts[2:]))
+    except Exception as exc:  # offline, unknown repo or file
+        raise FileNotFoundError(f"DeepGen checkpoint {spec}: not a local path, and the hub download failed: {exc}") from exc
 
 
 def build_deepgen(**kwargs: Any) -> DeepGenPolicy:

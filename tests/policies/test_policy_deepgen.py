@@ -174,6 +174,13 @@ def test_checkpoint_errors_name_the_keys(build, tmp_path):
         policy.load(str(tmp_path / "shape.safetensors"))
     with pytest.raises(FileNotFoundError):
         policy.load(str(tmp_path / "nowhere.safetensors"))
+    many = tmp_path / "hub"  # the released repo holds pre-training, SFT and RL checkpoints side by side
+    (many / "rl").mkdir(parents=True)
+    torch.save(scb, many / "sft.pt")
+    save_file(scb, str(many / "rl" / "model.safetensors"))
+    with pytest.raises(CheckpointError, match=r"several checkpoints[\s\S]*rl/model\.safetensors[\s\S]*sft\.pt"):
+        policy.load(str(many))
+    policy.load(str(many / "sft.pt"))
 
 
 def test_sft_save_load_and_rl_save_on_top_of_it(build, perturb, open_projectors, latents, tmp_path):
