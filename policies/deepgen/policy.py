@@ -365,6 +365,25 @@ class DeepGenPolicy(DiTPolicy):
         if stage == "rl":
             self.train_dit(lora)
         self.stage = stage
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> "DeepGenPolicy":
+        """Train/eval mode; the VAE, and the VLM while none of it trains, always stay in eval mode
+        (no LoRA dropout in a frozen VLM: RL conditioning is deterministic)."""
+        super().train(mode)
+        self.vae.eval()
+        if mode and not any(p.requires_grad for p in self.lmm.parameters()):
+            self.lmm.eval()
+        return self
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Activation checkpointing in the DiT, and in the VLM's language model when its LoRA trains."""
+        super().enable_gradient_checkpointing()
+        if any(p.requires_grad for p in self.lmm.parameters()):
+            if hasattr(self.lmm, "activation_checkpointing_enable"):  # transformers >= 5.x
+                self.lmm.activation_checkpointing_enable({"use_reentrant": False})
+            else:
+                self.lmm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     # -- VLM LoRA ----------------------------------------------------------------------------------
     def has_vlm_lora(self) -> bool:

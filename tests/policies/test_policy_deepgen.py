@@ -199,6 +199,11 @@ def test_sft_save_load_and_rl_save_on_top_of_it(build, perturb, open_projectors,
     with torch.no_grad():
         torch.testing.assert_close(rl.velocity(x, s, rl.encode(["a cat", "a dog"]).cond), want)
     rl.set_stage("rl")
+    rl.train()  # the frozen VLM (with its LoRA) stays in eval mode: no dropout, deterministic conditioning
+    assert not rl.lmm.training and rl.transformer.training
+    with torch.no_grad():
+        torch.testing.assert_close(rl.encode(["a cat"]).cond.tensors["context"], rl.encode(["a cat"]).cond.tensors["context"], rtol=0, atol=0)
+    rl.eval()
     perturb(rl, scale=0.05)
     rl.save(str(tmp_path / "rl"))
     info = json.loads((tmp_path / "rl" / "policy.json").read_text())
