@@ -32,10 +32,9 @@ def build_meta_policy(**kwargs):
     """The real-size :class:`DeepGenPolicy` with every tensor on the ``meta`` device (a local toy tokenizer)."""
     import torch
     from diffusers import AutoencoderKL, SD3Transformer2DModel
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
-
     from mrgrpo.policies.deepgen.policy import DeepGenPolicy
     from mrgrpo.policies.deepgen.tiny import _tokenizer
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     tok = _tokenizer()
     ids = {t: tok.convert_tokens_to_ids(t) for t in ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")}

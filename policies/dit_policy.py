@@ -24,11 +24,11 @@ import contextlib
 import copy
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
-
 from mrgrpo.policies.base import DiffusionPolicy
 
 log = logging.getLogger("mrgrpo.policies")
@@ -179,7 +179,7 @@ class DiTPolicy(DiffusionPolicy):
         object.__setattr__(self, "_ref_transformer", ref)  # not a submodule: DDP, optimizers, state dicts skip it
 
     @contextlib.contextmanager
-    def reference(self) -> Iterator["DiTPolicy"]:
+    def reference(self) -> Iterator[DiTPolicy]:
         """Inside, :meth:`velocity` is the reference (initial) DiT's: adapters disabled, or the frozen copy.
 
         Conditioning is NOT recomputed: encode outside (the VLM / SCB are frozen in RL).
@@ -218,6 +218,7 @@ class DiTPolicy(DiffusionPolicy):
             height, width: multiples of 16. Returns B PIL images.
         """
         from mrgrpo.policies.base import tensor_to_images
+
         from mrgrpo.rollout import sample_ode
 
         noise = self.init_noise(len(prompts), height, width, generator)  # size errors before any model work

@@ -7,16 +7,15 @@ DiT is ``SD3Transformer2DModel``, the VAE ``AutoencoderKL``. Text-to-image only.
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
-
-from mrgrpo.losses import add_flow_noise, flow_matching_loss, sample_flow_sigmas
 from mrgrpo.policies.base import STAGES, Conditioning, EncodedPrompts
 from mrgrpo.policies.dit_policy import DiTPolicy
+
+from mrgrpo.losses import add_flow_noise, flow_matching_loss, sample_flow_sigmas
 
 
 class SD3Policy(DiTPolicy):
@@ -32,7 +31,6 @@ class SD3Policy(DiTPolicy):
                  policy_name: str = "sd3", policy_kwargs: dict | None = None):
         super().__init__()
         from diffusers import StableDiffusion3Pipeline
-
         from mrgrpo.policies.deepgen.policy import _dtype
 
         self.frozen_dtype = _dtype(dtype)
@@ -112,17 +110,26 @@ def build_sd3(pretrained: str = "stabilityai/stable-diffusion-3.5-medium", **kwa
 
 def build_tiny_sd3(out_dir: str | os.PathLike, seed: int = 0) -> Path:
     """Write a random-init toy SD3 pipeline (3 tiny text encoders, DiT, VAE) to ``out_dir``."""
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
-
-    from mrgrpo.policies.deepgen.tiny import _tokenizer
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        SD3Transformer2DModel,
+        StableDiffusion3Pipeline,
+    )
+    from mrgrpo.policies.deepgen.tiny import _tokenizer, publish_dir
+    from transformers import (
+        CLIPTextConfig,
+        CLIPTextModelWithProjection,
+        T5Config,
+        T5EncoderModel,
+    )
 
     torch.manual_seed(seed)
     tok = _tokenizer()
     tok.model_max_length = 77
-    clip = dict(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
-                max_position_embeddings=77, projection_dim=16, eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"),
-                pad_token_id=tok.pad_token_id)
+    clip = {"vocab_size": len(tok), "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+                "max_position_embeddings": 77, "projection_dim": 16, "eos_token_id": tok.convert_tokens_to_ids("<|im_end|>"),
+                "pad_token_id": tok.pad_token_id}
     pipe = StableDiffusion3Pipeline(
         transformer=SD3Transformer2DModel(sample_size=8, patch_size=2, in_channels=16, out_channels=16, num_layers=2, attention_head_dim=8,
                                           num_attention_heads=2, joint_attention_dim=32, caption_projection_dim=16,
@@ -138,9 +145,7 @@ def build_tiny_sd3(out_dir: str | os.PathLike, seed: int = 0) -> Path:
     out = Path(out_dir)
     tmp = Path(tempfile.mkdtemp(prefix=".tiny-sd3-", dir=out.parent))
     pipe.save_pretrained(tmp)
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    publish_dir(tmp, out)
     return out
 
 

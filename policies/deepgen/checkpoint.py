@@ -89,7 +89,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         else:
             try:
                 part = torch.load(str(f), map_location="cpu", weights_only=True)
-            except Exception:  # older pickles with non-tensor metadata (mmengine, DeepSpeed conversions)
+            except Exception:  # noqa: BLE001 -- older pickles with non-tensor metadata (mmengine, DeepSpeed conversions)
                 part = torch.load(str(f), map_location="cpu", weights_only=False)
         for wrapper in ("state_dict", "module", "model"):
             if isinstance(part, dict) and wrapper in part and isinstance(part[wrapper], dict):

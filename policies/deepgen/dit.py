@@ -10,7 +10,7 @@ Parameter names stay diffusers' ``SD3Transformer2DModel`` names, so its weights 
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

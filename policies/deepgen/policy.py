@@ -14,21 +14,31 @@ pool and the DiT context, so outputs do not depend on how much left padding a ba
 from __future__ import annotations
 
 import contextlib
-import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+from mrgrpo.policies.base import STAGES, Conditioning, EncodedPrompts, images_to_tensor
+from mrgrpo.policies.deepgen.checkpoint import (
+    SCB_PREFIXES,
+    LoadReport,
+    load_deepgen_checkpoint,
+)
+from mrgrpo.policies.deepgen.dit import dit_forward, install_masked_attention
+from mrgrpo.policies.deepgen.scb import Connector, masked_mean
+from mrgrpo.policies.dit_policy import (
+    DiTPolicy,
+    load_adapter_state,
+    lora_config,
+    read_adapter,
+    save_adapter,
+)
 from torch import nn
 
 from mrgrpo.losses import add_flow_noise, flow_matching_loss, sample_flow_sigmas
-from mrgrpo.policies.base import Conditioning, EncodedPrompts, STAGES, images_to_tensor
-from mrgrpo.policies.deepgen.checkpoint import SCB_PREFIXES, LoadReport, load_deepgen_checkpoint
-from mrgrpo.policies.deepgen.dit import dit_forward, install_masked_attention
-from mrgrpo.policies.deepgen.scb import Connector, masked_mean
-from mrgrpo.policies.dit_policy import DiTPolicy, load_adapter_state, lora_config, read_adapter, save_adapter
 
 T2I_TEMPLATE = "<|im_start|>user\nGenerate an image: {prompt}<|im_end|>\n<|im_start|>assistant\n"
 EDIT_TEMPLATE = "<|im_start|>user\n{images}\n{prompt}<|im_end|>\n<|im_start|>assistant\n"
@@ -98,7 +108,11 @@ class DeepGenPolicy(DiTPolicy):
                  init_seed: int = 0, policy_name: str = "deepgen", policy_kwargs: dict | None = None,
                  modules: dict[str, Any] | None = None):
         super().__init__()
-        from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+        from diffusers import (
+            AutoencoderKL,
+            FlowMatchEulerDiscreteScheduler,
+            SD3Transformer2DModel,
+        )
         from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
 
         self.frozen_dtype = _dtype(dtype)
@@ -115,7 +129,7 @@ class DeepGenPolicy(DiTPolicy):
             self.vae = AutoencoderKL.from_pretrained(vae or transformer, subfolder=vae_subfolder, torch_dtype=self.frozen_dtype)
             try:
                 self.scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(scheduler or transformer, subfolder="scheduler")
-            except (OSError, ValueError, EnvironmentError):
+            except (OSError, ValueError):
                 self.scheduler = FlowMatchEulerDiscreteScheduler(shift=timestep_shift)
         self.lmm.requires_grad_(False)
         self.vae.requires_grad_(False).eval()
@@ -367,7 +381,7 @@ class DeepGenPolicy(DiTPolicy):
         self.stage = stage
         self.train(self.training)
 
-    def train(self, mode: bool = True) -> "DeepGenPolicy":
+    def train(self, mode: bool = True) -> DeepGenPolicy:
         """Train/eval mode; the VAE, and the VLM while none of it trains, always stay in eval mode
         (no LoRA dropout in a frozen VLM: RL conditioning is deterministic)."""
         super().train(mode)

@@ -43,8 +43,16 @@ def _tokenizer():
 
 def build_tiny_deepgen(out_dir: str | os.PathLike, seed: int = 0, spec: dict | None = None) -> Path:
     """Write a random-init toy DeepGen to ``out_dir`` (atomically) and return it."""
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLImageProcessor
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        SD3Transformer2DModel,
+    )
+    from transformers import (
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2VLImageProcessor,
+    )
 
     s = {**TINY, **(spec or {})}
     out = Path(out_dir)
@@ -87,10 +95,18 @@ def build_tiny_deepgen(out_dir: str | os.PathLike, seed: int = 0, spec: dict | N
     scb = {k: v.contiguous() for k, v in policy.state_dict().items() if k.split(".")[0] in ("meta_queries", "projector_1", "projector_2", "projector_3", "connector")}
     save_file(scb, str(tmp / "deepgen_init.safetensors"))
     (tmp / "tiny_spec.json").write_text(json.dumps({"seed": seed, **s}, indent=2))
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    publish_dir(tmp, out)
     return out
+
+
+def publish_dir(tmp: Path, out: Path) -> None:
+    """Move a finished build folder into place atomically; if another process published first, keep theirs."""
+    try:
+        os.replace(tmp, out)  # fails when ``out`` already exists and is not empty
+    except OSError:
+        if not out.exists():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _scb_kwargs(s: dict) -> dict[str, Any]:

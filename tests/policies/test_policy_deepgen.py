@@ -9,9 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from mrgrpo.policies.deepgen.checkpoint import CheckpointError, load_deepgen_checkpoint
+from PIL import Image
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -39,10 +38,9 @@ def test_prompt_templates_think_tokens_and_left_padding(build):
 
 
 def test_vit_patches_match_the_qwen_image_processor(build, tiny_cache):
-    from transformers import Qwen2VLImageProcessor
-
     from mrgrpo.policies.base import images_to_tensor
     from mrgrpo.policies.deepgen.tiny import tiny_cache_dir
+    from transformers import Qwen2VLImageProcessor
 
     policy = build("deepgen-tiny")
     px = images_to_tensor([_img(96, 64, 0)])[0]

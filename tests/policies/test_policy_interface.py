@@ -144,7 +144,7 @@ def test_dit_lora_reference_and_round_trip(build, name, perturb, tmp_path):
 @pytest.mark.parametrize("name", TINY)
 def test_generate_is_seeded_and_checks_sizes(build, name):
     policy = build(name)
-    kw = dict(num_steps=3, cfg_scale=3.0, height=64, width=48)
+    kw = {"num_steps": 3, "cfg_scale": 3.0, "height": 64, "width": 48}
     a = policy.generate(["a red square", "a tree"], generator=torch.Generator().manual_seed(3), **kw)
     b = policy.generate(["a red square", "a tree"], generator=torch.Generator().manual_seed(3), **kw)
     assert [im.size for im in a] == [(48, 64), (48, 64)]
