@@ -93,6 +93,7 @@ class DeepGenPolicy(DiTPolicy):
         max_prompt_tokens: ``encode(..., truncate=True)`` (training) keeps the last ``max_prompt_tokens``
             positions of a text-to-image prompt (+ the think tokens); editing prompts are not truncated.
         init_seed: seed of the think tokens' and the connector's initialisation.
+        vlm_lora: overrides of :data:`VLM_LORA_DEFAULT` (``rank, alpha, dropout, target_modules``) for the sft stage.
         policy_name / policy_kwargs: how to rebuild this policy (written to ``policy.json`` by :meth:`save`).
         modules: already-built ``{"lmm", "tokenizer", "transformer", "vae"[, "scheduler"]}`` (real-size
             benchmarks without weights); the path arguments are then ignored.
@@ -105,8 +106,8 @@ class DeepGenPolicy(DiTPolicy):
                  dtype: str = "bfloat16", scb_layers: Sequence[int] = RELEASED_SCB_LAYERS, num_queries: int = 128,
                  connector_layers: int = 6, connector_heads: int = 32, connector_mlp: int = 11946, mask_padding: bool = True,
                  timestep_shift: float = 3.0, pixel_budget: int = 512, max_prompt_tokens: int | None = 1024,
-                 init_seed: int = 0, policy_name: str = "deepgen", policy_kwargs: dict | None = None,
-                 modules: dict[str, Any] | None = None):
+                 init_seed: int = 0, vlm_lora: dict[str, Any] | None = None, policy_name: str = "deepgen",
+                 policy_kwargs: dict | None = None, modules: dict[str, Any] | None = None):
         super().__init__()
         from diffusers import (
             AutoencoderKL,
@@ -154,7 +155,8 @@ class DeepGenPolicy(DiTPolicy):
         for proj in (self.projector_2, self.projector_3):
             nn.init.zeros_(proj.weight)
             nn.init.zeros_(proj.bias)
-        self.vlm_lora: dict | None = None
+        self.vlm_lora: dict | None = None  # the injected VLM LoRA's settings (None: no LoRA in the VLM)
+        self.vlm_lora_options = dict(vlm_lora or {})  # overrides of VLM_LORA_DEFAULT for the sft stage
         self.mask_padding = bool(mask_padding)
         self.timestep_shift = float(timestep_shift)
         self.pixel_budget = pixel_budget
@@ -356,8 +358,9 @@ class DeepGenPolicy(DiTPolicy):
         """Freeze all but the stage's parts; trained parts become float32.
 
         * ``pretrain``: think tokens + projectors + connector.
-        * ``sft``: + the whole DiT + a VLM LoRA (``lora`` overrides :data:`VLM_LORA_DEFAULT`: r 64, alpha 128,
-          dropout 0.05, language-model linear layers + embed_tokens).
+        * ``sft``: + the whole DiT + a VLM LoRA (:data:`VLM_LORA_DEFAULT`: r 64, alpha 128, dropout 0.05,
+          language-model linear layers + embed_tokens; the ``vlm_lora`` policy kwarg overrides it). ``lora``
+          must be None here (a DiT LoRA is an ``rl`` option).
         * ``rl``: the DiT only, or a DiT LoRA when ``lora`` (``{rank, alpha, dropout, target_modules}``) is given.
         """
         if stage not in STAGES:
@@ -369,8 +372,11 @@ class DeepGenPolicy(DiTPolicy):
             for m in self.scb_modules().values():
                 m.float().requires_grad_(True)
         if stage == "sft":
+            if lora and lora.get("enabled", True):
+                raise ValueError("the sft stage trains the whole DiT + the VLM LoRA; a DiT LoRA (train.lora) is for stage rl. "
+                                 "Set the VLM LoRA with the policy kwarg vlm_lora={rank, alpha, dropout, target_modules}")
             if not self.has_vlm_lora():
-                self.add_vlm_lora({**VLM_LORA_DEFAULT, **{k: v for k, v in (lora or {}).items() if k != "enabled"}})
+                self.add_vlm_lora({**VLM_LORA_DEFAULT, **(self.vlm_lora_options or {})})
             for n, p in self.lmm.named_parameters():
                 if "lora_" in n:
                     p.data = p.data.float()

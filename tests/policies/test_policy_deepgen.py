@@ -244,6 +244,16 @@ def test_stage_freezing_gradients_reach_exactly_the_stage_groups(build, stage, e
                                    "target_modules": policy.vlm_lora["target_modules"]}
 
 
+def test_sft_vlm_lora_options(build):
+    policy = build("deepgen-tiny", vlm_lora={"rank": 4, "alpha": 4, "target_modules": ["q_proj", "v_proj"]})
+    policy.set_stage("sft")
+    names = [n for n, _ in policy.trainable_parameters() if n.startswith("lmm.")]
+    assert names and all(("q_proj" in n or "v_proj" in n) and "visual" not in n for n in names)
+    assert policy.vlm_lora["rank"] == 4
+    with pytest.raises(ValueError, match="stage rl"):
+        build("deepgen-tiny").set_stage("sft", lora={"rank": 4, "enabled": True})
+
+
 def test_scb_layers_are_validated_and_used(build, open_projectors, latents):
     with pytest.raises(ValueError, match="outside hidden_states"):
         build("deepgen-tiny", scb_layers=[40, 3])
