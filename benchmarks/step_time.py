@@ -32,6 +32,8 @@ def bare_compute_seconds(trainer, batch) -> float:
     with torch.no_grad(), trainer.autocast():
         for t in range(rl.num_steps):
             policy.velocity(traj.latents[:, t], traj.sigmas[t].expand(n), cond)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
     t1 = time.perf_counter()
     for j in range(trainer.train_steps_per_sample):
         for start in range(0, n, trainer.micro):
@@ -39,6 +41,8 @@ def bare_compute_seconds(trainer, batch) -> float:
             with trainer.autocast():
                 v = policy.velocity(traj.latents[idx, j], traj.sigmas[j].expand(len(idx)), cond.select(idx))
             v.float().square().mean().backward()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()  # GPU kernels run asynchronously: wait before reading the clock
     policy.zero_grad(set_to_none=True)
     return (t1 - t0) + (time.perf_counter() - t1)
 
@@ -60,17 +64,10 @@ def main(argv=None) -> int:
     trainer = GRPOTrainer(cfg)
     rows = []
     for step in range(1, args.steps + 2):
-        t0 = time.perf_counter()
-        batch = trainer.rollout(step)
-        t1 = time.perf_counter()
-        scored = trainer.score(batch["pixels"], batch["records"], batch["group_ids"])
-        adv = trainer.advantages(scored, batch["group_ids"])
-        t2 = time.perf_counter()
-        trainer.train_on(step, batch, adv)
-        t3 = time.perf_counter()
+        batch, _, _, m = trainer.run_phases(step)
         bare = bare_compute_seconds(trainer, batch)
-        row = {**{k: round(v, 4) for k, v in batch["time"].items()}, "time/reward": round(t2 - t1, 4), "time/train": round(t3 - t2, 4),
-               "time/step": round(t3 - t0, 4), "time/bare_dit": round(bare, 4), "overhead_ratio": round((t3 - t0) / bare, 3)}
+        row = {k: round(v, 4) for k, v in m.items() if k.startswith("time/")}
+        row.update({"time/bare_dit": round(bare, 4), "overhead_ratio": round(m["time/step"] / bare, 3)})
         if step > 1:  # the first step warms caches and allocators
             rows.append(row)
         print(json.dumps({"step": step, **row}), flush=True)

@@ -32,7 +32,8 @@ from mrgrpo.advantages import accelerate_sum_reduce, compute_advantages
 from mrgrpo.config import RecipeError, RunConfig
 from mrgrpo.data import PromptRecord, PromptSampler, load_sources, rank_slice, reward_weight_matrix
 from mrgrpo.losses import clipped_policy_loss, mean_kl, ratio_stats, velocity_kl
-from mrgrpo.rollout import choose_train_steps, derive_seed, guided_velocity, sample_generators, sample_ode, sample_trajectories
+from mrgrpo.rollout import (choose_train_steps, derive_seed, guided_velocity, sample_generators, sample_ode, sample_trajectories,
+                            sde_step_mask)
 from mrgrpo.sde import sde_step_with_logprob, step_mean_std
 from mrgrpo.sft import flow_matching_step_loss
 from mrgrpo.trainer_base import TrainerBase, build_policy, destroy_process_group, world_size
@@ -50,7 +51,6 @@ class ScoredRewards:
     valid: dict[str, torch.Tensor]
     weights: torch.Tensor  # [N, R]
     failures: dict[str, int]
-    seconds: dict[str, float]
 
 
 def build_rewards(cfg: RunConfig) -> dict[str, Any]:
@@ -90,7 +90,7 @@ class GRPOTrainer(TrainerBase):
         self.micro = min(train.micro_batch_size, self.local_images)
         if self.local_images % self.micro:
             raise RecipeError(f"train.micro_batch_size={train.micro_batch_size} does not divide the {self.local_images} images each process trains on. Fix: use a divisor of {self.local_images}.")
-        n_sde = int(self._sde_mask().sum())
+        n_sde = int(sde_step_mask(rl.num_steps, rl.sde_window).sum())
         if n_sde == 0:
             raise RecipeError(f"rl.sde_window={rl.sde_window} leaves no trainable SDE step among rl.num_steps={rl.num_steps} (the last step is never trained). Fix: widen the window.")
         self.train_steps_per_sample = max(1, int(round(rl.timestep_fraction * n_sde)))
@@ -110,11 +110,6 @@ class GRPOTrainer(TrainerBase):
         self._reward_pool = ThreadPoolExecutor(max_workers=max(1, len(self.rewards)))
 
     # ---------------------------------------------------------------------------------------
-    def _sde_mask(self) -> torch.Tensor:
-        from mrgrpo.rollout import sde_step_mask
-
-        return sde_step_mask(self.cfg.rl.num_steps, self.cfg.rl.sde_window)
-
     def _build_sft_stream(self):
         from mrgrpo.image_data import build_sft_stream
 
@@ -196,7 +191,6 @@ class GRPOTrainer(TrainerBase):
             scores = torch.zeros(n)
             valid = torch.zeros(n, dtype=torch.bool)
             failures = 0
-            t = time.perf_counter()
             if idx:
                 reward = self.rewards[name]
                 bs = self.cfg.rewards[name].batch_size if name in self.cfg.rewards else 64
@@ -216,16 +210,16 @@ class GRPOTrainer(TrainerBase):
                     failures += int(out.details.get("failures", 0)) if isinstance(out.details, dict) else 0
             if failures and self.cfg.rl.reward_failure == "stop":
                 raise RewardFailure(f"reward {name!r} could not score {failures} image(s). Set rl.reward_failure: mask to continue without them.")
-            return name, scores, valid, failures, time.perf_counter() - t
+            return name, scores, valid, failures
 
         remote = [j for j, k in enumerate(names) if getattr(self.rewards[k], "is_remote", False)]
         local = [j for j in range(len(names)) if j not in remote]
         futures = [self._reward_pool.submit(run_one, j, names[j]) for j in remote]
         results = [run_one(j, names[j]) for j in local] + [f.result() for f in futures]
-        scores, valid, failures, seconds = {}, {}, {}, {}
-        for name, s, v, f, sec in results:
-            scores[name], valid[name], failures[name], seconds[name] = s, v, f, sec
-        return ScoredRewards(scores, valid, weights, failures, seconds)
+        scores, valid, failures = {}, {}, {}
+        for name, s, v, f in results:
+            scores[name], valid[name], failures[name] = s, v, f
+        return ScoredRewards(scores, valid, weights, failures)
 
     # -- 5: advantages ---------------------------------------------------------------------------
     def advantages(self, scored: ScoredRewards, group_ids: torch.Tensor) -> torch.Tensor:
@@ -389,22 +383,31 @@ class GRPOTrainer(TrainerBase):
             self.sft_stream.load_state_dict(state["sft_stream"])
 
     # -- the loop -----------------------------------------------------------------------------------
-    def step_once(self, step: int) -> dict[str, float]:
-        """One MR-GRPO step: rollout, rewards, advantages, training; evaluation and sample grids when due."""
-        cfg = self.cfg
+    def run_phases(self, step: int) -> tuple[dict[str, Any], ScoredRewards, torch.Tensor, dict[str, float]]:
+        """Rollout, rewards, advantages and training of one step, timed.
+
+        Returns the rollout batch, the scores, the advantages ``[N]`` and the training metrics with
+        ``time/*`` entries (also what ``benchmarks/step_time.py`` measures).
+        """
         t0 = time.perf_counter()
         batch = self.rollout(step)
         t1 = time.perf_counter()
         scored = self.score(batch["pixels"], batch["records"], batch["group_ids"])
         adv = self.advantages(scored, batch["group_ids"])
         t2 = time.perf_counter()
-        train_metrics = self.train_on(step, batch, adv)
+        metrics = self.train_on(step, batch, adv)
         t3 = time.perf_counter()
+        metrics.update(batch["time"])
+        metrics.update({"time/reward": t2 - t1, "time/train": t3 - t2, "time/step": t3 - t0})
+        return batch, scored, adv, metrics
+
+    def step_once(self, step: int) -> dict[str, float]:
+        """One MR-GRPO step: :meth:`run_phases`, metrics; evaluation and sample grids when due."""
+        cfg = self.cfg
+        batch, scored, adv, train_metrics = self.run_phases(step)
         metrics = self._global_reward_metrics(scored, adv)
         metrics.update(train_metrics)
-        metrics.update(batch["time"])
-        metrics.update({"time/reward": t2 - t1, "time/train": t3 - t2, "time/step": t3 - t0,
-                        "lr": self.lr_scheduler.get_last_lr()[0], "optimizer_steps": self.optimizer_steps})
+        metrics.update({"lr": self.lr_scheduler.get_last_lr()[0], "optimizer_steps": self.optimizer_steps})
         for name, f in scored.failures.items():
             if f:
                 metrics[f"reward/{name}/failures"] = f

@@ -17,7 +17,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 from importlib import metadata
-from typing import Any, Callable
+from typing import Any
 
 
 class RegistryError(KeyError):
@@ -98,6 +98,13 @@ class Registry:
             return _add(target)
         return _add
 
+    def register_builtins(self, table: dict[str, tuple[str, str]]) -> None:
+        """Lazily register ``{name: ("package.module:attr", help)}``, keeping names already registered
+        (a user's own registration made before the built-ins were imported wins)."""
+        for name, (path, help_text) in table.items():
+            if name not in self._entries:
+                self.register_lazy(name, path, help=help_text)
+
     def register_lazy(self, name: str, path: str, *, help: str = "", override: bool = False) -> None:
         """Register ``"package.module:attr"`` under ``name`` without importing it yet."""
         self._add(name, _Entry(path, help), override)
@@ -168,5 +175,3 @@ def _first_doc_line(obj: Any) -> str:
 
 REWARDS = Registry("reward", "mrgrpo.rewards", builtin_module="mrgrpo.rewards")
 POLICIES = Registry("policy", "mrgrpo.policies", builtin_module="mrgrpo.policies")
-
-FactoryT = Callable[..., Any]

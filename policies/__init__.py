@@ -13,6 +13,4 @@ _BUILTINS = {
     "sd3-tiny": ("mrgrpo.policies.sd3:tiny_sd3", "toy-size random-init SD3 built locally (tests)"),
 }
 
-for _name, (_path, _help) in _BUILTINS.items():
-    if _name not in POLICIES._entries:
-        POLICIES.register_lazy(_name, _path, help=_help)
+POLICIES.register_builtins(_BUILTINS)

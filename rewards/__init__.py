@@ -19,6 +19,4 @@ _BUILTINS = {
     "remote": ("mrgrpo.rewards.remote:RemoteReward", "a reward served by `mrgrpo serve`, over HTTP"),
 }
 
-for _name, (_path, _help) in _BUILTINS.items():
-    if _name not in REWARDS._entries:
-        REWARDS.register_lazy(_name, _path, help=_help)
+REWARDS.register_builtins(_BUILTINS)
