@@ -53,11 +53,12 @@ class ScoredRewards:
     failures: dict[str, int]
 
 
-def build_rewards(cfg: RunConfig) -> dict[str, Any]:
-    """``{name: Reward}`` for every reward the recipe defines."""
+def build_rewards(cfg: RunConfig, device: torch.device | str | None = None) -> dict[str, Any]:
+    """``{name: Reward}`` for every reward the recipe defines; model-based rewards on ``device`` unless set."""
     from mrgrpo.rewards.base import build_reward
 
-    return {key: build_reward(spec.name or key, spec.kwargs, label=key) for key, spec in sorted(cfg.rewards.items())}
+    return {key: build_reward(spec.name or key, spec.kwargs, label=key, device=device)
+            for key, spec in sorted(cfg.rewards.items())}
 
 
 class GRPOTrainer(TrainerBase):
@@ -103,7 +104,7 @@ class GRPOTrainer(TrainerBase):
         self.setup_model(policy if policy is not None else build_policy(cfg), "rl", reference=rl.beta > 0)
         self.policy.eval()  # no dropout: the recomputed log-prob must match the rollout's
 
-        self.rewards = rewards if rewards is not None else build_rewards(cfg)
+        self.rewards = rewards if rewards is not None else build_rewards(cfg, self.device)
         missing = [k for k in self.reward_names if k not in self.rewards]
         if missing:
             raise RecipeError(f"rewards {missing} are used by the mixtures but were not built. Fix: define them under `rewards:`.")
@@ -281,7 +282,7 @@ class GRPOTrainer(TrainerBase):
                             loss = (1 - rl.sft_aux_coef) * loss
                             if first and self.sft_stream is not None and step % rl.sft_aux_every == 0:
                                 sft_batch = next(self.sft_stream)
-                                gen = torch.Generator().manual_seed(derive_seed(self.cfg.train.seed, 6, step, epoch, self.accelerator.process_index))
+                                gen = torch.Generator(device=self.device).manual_seed(derive_seed(self.cfg.train.seed, 6, step, epoch, self.accelerator.process_index))
                                 with self.autocast():
                                     l_sft = flow_matching_step_loss(self.model, sft_batch, generator=gen)
                                 # accelerate divides every micro-batch loss by the accumulation count;

@@ -80,8 +80,13 @@ def mean_kl(mu_policy: torch.Tensor, mu_ref: torch.Tensor, std: torch.Tensor | f
 def sample_flow_sigmas(
     n: int, *, shift: float = 3.0, generator: torch.Generator | None = None, device: torch.device | str = "cpu"
 ) -> torch.Tensor:
-    """Training noise levels ``[n]`` float32 from the shifted-uniform law ``s = k u / (1 + (k - 1) u)``, ``u ~ U[0, 1)``."""
-    u = torch.rand(n, generator=generator, device=device, dtype=torch.float32)
+    """Training noise levels ``[n]`` float32 on ``device`` from the law ``s = k u / (1 + (k - 1) u)``, ``u ~ U[0, 1)``.
+
+    ``u`` is drawn on the generator's own device, so the levels depend on its seed only.
+    """
+    from mrgrpo.devices import rand
+
+    u = rand((n,), generator, device=device)
     return shift * u / (1 + (shift - 1) * u)
 
 

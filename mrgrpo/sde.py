@@ -24,6 +24,8 @@ from typing import NamedTuple, Sequence
 
 import torch
 
+from mrgrpo.devices import randn
+
 SAMPLERS = ("ode", "sde", "cps", "dance")
 #: default ``noise_level`` of each sampler when a recipe leaves it unset.
 DEFAULT_NOISE_LEVEL = {"ode": 0.0, "sde": 0.7, "cps": 1.0, "dance": 0.3}
@@ -58,11 +60,11 @@ def _per_sample(value: float | torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
 
 def _noise_like(ref: torch.Tensor, generator: torch.Generator | Sequence[torch.Generator] | None) -> torch.Tensor:
     if generator is None or isinstance(generator, torch.Generator):
-        return torch.randn(ref.shape, generator=generator, device=ref.device, dtype=torch.float32)
+        return randn(ref.shape, generator, device=ref.device)
     if len(generator) != ref.shape[0]:
         raise ValueError(f"got {len(generator)} generators for a batch of {ref.shape[0]}")
     return torch.stack(
-        [torch.randn(ref.shape[1:], generator=g, device=ref.device, dtype=torch.float32) for g in generator]
+        [randn(ref.shape[1:], g, device=ref.device) for g in generator]
     )
 
 

@@ -78,7 +78,7 @@ class SFTTrainer(TrainerBase):
             batch = next(self.stream)
             if self._sample_prompts is None:
                 self._sample_prompts = [p for p in batch["prompts"] if p][:4] or ["a photo"]
-            gen = torch.Generator().manual_seed(derive_seed(self.cfg.train.seed, 6, step, micro, self.accelerator.process_index))
+            gen = torch.Generator(device=self.device).manual_seed(derive_seed(self.cfg.train.seed, 6, step, micro, self.accelerator.process_index))
             with self.accelerator.accumulate(self.model):
                 with self.autocast():
                     loss = flow_matching_step_loss(self.model, batch, generator=gen)
@@ -107,7 +107,7 @@ class SFTTrainer(TrainerBase):
         side = max(32, min(rl.height, (self.cfg.sft.pixel_budget // 32) * 32))
         with self.autocast():
             enc = self.policy.encode(prompts, negative_prompt=rl.negative_prompt if rl.eval_cfg_scale > 1 else None)
-        gens = [torch.Generator().manual_seed(i) for i in range(len(prompts))]
+        gens = [torch.Generator(device=self.device).manual_seed(i) for i in range(len(prompts))]
         noise = torch.cat([self.policy.init_noise(1, side, side, g) for g in gens]).to(self.device)
         final = sample_ode(lambda x, s, c: self.policy.velocity(x, s, c), noise, self.policy.sigmas(rl.eval_num_steps).to(self.device),
                            enc.cond, uncond=enc.uncond, cfg_scale=rl.eval_cfg_scale, autocast=self.autocast)

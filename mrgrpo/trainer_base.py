@@ -242,12 +242,12 @@ class TrainerBase:
             self.model.load_checkpoint(str(path / "deepspeed"), tag="state", load_module_strict=False)
         else:
             self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=self.device, weights_only=False))
-        self.lr_scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
+        self.lr_scheduler.load_state_dict(torch.load(path / "scheduler.pt", map_location="cpu", weights_only=False))
         if self.ema is not None and (path / "ema.pt").exists():
-            self.ema.load_state_dict(torch.load(path / "ema.pt", weights_only=False))
+            self.ema.load_state_dict(torch.load(path / "ema.pt", map_location=self.device, weights_only=False))
         rng_file = path / f"rng-rank{acc.process_index}.pt"
         if rng_file.exists():
-            ckpt.set_rng_state(torch.load(rng_file, weights_only=False))
+            ckpt.set_rng_state(torch.load(rng_file, map_location="cpu", weights_only=False))
         self.step = int(state["step"])
         self.optimizer_steps = int(state["optimizer_steps"])
         self.load_extra_state(state)

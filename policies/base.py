@@ -17,6 +17,8 @@ from typing import Any, Iterator, Sequence
 import torch
 from torch import nn
 
+from mrgrpo.devices import randn
+
 STAGES = ("pretrain", "sft", "rl")
 
 
@@ -156,9 +158,7 @@ class DiffusionPolicy(nn.Module, abc.ABC):
         f = self.vae_scale_factor
         if height % (2 * f) or width % (2 * f):
             raise ValueError(f"height and width must be multiples of {2 * f}, got {height}x{width}")
-        return torch.randn(
-            (batch, self.latent_channels, height // f, width // f), generator=generator, dtype=torch.float32
-        ).to(self.device)
+        return randn((batch, self.latent_channels, height // f, width // f), generator, device=self.device)
 
     @abc.abstractmethod
     def decode(self, latents: torch.Tensor) -> torch.Tensor:

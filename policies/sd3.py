@@ -15,6 +15,7 @@ import torch
 from mrgrpo.policies.base import STAGES, Conditioning, EncodedPrompts
 from mrgrpo.policies.dit_policy import DiTPolicy
 
+from mrgrpo.devices import randn
 from mrgrpo.losses import add_flow_noise, flow_matching_loss, sample_flow_sigmas
 
 
@@ -82,8 +83,8 @@ class SD3Policy(DiTPolicy):
         with torch.no_grad():
             x0 = self.encode_images(batch["images"].to(self.device))
         cond = self.encode(list(batch["prompts"])).cond
-        noise = torch.randn(x0.shape, generator=generator).to(x0.device)
-        sigma = sample_flow_sigmas(x0.shape[0], shift=self.timestep_shift, generator=generator).to(x0.device)
+        noise = randn(x0.shape, generator, device=x0.device)
+        sigma = sample_flow_sigmas(x0.shape[0], shift=self.timestep_shift, generator=generator, device=x0.device)
         return flow_matching_loss(self.velocity(add_flow_noise(x0, noise, sigma), sigma, cond), x0, noise)
 
     def set_stage(self, stage: str, lora: dict | None = None) -> None:

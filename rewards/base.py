@@ -108,16 +108,24 @@ def as_reward(obj: Any, name: str | None = None) -> Reward:
     raise TypeError(f"{obj!r} is neither a Reward nor a callable f(images, prompts) -> list[float]")
 
 
-def build_reward(name: str, kwargs: dict[str, Any] | None = None, *, label: str | None = None) -> Reward:
+def build_reward(
+    name: str, kwargs: dict[str, Any] | None = None, *, label: str | None = None, device: Any = None
+) -> Reward:
     """Build a registered reward (or dotted path) and wrap it as a :class:`Reward`.
 
     A registered factory that is a plain scoring function (``f(images, prompts)``) is wrapped as is;
-    classes and factories are called with ``kwargs`` first.
+    classes and factories are called with ``kwargs`` first. ``device`` (the trainer's device, e.g.
+    ``cuda:3`` on rank 3) is passed to factories that take a ``device`` argument the recipe left unset,
+    so a model-based reward runs on its process's own accelerator.
     """
     from mrgrpo.registry import REWARDS
 
     factory = REWARDS.get(name)
     kwargs = dict(kwargs or {})
+    if device is not None and "device" not in kwargs and (isinstance(factory, type) or getattr(factory, "_mrgrpo_factory", False)):
+        accepted = accepted_kwargs(factory)
+        if accepted is not None and "device" in accepted:
+            kwargs["device"] = str(device)
     if isinstance(factory, type) or kwargs or getattr(factory, "_mrgrpo_factory", False):
         check_kwargs(factory, kwargs, name)
         obj = factory(**kwargs)

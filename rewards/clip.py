@@ -37,14 +37,15 @@ class CLIPScore(Reward):
         model_name: open_clip architecture name.
         pretrained: open_clip pretrained tag, or a path to a checkpoint file.
         model_config: an open_clip model config (dict or JSON file) to register under ``model_name``.
-        device: torch device (default: CUDA when available).
+        device: torch device (default: the trainer's device; standalone, CUDA when available).
+        dtype: weights dtype, ``float32`` (default), ``bfloat16`` or ``float16`` (GPU); scores are float32.
         batch_size: images per forward pass.
     """
 
     name = "clip"
 
     def __init__(self, model_name: str = "ViT-L-14", pretrained: str | None = "openai", model_config: dict | str | None = None,
-                 device: str | None = None, batch_size: int = 32):
+                 device: str | None = None, batch_size: int = 32, dtype: str = "float32"):
         try:
             import open_clip
         except ImportError as exc:
@@ -54,6 +55,10 @@ class CLIPScore(Reward):
         if batch_size < 1:
             raise ValueError(f"clip: batch_size must be >= 1, got {batch_size}")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+        if dtype not in dtypes:
+            raise ValueError(f"clip: dtype must be one of {sorted(dtypes)}, got {dtype!r}")
+        self.dtype = dtypes[dtype]
         try:
             model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=pretrained, device=self.device)
         except (RuntimeError, FileNotFoundError, ValueError) as exc:
@@ -61,7 +66,7 @@ class CLIPScore(Reward):
             raise RuntimeError(f"clip: cannot load model {model_name!r} with pretrained={pretrained!r}: {exc}. "
                                f"model_name is an open_clip architecture (e.g. {known}, ...) or one given by model_config; "
                                f"pretrained is an open_clip tag or a local checkpoint file.") from exc
-        self.model = model.eval().requires_grad_(False)
+        self.model = model.to(self.dtype).eval().requires_grad_(False)
         self.preprocess = preprocess
         self.tokenizer = open_clip.get_tokenizer(model_name)
         self.batch_size = batch_size
@@ -73,7 +78,7 @@ class CLIPScore(Reward):
         """Unit-normalised image ``[N, D]`` and text ``[N, D]`` embeddings."""
         img_parts, txt_parts = [], []
         for i in range(0, len(images), self.batch_size):
-            pix = torch.stack([self.preprocess(im.convert("RGB")) for im in images[i:i + self.batch_size]]).to(self.device)
+            pix = torch.stack([self.preprocess(im.convert("RGB")) for im in images[i:i + self.batch_size]]).to(self.device, self.dtype)
             tok = self.tokenizer(prompts[i:i + self.batch_size]).to(self.device)
             img_parts.append(torch.nn.functional.normalize(self.model.encode_image(pix).float(), dim=-1))
             txt_parts.append(torch.nn.functional.normalize(self.model.encode_text(tok).float(), dim=-1))

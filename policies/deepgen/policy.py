@@ -38,6 +38,7 @@ from mrgrpo.policies.dit_policy import (
 )
 from torch import nn
 
+from mrgrpo.devices import randn
 from mrgrpo.losses import add_flow_noise, flow_matching_loss, sample_flow_sigmas
 
 T2I_TEMPLATE = "<|im_start|>user\nGenerate an image: {prompt}<|im_end|>\n<|im_start|>assistant\n"
@@ -337,7 +338,7 @@ class DeepGenPolicy(DiTPolicy):
     def flow_matching_loss(self, batch: dict[str, Any], generator: torch.Generator | None = None) -> torch.Tensor:
         """SFT loss: ``batch = {"images": [B, 3, H, W] in [0, 1], "prompts": [B], "ref_images": [B][k] PIL | None}``.
 
-        Targets encoded by the VAE (mode); noise and ``sigma ~ shift-3 law`` drawn from ``generator`` (CPU).
+        Targets encoded by the VAE (mode); noise and ``sigma ~ shift-3 law`` drawn from ``generator`` (on its own device).
         """
         images = batch["images"]
         if len(batch["prompts"]) != images.shape[0]:
@@ -345,8 +346,8 @@ class DeepGenPolicy(DiTPolicy):
         with torch.no_grad():
             x0 = self.encode_images(images.to(self.device))
         cond = self.encode(list(batch["prompts"]), batch.get("ref_images"), truncate=True).cond
-        noise = torch.randn(x0.shape, generator=generator, dtype=torch.float32).to(x0.device)
-        sigma = sample_flow_sigmas(x0.shape[0], shift=self.timestep_shift, generator=generator).to(x0.device)
+        noise = randn(x0.shape, generator, device=x0.device)
+        sigma = sample_flow_sigmas(x0.shape[0], shift=self.timestep_shift, generator=generator, device=x0.device)
         v = self.velocity(add_flow_noise(x0, noise, sigma), sigma, cond)
         return flow_matching_loss(v, x0, noise)
 
