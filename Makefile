@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: quickstart quickstart-sft test test-slow bench
+.PHONY: quickstart quickstart-sft test test-slow test-gpu bench bench-gpu
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -20,6 +20,13 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
+
+# On a CUDA machine: the gpu-marked tests plus the device audit on CUDA (skipped without a GPU).
+test-gpu: $(STAMP)
+	$(BIN)/python -m pytest -q -m gpu tests/gpu tests/test_devices.py
+
+bench-gpu: $(STAMP)
+	$(BIN)/python benchmarks/gpu_realsize.py --out benchmarks/results/gpu_realsize.json
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/step_time.py --out benchmarks/results/step_time_cpu.json

@@ -23,7 +23,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--height", type=int, default=None)
     p.add_argument("--width", type=int, default=None)
     p.add_argument("--negative-prompt", default="", help="negative prompt for CFG")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="noise seed (drawn on the CPU, so a seed gives the same starting noise on every device)")
+    p.add_argument("--device", default=None, help="torch device to sample on (default: cuda when available, else cpu)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="recipe override (a.b=c); for a saved folder only policy.kwargs.NAME=VALUE (e.g. policy.kwargs.mask_padding=false)")
 
@@ -84,6 +86,11 @@ def run(args: argparse.Namespace) -> int:
             if not Path(path).is_file():
                 raise SystemExit(f"error: --image {path} does not exist")
         refs = [[Image.open(p).convert("RGB") for p in args.image] for _ in args.prompt]
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        policy.to(torch.device(device))
+    except (RuntimeError, AssertionError) as exc:  # unknown device string, CUDA not compiled/available
+        raise SystemExit(f"error: --device {device}: {exc}. Fix: pass --device cpu, or cuda[:N] on a GPU machine") from None
     policy.eval()
     steps, cfg = args.steps or d["steps"], args.cfg if args.cfg is not None else d["cfg"]
     h, w = args.height or d["height"], args.width or d["width"]
