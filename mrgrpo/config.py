@@ -152,7 +152,13 @@ class TrainConfig(_Strict):
     seed: int = Field(42, description="Base seed; each process derives its own.")
     ema: EMAConfig = Field(default_factory=EMAConfig, description="EMA of trained weights.")
     lora: LoRAConfig = Field(default_factory=LoRAConfig, description="LoRA on the DiT.")
-    gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward pass to save memory.")
+    gradient_checkpointing: bool | Literal["auto"] = Field(False, description=(
+        "Recompute activations in the backward pass to save memory. `auto`: only on CUDA when weights + gradients + "
+        "AdamW states would take more than half of the device's memory (a heuristic; it trades ~30% train time for memory)."))
+    fused_optimizer: bool | Literal["auto"] = Field("auto", description=(
+        "torch's fused AdamW kernel (one launch for all parameters). `auto`: on CUDA only; same update up to float rounding."))
+    compile_dit: bool = Field(False, description=(
+        "Regional torch.compile of the DiT's transformer blocks (opt-in: the first steps pay the compile time)."))
     checkpoint_every: int = Field(50, ge=1, description="Save a checkpoint every N optimizer steps (and at the end).")
     keep_last: int = Field(3, ge=1, description="Checkpoints kept on disk.")
     resume: str | None = Field(None, description="`auto` (latest checkpoint in output_dir), a checkpoint directory, or null.")

@@ -59,13 +59,35 @@ def make_accelerator(cfg: RunConfig, gradient_accumulation_steps: int):
 
 
 def build_optimizer(params: Sequence[tuple[str, torch.nn.Parameter]], cfg: RunConfig) -> torch.optim.Optimizer:
-    """AdamW with weight decay on matrices only (ndim >= 2)."""
+    """AdamW with weight decay on matrices only (ndim >= 2); torch's fused kernel on CUDA (``train.fused_optimizer``)."""
     if not params:
         raise RecipeError("the policy has no trainable parameters for this stage. Fix: check the stage / train.lora.")
     decay = [p for _, p in params if p.ndim >= 2]
     no_decay = [p for _, p in params if p.ndim < 2]
     groups = [{"params": decay, "weight_decay": cfg.train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.train.lr, betas=tuple(cfg.train.betas), eps=1e-8)
+    on_cuda = all(p.is_cuda for _, p in params)
+    fused = cfg.train.fused_optimizer
+    if fused is True and not on_cuda:
+        raise RecipeError("train.fused_optimizer: true needs every trained parameter on CUDA. Fix: use `auto` or false on CPU.")
+    extra = {"fused": True} if (fused is True or (fused == "auto" and on_cuda)) else {}
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.train.lr, betas=tuple(cfg.train.betas), eps=1e-8,
+                             **extra)
+
+
+def static_training_bytes(policy: torch.nn.Module, trainable: Sequence[tuple[str, torch.nn.Parameter]]) -> int:
+    """Bytes of every weight plus float32 gradients and two AdamW moments of the trained ones."""
+    weights = sum(p.numel() * p.element_size() for p in policy.parameters())
+    return weights + sum(p.numel() for _, p in trainable) * 4 * 3
+
+
+def want_gradient_checkpointing(setting: bool | str, device: torch.device, static_bytes: int) -> bool:
+    """``train.gradient_checkpointing``: ``auto`` turns it on on CUDA when the static memory exceeds half the device."""
+    if setting != "auto":
+        return bool(setting)
+    if device.type != "cuda":
+        return False
+    total = torch.cuda.get_device_properties(device).total_memory
+    return static_bytes > total // 2
 
 
 def build_lr_lambda(cfg: RunConfig) -> Callable[[int], float]:
@@ -123,11 +145,17 @@ class TrainerBase:
         policy.set_stage(stage, lora=cfg.train.lora.model_dump() if cfg.train.lora.enabled else None)
         if reference:
             policy.enable_reference()
-        if cfg.train.gradient_checkpointing and hasattr(policy, "enable_gradient_checkpointing"):
-            policy.enable_gradient_checkpointing()
         policy.to(self.device)
         self.policy = policy
         self.trainable = policy.trainable_parameters()
+        self.gradient_checkpointing = want_gradient_checkpointing(
+            cfg.train.gradient_checkpointing, self.device, static_training_bytes(policy, self.trainable))
+        if self.gradient_checkpointing and hasattr(policy, "enable_gradient_checkpointing"):
+            policy.enable_gradient_checkpointing()
+        if cfg.train.compile_dit:
+            if not hasattr(policy, "compile_blocks"):
+                raise RecipeError(f"train.compile_dit: the {type(policy).__name__} policy has no compile_blocks(). Fix: set it to false.")
+            policy.compile_blocks()
         optimizer = build_optimizer(self.trainable, cfg)
         # the schedule drives the torch optimizer's param groups, which DDP and DeepSpeed wrappers share;
         # it is stepped by hand once per optimizer step (not once per process, as accelerate would).

@@ -118,3 +118,46 @@ def test_sft_steps_and_generation_keep_draws_on_the_policy_device(device, tmp_pa
                                          generator=torch.Generator(device=trainer.device).manual_seed(0))
     assert audit.violations == [], audit.violations[:5]
     assert len(hist) == 2 and images[0].size == (64, 64)
+
+
+def test_speed_levers_resolve_on_cpu(tmp_path, monkeypatch):
+    """`auto` levers stay off on the CPU (fused AdamW and auto checkpointing are CUDA-only); explicit ones apply."""
+    from mrgrpo.config import RecipeError
+    from mrgrpo.registry import POLICIES
+    from mrgrpo.trainer_base import build_optimizer, static_training_bytes, want_gradient_checkpointing
+
+    monkeypatch.setenv("MRGRPO_CACHE", str(tmp_path / "cache"))
+    assert want_gradient_checkpointing("auto", torch.device("cpu"), 10**15) is False
+    assert want_gradient_checkpointing(True, torch.device("cpu"), 0) is True
+    torch.manual_seed(0)
+    policy = POLICIES.build("sd3-tiny").eval()
+    policy.set_stage("rl")
+    trainable = policy.trainable_parameters()
+    n_trained = sum(p.numel() for _, p in trainable)
+    weights = sum(p.numel() * p.element_size() for p in policy.parameters())
+    assert static_training_bytes(policy, trainable) == weights + 12 * n_trained
+    cfg = load_recipe(data={**yaml.safe_load((REPO / "recipes" / "quickstart.yaml").read_text()),
+                            "output_dir": str(tmp_path / "o")}, check_files=False)
+    opt = build_optimizer(trainable, cfg)
+    assert not opt.defaults.get("fused")
+    cfg.train.fused_optimizer = True
+    with pytest.raises(RecipeError, match="fused_optimizer"):
+        build_optimizer(trainable, cfg)
+
+
+@pytest.mark.slow
+def test_compiled_dit_blocks_give_the_eager_velocity(tmp_path, monkeypatch):
+    """train.compile_dit (regional torch.compile): same velocity as eager (inductor compiles C++ on CPU: minutes)."""
+    from mrgrpo.registry import POLICIES
+
+    monkeypatch.setenv("MRGRPO_CACHE", str(tmp_path / "cache"))
+    torch.manual_seed(0)
+    policy = POLICIES.build("sd3-tiny").eval()
+    x = torch.randn(2, 16, 8, 8, generator=torch.Generator().manual_seed(0))
+    sigma = torch.tensor([0.3, 0.8])
+    enc = policy.encode(["a red square", "a blue circle"])
+    with torch.no_grad():
+        eager = policy.velocity(x, sigma, enc.cond)
+        policy.compile_blocks()
+        compiled = policy.velocity(x, sigma, enc.cond)
+    torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
