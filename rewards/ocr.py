@@ -169,7 +169,8 @@ def deepgen_candidates(lines: Sequence[str], *, ngram_max: int = 3, case_sensiti
                        ignore_punct: bool = True) -> list[str]:
     """The release's candidate strings: normalised non-empty lines, joins of 2..``ngram_max`` adjacent
     ones, and all lines joined; order kept, duplicates dropped."""
-    toks = [t for t in (deepgen_normalise(x, case_sensitive=case_sensitive, ignore_punct=ignore_punct) for x in lines) if t]
+    norm = [deepgen_normalise(x, case_sensitive=case_sensitive, ignore_punct=ignore_punct) for x in lines]
+    toks = [t for t in norm if t]
     cands = list(toks)
     for n in range(2, max(1, int(ngram_max)) + 1):
         cands += ["".join(toks[i:i + n]) for i in range(len(toks) - n + 1)]
@@ -363,8 +364,8 @@ class OCRReward(Reward):
         for im, prompt, meta in zip(images, prompts, metadata):
             segments = self.targets(prompt, meta)
             if not segments:
-                why = "no quoted text" if not (deepgen_segments if self.mode == "deepgen" else quoted_segments)(prompt) \
-                    else "no scorable character in the quoted text"
+                quoted = deepgen_segments(prompt) if self.mode == "deepgen" else quoted_segments(prompt)
+                why = "no scorable character in the quoted text" if quoted else "no quoted text"
                 scores.append(0.0), valid.append(False), recognised.append(None), reasons.append(why)
                 continue
             try:

@@ -237,7 +237,7 @@ def fake_engine(monkeypatch):
 
 
 def test_deepgen_mode_equals_the_released_rules_on_generated_cases(fake_engine):
-    cases = _cases(800, seed=1234)
+    cases = _cases(600, seed=1234)
     reward = OCRReward(mode="deepgen")
     im = Image.new("RGB", (4, 4))
     has_target = [any(_ref_norm(t) for t in _ref_targets(p)) for p, _ in cases]
@@ -258,8 +258,8 @@ def test_deepgen_mode_equals_the_released_rules_on_generated_cases(fake_engine):
             assert ref[i] == 0.0  # where the release returns its silent 0
     scored = [r for r, v in zip(ref, has_target) if v]
     # the cases are not degenerate: perfect, partial and failed reads all occur
-    assert len(scored) >= 600
-    assert sum(r == 1.0 for r in scored) > 60 and sum(0.0 < r < 1.0 for r in scored) > 200 and sum(r == 0.0 for r in scored) > 10
+    assert len(scored) >= 500
+    assert sum(r == 1.0 for r in scored) > 50 and sum(0.0 < r < 1.0 for r in scored) > 300 and sum(r == 0.0 for r in scored) > 20
     # ... and they tell the scorers apart: Flow-GRPO's and the extended variant differ from the release on many
     flow = [flowgrpo_score("".join(t for t, c in items if (c or 0.0) > 0), _ref_targets(p)[0])
             for (p, items), v in zip(cases, has_target) if v and _ref_norm(_ref_targets(p)[0], False)]
