@@ -114,15 +114,16 @@ def _ref_reward(ocr_items: list[tuple[str, float | None]], prompt: str, *, min_c
 
 
 # -- generated cases --------------------------------------------------------------------------------
-_WORDS = ["OPEN", "Sale", "coffee", "Grand", "Opening", "2024", "v1.0", "ICE", "Cream", "jazz", "NIGHT", "Hello", "World",
-          "Big", "SALE", "50%", "OFF", "Today", "only!", "Welcome", "home", "iPhone", "Café", "Müller", "東京", "I/O",
-          "Vivid", "voices", "O'Neil", "JOIN", "us", "10:30", "AM", "Library", "Quiet", "please", "VOLT", "wow", "Level", "5",
-          "lost", "&", "found", "No.1", "Jump", "Oil", "Silver", "Moon", "DJ", "ijl", "S0L0", "L1ve"]
-_CONFUSE = {"0": "O", "O": "0", "o": "0", "1": "l", "l": "1", "I": "l", "i": "j", "j": "i", "5": "S", "S": "5", "s": "5",
-            "v": "w", "w": "v", "V": "W", "W": "V", "B": "8", "Z": "2"}
-_TEMPLATES = ["A poster with the title {0}", "A neon sign that reads {0} above the door", "A storefront: {0} on top and {1} below",
-              "A book cover, title {0}, author {1}, tagline {2}", "A menu board listing {0}, {1}, {2} and {3}",
-              "A mug printed with {0}", "A banner saying {0} in bold letters, with {1} in small print"]
+_WORDS = ["OPEN", "Sale", "coffee", "Grand", "Opening", "2024", "v1.0", "ICE", "Cream", "jazz", "NIGHT", "Hello",
+          "World", "Big", "SALE", "50%", "OFF", "Today", "only!", "Welcome", "home", "iPhone", "Café", "Müller", "東京",
+          "I/O", "Vivid", "voices", "O'Neil", "JOIN", "us", "10:30", "AM", "Library", "Quiet", "please", "VOLT", "wow",
+          "Level", "5", "lost", "&", "found", "No.1", "Jump", "Oil", "Silver", "Moon", "DJ", "ijl", "S0L0", "L1ve"]
+_CONFUSE = {"0": "O", "O": "0", "o": "0", "1": "l", "l": "1", "I": "l", "i": "j", "j": "i", "5": "S", "S": "5",
+            "s": "5", "v": "w", "w": "v", "V": "W", "W": "V", "B": "8", "Z": "2"}
+_TEMPLATES = ["A poster with the title {0}", "A neon sign that reads {0} above the door",
+              "A storefront: {0} on top and {1} below", "A book cover, title {0}, author {1}, tagline {2}",
+              "A menu board listing {0}, {1}, {2} and {3}", "A mug printed with {0}",
+              "A banner saying {0} in bold letters, with {1} in small print"]
 
 
 def _phrase(rng: random.Random) -> str:
@@ -259,18 +260,23 @@ def test_deepgen_mode_equals_the_released_rules_on_generated_cases(fake_engine):
     scored = [r for r, v in zip(ref, has_target) if v]
     # the cases are not degenerate: perfect, partial and failed reads all occur
     assert len(scored) >= 500
-    assert sum(r == 1.0 for r in scored) > 50 and sum(0.0 < r < 1.0 for r in scored) > 300 and sum(r == 0.0 for r in scored) > 20
+    assert sum(r == 1.0 for r in scored) > 50 and sum(r == 0.0 for r in scored) > 20
+    assert sum(0.0 < r < 1.0 for r in scored) > 300
     # ... and they tell the scorers apart: Flow-GRPO's and the extended variant differ from the release on many
-    flow = [flowgrpo_score("".join(t for t, c in items if (c or 0.0) > 0), _ref_targets(p)[0])
-            for (p, items), v in zip(cases, has_target) if v and _ref_norm(_ref_targets(p)[0], False)]
-    multi = [multi_segment_score([t for t, c in items if t and (c or 0.0) >= 0], [s for s in _ref_targets(p) if _ref_norm(s)])[0]
-             for (p, items), v in zip(cases, has_target) if v]
-    assert sum(abs(a - b) > 1e-9 for a, b in zip(multi, scored)) > 20
-    assert len(flow) > 100
+    flow_gap, multi_gap = [], []
+    for (p, items), v, r in zip(cases, has_target, ref):
+        if not v:
+            continue
+        first = _ref_targets(p)[0]
+        if "".join(first.split()):
+            flow_gap.append(abs(flowgrpo_score("".join(t for t, c in items if (c or 0.0) > 0), first) - r))
+        segments = [s for s in _ref_targets(p) if _ref_norm(s)]
+        multi_gap.append(abs(multi_segment_score([t for t, c in items if t], segments)[0] - r))
+    assert sum(g > 1e-9 for g in multi_gap) > 20 and sum(g > 1e-9 for g in flow_gap) > 100
 
 
-@pytest.mark.parametrize("options", [dict(), dict(min_conf=0.2), dict(ngram_max=1), dict(ngram_max=5), dict(case_sensitive=False),
-                                     dict(ignore_punct=False), dict(fold=False)])
+@pytest.mark.parametrize("options", [dict(), dict(min_conf=0.2), dict(ngram_max=1), dict(ngram_max=5),
+                                     dict(case_sensitive=False), dict(ignore_punct=False), dict(fold=False)])
 def test_deepgen_options_follow_the_released_switches(options):
     """The release's environment switches (OCR_MIN_CONF, OCR_NGRAM_MAX, OCR_CASE_SENSITIVE, OCR_IGNORE_PUNCT,
     OCR_USE_CONFUSION_FOLD) as reward kwargs."""
@@ -284,8 +290,9 @@ def test_deepgen_options_follow_the_released_switches(options):
         if not segs:
             continue
         got = deepgen_score(lines, segs, **kw)[0]
-        assert abs(got - _ref_reward(items, prompt, min_conf=min_conf, fold=kw["confusion_fold"], ngram_max=kw["ngram_max"],
-                                     case_sensitive=kw["case_sensitive"], ignore_punct=kw["ignore_punct"])) <= 1e-12
+        ref = _ref_reward(items, prompt, min_conf=min_conf, fold=kw["confusion_fold"], ngram_max=kw["ngram_max"],
+                          case_sensitive=kw["case_sensitive"], ignore_punct=kw["ignore_punct"])
+        assert abs(got - ref) <= 1e-12
         n += 1
     assert n > 100
 
@@ -306,14 +313,16 @@ def test_deepgen_rules_by_hand(fake_engine):
     # length weighting: (5 * 1 + 2 * 0) / 7
     assert deepgen_score(["HELLO"], ["HELLO", "ZZ"]) == (pytest.approx(5 / 7), [1.0, 0.0])
     # straight double quotes only
-    assert quoted_segments('“curly”') == ["curly"] and ocr_module.deepgen_segments('“curly” and "straight"') == ["straight"]
+    assert quoted_segments('“curly”') == ["curly"]
+    assert ocr_module.deepgen_segments('“curly” and "straight"') == ["straight"]
     reward = OCRReward(mode="deepgen", min_confidence=0.2)
     im = Image.new("RGB", (4, 4))
     fake_engine.queue = [[("OPEN", 0.2), ("LATE", 0.19)], None]  # images without a target are never read
     out = reward([im] * 5, ['"OPEN" "LATE"', "no quotes", "“curly only”", '"!!!"', '"OPEN"'])
     assert out.scores[0].item() == pytest.approx(0.5)  # a line at the threshold is kept, one below is dropped
     assert out.valid.tolist() == [True, False, False, False, False]
-    assert out.details["invalid_reason"][1:4] == ["no quoted text", "no quoted text", "no scorable character in the quoted text"]
+    reasons = out.details["invalid_reason"]
+    assert reasons[1:4] == ["no quoted text", "no quoted text", "no scorable character in the quoted text"]
     assert out.details["failures"] == 1 and out.details["mode"] == "deepgen"
     assert isinstance(out.scores, torch.Tensor)
     with pytest.raises(ValueError, match="'flowgrpo', 'deepgen' or 'multi'"):
