@@ -1,4 +1,4 @@
-"""OCR text-rendering reward: the Flow-GRPO formula, and DeepGen's multi-segment variant.
+"""OCR text-rendering reward: the Flow-GRPO formula, DeepGen's released scorer, and an extended variant.
 
 Targets come from the prompt's double-quoted text (straight ``"..."`` or curly ``“...”``);
 ``metadata[i]["ocr_text"]`` (a string or a list of strings) overrides them. A prompt with no
@@ -10,7 +10,7 @@ Flow-GRPO's ``prompt.split('"')[1]``); the recognised text is every OCR line wit
 ``d = 0`` if the target is a substring of the recognised text else ``Levenshtein(rec, target)``;
 ``r = 1 - min(d, len(target)) / len(target)``.
 
-``mode="multi"`` (DeepGen's newer scorer, ``ocr_scorer_service/ocr.py``): EVERY quoted segment is
+``mode="multi"`` (an extension of DeepGen's scorer, NOT equal to it: see ``deepgen``): EVERY quoted segment is
 scored on its own against n-gram candidates of the OCR output (single lines, runs of up to
 ``ngram_max`` adjacent lines, the whole text concatenated, and -- our addition -- runs of words
 within the text so that two segments rendered on one line are each found); per segment
@@ -19,6 +19,19 @@ candidates; the image's reward is the length-weighted mean ``sum(len_s * r_s) / 
 Normalisation as DeepGen's defaults: whitespace removed, punctuation removed
 (``ignore_punct``), case kept (``case_sensitive``), common OCR confusions folded (``confusion_fold``:
 0/o/O, 1/i/j/l/I, 5/s, v/w; the smaller of the plain and the folded distance counts).
+
+``mode="deepgen"`` (the scorer of DeepGen's released RL run, its ``ocr_scorer_service``; the
+paper recipes use it): reproduces the released rules exactly. Targets: every ``"..."`` segment
+(straight double quotes only). Normalisation: whitespace removed, then everything but ASCII
+letters and digits (``ignore_punct``), case kept (``case_sensitive``). Candidates: the normalised
+non-empty OCR lines, the concatenations of 2..``ngram_max`` adjacent ones, and all of them joined
+(duplicates dropped). Distance per segment: the smallest over the candidates of
+``min(Levenshtein(c, t), Levenshtein(fold(c), fold(t)))`` with ``fold`` mapping 0->o, 1/i/j->l,
+5->s, v->w (lower-case only; ``confusion_fold``), capped at ``len(t)``; the image's reward is the
+length-weighted mean of ``1 - d / len(t)``. OCR lines with confidence below ``min_confidence`` are
+dropped (the release keeps a line whose confidence equals it). Deliberate deviations: a prompt
+with no quoted text (or none with a scorable character) is invalid, and an engine error is
+invalid and counted, where the release returns a silent 0.
 
 Engines (one shared instance per process and configuration, calls serialised by a lock):
 ``rapidocr`` (``rapidocr-onnxruntime``; PP-OCR ONNX models ship in the wheel: offline, CPU; the
@@ -131,6 +144,77 @@ def multi_segment_score(lines: Sequence[str], segments: Sequence[str], *, ngram_
     return total / weight, per_segment
 
 
+# -- DeepGen's released scorer ---------------------------------------------------------------------
+_DEEPGEN_QUOTED = re.compile(r'"([^"]+)"')
+_DEEPGEN_NOT_ASCII_ALNUM = re.compile(r"[^A-Za-z0-9]+")
+# the release's confusion table: lower-case only, applied to case-kept text
+_DEEPGEN_FOLD = str.maketrans({"0": "o", "1": "l", "i": "l", "j": "l", "5": "s", "v": "w"})
+
+
+def deepgen_segments(prompt: str) -> list[str]:
+    """Every ``"..."`` segment of the prompt (straight double quotes only), in order, as the release reads them."""
+    return _DEEPGEN_QUOTED.findall(prompt or "")
+
+
+def deepgen_normalise(text: str, *, case_sensitive: bool = True, ignore_punct: bool = True) -> str:
+    """Whitespace removed; with ``ignore_punct`` every character but ASCII letters and digits removed; lower-cased
+    unless ``case_sensitive`` (the release's order of operations)."""
+    s = re.sub(r"\s+", "", text or "")
+    if ignore_punct:
+        s = _DEEPGEN_NOT_ASCII_ALNUM.sub("", s)
+    return s if case_sensitive else s.lower()
+
+
+def deepgen_candidates(lines: Sequence[str], *, ngram_max: int = 3, case_sensitive: bool = True,
+                       ignore_punct: bool = True) -> list[str]:
+    """The release's candidate strings: normalised non-empty lines, joins of 2..``ngram_max`` adjacent
+    ones, and all lines joined; order kept, duplicates dropped."""
+    norm = [deepgen_normalise(x, case_sensitive=case_sensitive, ignore_punct=ignore_punct) for x in lines]
+    toks = [t for t in norm if t]
+    cands = list(toks)
+    for n in range(2, max(1, int(ngram_max)) + 1):
+        cands += ["".join(toks[i:i + n]) for i in range(len(toks) - n + 1)]
+    if toks:
+        cands.append("".join(toks))
+    return list(dict.fromkeys(cands))
+
+
+def deepgen_score(lines: Sequence[str], segments: Sequence[str], *, ngram_max: int = 3, case_sensitive: bool = True,
+                  ignore_punct: bool = True, confusion_fold: bool = True) -> tuple[float, list[float]]:
+    """DeepGen's released OCR reward of one image from its OCR ``lines`` and target ``segments``.
+
+    Returns (``sum_s len_s * r_s / sum_s len_s``, per-segment ``r_s``; a segment with no scorable
+    character has ``r_s = 0`` and weight 0). Raises ValueError when no segment has a scorable
+    character (the release returns 0 there; the reward marks the image invalid instead).
+    """
+    cands = deepgen_candidates(lines, ngram_max=ngram_max, case_sensitive=case_sensitive, ignore_punct=ignore_punct)
+    folded = [c.translate(_DEEPGEN_FOLD) for c in cands] if confusion_fold else cands
+    total, weight, per_segment = 0.0, 0, []
+    for seg in segments:
+        tgt = deepgen_normalise(seg, case_sensitive=case_sensitive, ignore_punct=ignore_punct)
+        if not tgt:
+            per_segment.append(0.0)
+            continue
+        ftgt = tgt.translate(_DEEPGEN_FOLD) if confusion_fold else tgt
+        best = len(tgt)
+        for c, fc in zip(cands, folded):
+            if abs(len(c) - len(tgt)) >= best:  # both distances are at least the length difference: cannot improve
+                continue
+            d = levenshtein(c, tgt)
+            if confusion_fold and d > 0:
+                d = min(d, levenshtein(fc, ftgt))
+            best = min(best, d)
+            if best == 0:
+                break
+        r = 1.0 - min(best, len(tgt)) / len(tgt)
+        per_segment.append(r)
+        total += r * len(tgt)
+        weight += len(tgt)
+    if weight == 0:
+        raise ValueError("no OCR target with a scorable character")
+    return total / weight, per_segment
+
+
 # -- engines -------------------------------------------------------------------------------------
 class RapidOCREngine:
     """``rapidocr-onnxruntime`` (offline: its PP-OCR ONNX models ship in the wheel)."""
@@ -195,6 +279,7 @@ class PaddleOCREngine:
         return out
 
 
+MODES = ("flowgrpo", "deepgen", "multi")
 ENGINES = {"rapidocr": RapidOCREngine, "paddle": PaddleOCREngine}
 _ENGINE_CACHE: dict[tuple, Any] = {}
 _ENGINE_LOCK = threading.Lock()
@@ -215,14 +300,15 @@ class OCRReward(Reward):
     """Text-rendering accuracy of the quoted text of the prompt, in [0, 1].
 
     Args:
-        mode: ``"flowgrpo"`` (first quoted segment, substring or Levenshtein) or ``"multi"``
-            (every segment, n-gram candidates, length-weighted).
+        mode: ``"flowgrpo"`` (first quoted segment, substring or Levenshtein), ``"deepgen"`` (DeepGen's
+            released scorer, exactly) or ``"multi"`` (every segment, extended candidates, length-weighted).
         engine: ``"rapidocr"`` (default, offline) or ``"paddle"``.
         model_dir / det_model_dir / rec_model_dir: PaddleOCR model folders (engine ``paddle``).
         engine_kwargs: passed to the engine's constructor.
-        min_confidence: OCR lines with confidence at or below it are ignored (Flow-GRPO: 0).
-        ngram_max, case_sensitive, ignore_punct, confusion_fold: ``multi`` mode options
-            (defaults: DeepGen's 3, True, True, True).
+        min_confidence: OCR lines with confidence at or below it are ignored (Flow-GRPO: 0); in
+            ``deepgen`` mode lines BELOW it are ignored (the release's rule; its default 0 keeps all).
+        ngram_max, case_sensitive, ignore_punct, confusion_fold: ``deepgen`` / ``multi`` options
+            (defaults: the release's 3, True, True, True).
     """
 
     name = "ocr"
@@ -231,8 +317,8 @@ class OCRReward(Reward):
                  det_model_dir: str | None = None, rec_model_dir: str | None = None, engine_kwargs: dict | None = None,
                  min_confidence: float = 0.0, ngram_max: int = 3, case_sensitive: bool = True, ignore_punct: bool = True,
                  confusion_fold: bool = True):
-        if mode not in ("flowgrpo", "multi"):
-            raise ValueError(f"ocr: mode must be 'flowgrpo' or 'multi', got {mode!r}")
+        if mode not in MODES:
+            raise ValueError(f"ocr: mode must be 'flowgrpo', 'deepgen' or 'multi', got {mode!r}")
         if ngram_max < 1:
             raise ValueError(f"ocr: ngram_max must be >= 1, got {ngram_max}")
         self.mode = mode
@@ -254,12 +340,23 @@ class OCRReward(Reward):
             segments = [explicit]
         elif isinstance(explicit, (list, tuple)) and any(isinstance(s, str) and s.strip() for s in explicit):
             segments = [s for s in explicit if isinstance(s, str) and s.strip()]
+        elif self.mode == "deepgen":
+            segments = deepgen_segments(prompt)
         else:
             segments = quoted_segments(prompt)
         if self.mode == "flowgrpo":
             return segments[:1] if segments and normalise(segments[0]) else []
         ignore_punct = self.multi_options["ignore_punct"]
+        if self.mode == "deepgen":
+            return [s for s in segments if deepgen_normalise(s, ignore_punct=ignore_punct)]
         return [s for s in segments if normalise(s, case_sensitive=True, ignore_punct=ignore_punct)]
+
+    def read_lines(self, image: Any) -> list[str]:
+        """The OCR lines of one image kept by the mode's confidence rule (``deepgen``: non-empty lines with
+        confidence >= ``min_confidence``; otherwise confidence > ``min_confidence``)."""
+        if self.mode == "deepgen":
+            return [t for t, c in self.engine(image) if t and c >= self.min_confidence]
+        return [t for t, c in self.engine(image) if c > self.min_confidence]
 
     def score(self, images, prompts, metadata):
         scores, valid, recognised, reasons = [], [], [], []
@@ -267,10 +364,12 @@ class OCRReward(Reward):
         for im, prompt, meta in zip(images, prompts, metadata):
             segments = self.targets(prompt, meta)
             if not segments:
-                scores.append(0.0), valid.append(False), recognised.append(None), reasons.append("no quoted text")
+                quoted = deepgen_segments(prompt) if self.mode == "deepgen" else quoted_segments(prompt)
+                why = "no scorable character in the quoted text" if quoted else "no quoted text"
+                scores.append(0.0), valid.append(False), recognised.append(None), reasons.append(why)
                 continue
             try:
-                lines = [t for t, c in self.engine(im) if c > self.min_confidence]
+                lines = self.read_lines(im)
             except Exception as exc:  # a broken image or engine error: could not score, counted as a failure
                 failures += 1
                 scores.append(0.0), valid.append(False), recognised.append(None), reasons.append(f"engine error: {exc}")
@@ -278,6 +377,8 @@ class OCRReward(Reward):
             recognised.append(lines)
             if self.mode == "flowgrpo":
                 scores.append(flowgrpo_score("".join(lines), segments[0]))
+            elif self.mode == "deepgen":
+                scores.append(deepgen_score(lines, segments, **self.multi_options)[0])
             else:
                 scores.append(multi_segment_score(lines, segments, **self.multi_options)[0])
             valid.append(True)

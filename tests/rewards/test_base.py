@@ -109,7 +109,7 @@ def test_clear_errors_for_bad_names_and_kwargs():
         build_reward("jpeg_compressibility", {"qualty": 90})
     with pytest.raises(ValueError, match="quality must be in 1..100"):
         build_reward("jpeg_compressibility", {"quality": 0})
-    with pytest.raises(ValueError, match="mode must be 'flowgrpo' or 'multi'"):
+    with pytest.raises(ValueError, match="mode must be 'flowgrpo', 'deepgen' or 'multi'"):
         build_reward("ocr", {"mode": "fancy"})
     with pytest.raises(ValueError, match="urls"):
         build_reward("remote", {"urls": []})
