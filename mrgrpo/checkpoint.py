@@ -99,7 +99,10 @@ def load_with_fallback(resume: str | None, output_dir: str | os.PathLike, load: 
             load(path)
         except CheckpointError as exc:
             if resume != "auto":
-                raise
+                if str(exc).startswith("train.resume"):
+                    raise
+                raise CheckpointError(f"train.resume={resume!r}: {exc} Fix: resume from an older checkpoint, "
+                                      "or `--resume` (auto) to take the newest intact one.") from exc
             damaged.append(str(exc))
             _warn(f"warning: {exc}")
             continue
