@@ -9,7 +9,7 @@ and the fix) and exit non-zero, without a traceback:
   ``mrgrpo.config.RecipeError`` and ``mrgrpo.registry.RegistryError``;
 * ``OSError`` naming a file (missing, unreadable, a folder where a file is expected, disk full),
   ``UnicodeDecodeError`` (a file that is not UTF-8 text);
-* a CUDA out-of-memory error (the fix: smaller micro-batches or images);
+* out of memory (CUDA or host; the fix: smaller micro-batches or images), an address in use;
 * Ctrl-C (exit status 130).
 
 Anything else is a bug: its traceback is shown with a line saying how to report it. ``--debug``
@@ -59,8 +59,10 @@ def debug_enabled(flag: bool = False) -> bool:
 _DISK_ERRNOS = (28, 30)  # ENOSPC, EROFS
 
 
-def _is_cuda_oom(exc: BaseException) -> bool:
-    return type(exc).__name__ == "OutOfMemoryError" or "CUDA out of memory" in str(exc)
+def _is_oom(exc: BaseException) -> bool:
+    text = str(exc)
+    return (isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError" or "CUDA out of memory" in text
+            or (isinstance(exc, RuntimeError) and "can't allocate memory" in text))
 
 
 def describe_expected(exc: BaseException) -> str | None:
@@ -75,9 +77,12 @@ def describe_expected(exc: BaseException) -> str | None:
                 "that its URL in the recipe is right.")
     if isinstance(exc, OSError) and (exc.filename is not None or exc.errno in _DISK_ERRNOS):
         return describe_os_error(exc)
-    if _is_cuda_oom(exc):
-        return (f"out of accelerator memory ({str(exc).splitlines()[0][:200]}). Fix: lower train.micro_batch_size, "
-                "rl.height/rl.width or rl.group_size, or enable train.gradient_checkpointing.")
+    if _is_oom(exc):
+        first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        return (f"out of memory ({first}). Fix: lower train.micro_batch_size, rl.height/rl.width (--height/--width) or "
+                "rl.group_size, or enable train.gradient_checkpointing.")
+    if isinstance(exc, OSError) and exc.errno == 98:  # EADDRINUSE
+        return f"{exc.strerror or exc}. Fix: choose another --port, or stop what is listening there."
     return None
 
 

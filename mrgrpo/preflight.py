@@ -14,6 +14,8 @@ in about a second (it imports the modules of the registered factories, no model 
   image exists; WebDataset shards that exist;
 * ``output_dir``: not a file, inside a writable folder; its ``checkpoints``/``config.yaml`` not of
   the wrong kind;
+* ``policy.checkpoint`` and path-looking kwargs (``/...``, ``./...``, ``~/...``, ``*.safetensors``):
+  they exist (hub ids such as ``org/model`` are left to the factory);
 * ``train.resume``: an intact checkpoint folder (``auto`` is resolved by the trainer, which falls back
   to the newest intact checkpoint);
 * ``distributed.accelerate_config``: a readable YAML mapping.
@@ -110,12 +112,11 @@ def check_registry(cfg: RunConfig) -> list[str]:
     from mrgrpo.registry import POLICIES, REWARDS
 
     problems = []
-    if cfg.stage in ("rl", "pretrain", "sft"):
-        factory, problem = _lookup(POLICIES, cfg.policy.name, "policy.name")
-        if problem:
-            problems.append(problem)
-        else:
-            problems += check_factory_kwargs(factory, cfg.policy.kwargs, "policy.kwargs", f"policy {cfg.policy.name!r}")
+    factory, problem = _lookup(POLICIES, cfg.policy.name, "policy.name")
+    if problem:
+        problems.append(problem)
+    else:
+        problems += check_factory_kwargs(factory, cfg.policy.kwargs, "policy.kwargs", f"policy {cfg.policy.name!r}")
     for key, spec in sorted(cfg.rewards.items()):
         name = spec.name or key
         field = f"rewards.{key}.name" if spec.name else f"rewards.{key}"
@@ -132,6 +133,40 @@ def check_registry(cfg: RunConfig) -> list[str]:
 # --------------------------------------------------------------------------------------
 # files
 # --------------------------------------------------------------------------------------
+def _looks_local(value: str) -> bool:
+    """A string a user meant as a local path (not a hub id like ``org/model``): absolute, ``./``, ``../``, ``~``,
+    or ending in a weights suffix."""
+    return value.startswith(("/", "./", "../", "~")) or value.endswith((".safetensors", ".pt", ".pth", ".bin", ".ckpt"))
+
+
+def check_local_paths(cfg: RunConfig) -> list[str]:
+    """``policy.checkpoint`` and path-looking string kwargs of the policy and rewards exist."""
+    from mrgrpo.config import expand_vars
+
+    problems: list[str] = []
+    if cfg.policy.checkpoint:
+        try:
+            expanded = expand_vars(cfg.policy.checkpoint, "policy.checkpoint")
+        except RecipeError as exc:
+            problems.append(str(exc))
+            expanded = ""
+        path = cfg.resolve_path(expanded) if expanded else None
+        if path is not None and _looks_local(expanded) and not path.exists():
+            problems.append(f"field `policy.checkpoint`: {cfg.policy.checkpoint!r} does not exist (looked at {path}). Fix: "
+                            "point it at the local weights (relative paths are taken from the recipe's folder), or give a hub id.")
+    items = [(f"policy.kwargs.{k}", v) for k, v in cfg.policy.kwargs.items()]
+    items += [(f"rewards.{name}.kwargs.{k}", v) for name, spec in sorted(cfg.rewards.items()) for k, v in spec.kwargs.items()]
+    for field, value in items:
+        key = field.rsplit(".", 1)[-1]
+        if not isinstance(value, str) or not _looks_local(value) or "cache" in key or "out" in key:
+            continue  # folders the factory creates (cache_dir, output_dir) need not exist
+        path = Path(os.path.expanduser(value))  # factories get kwargs as written: relative to the working directory
+        if not path.exists():
+            problems.append(f"field `{field}`: {value!r} does not exist (looked at {path.absolute()}). Fix: point it at the "
+                            "local file or folder, or give a hub id (org/name).")
+    return problems
+
+
 def _resolve(cfg: RunConfig, path: str, field: str, problems: list[str]) -> Path | None:
     try:
         return cfg.resolve_path(path, field)
@@ -308,6 +343,7 @@ def preflight(cfg: RunConfig, *, check_files: bool = True, training: bool = Fals
         problems += check_sft_files(cfg, warnings, training)
         problems += check_output_dir(cfg)
         problems += check_resume(cfg)
+        problems += check_local_paths(cfg)
         problems += check_accelerate_config(cfg)
     if problems:
         raise RecipeError(f"{source}: {len(problems)} problem(s):\n" + "\n".join(f"  - {p}" for p in problems))

@@ -101,7 +101,8 @@ def _cut_tokens(tokenizer: Any, text: str, limit: int) -> str:
         ids, offsets = tokenizer(text, add_special_tokens=False)["input_ids"], None
     if len(ids) <= limit:
         return text
-    return text[: offsets[limit - 1][1]] if offsets else tokenizer.decode(ids[:limit])
+    # the text before token ``limit`` starts (a character split over several byte tokens is dropped whole)
+    return text[: offsets[limit][0]] if offsets else tokenizer.decode(ids[:limit])
 
 
 class DiffusionPolicy(nn.Module, abc.ABC):
