@@ -109,6 +109,8 @@ def load_with_fallback(resume: str | None, output_dir: str | os.PathLike, load: 
         if damaged:
             _warn(f"warning: resuming from {path}, the newest intact checkpoint ({len(damaged)} newer one(s) damaged).")
         return path
+    if not damaged and resume == "auto":
+        _warn(f"note: --resume: no checkpoint in {checkpoint_root(output_dir)} yet; starting from step 0.")
     if damaged:
         raise CheckpointError(f"no intact checkpoint in {checkpoint_root(output_dir)}: {len(damaged)} damaged. "
                               "Fix: resume from a copy, or move the checkpoints folder away to start the run afresh.")
@@ -154,7 +156,13 @@ def verify_checkpoint(path: str | os.PathLike, *, field: str | None = None, hash
     where = f"{field}={str(p)!r}" if field else f"checkpoint {p}"
     fix = "pass a checkpoints/step-XXXXXX folder, or `--resume` (auto) to take the newest intact one"
     if not p.is_dir():
-        raise CheckpointError(f"{where} is not a checkpoint folder ({'a file' if p.exists() else 'it does not exist'}). Fix: {fix}.")
+        what = "a file" if p.exists() else "it does not exist"
+        raise CheckpointError(f"{where} is not a checkpoint folder ({what}). "
+                              f"Fix: {fix}.")
+    if (p / "checkpoints").is_dir() or p.name == "checkpoints":
+        kind = "checkpoints" if p.name == "checkpoints" else "output"
+        raise CheckpointError(f"{where} is a run's {kind} folder, not one checkpoint. Fix: `--resume` (auto) takes "
+                              f"its newest intact checkpoint; or pass one of {checkpoint_root(p.parent if p.name == 'checkpoints' else p)}/step-XXXXXX.")
     if not (p / "COMPLETE").is_file():
         raise CheckpointError(f"{where} is incomplete (no COMPLETE marker: its write did not finish). Fix: {fix}.")
     manifest_path = p / MANIFEST
@@ -166,17 +174,19 @@ def verify_checkpoint(path: str | os.PathLike, *, field: str | None = None, hash
         files = manifest["files"]
         assert isinstance(files, dict)
     except Exception:  # noqa: BLE001 - any failure means the same thing
-        raise CheckpointError(f"{where}: the file {manifest_path} is damaged (not a valid manifest). Fix: {fix}.") from None
+        raise CheckpointError(f"{where}: the file {manifest_path} is damaged (not a valid manifest). "
+                              f"Fix: {fix}.") from None
     for rel, info in sorted(files.items()):
         f = p / rel
         if not f.is_file():
             raise CheckpointError(f"{where}: the file {f} is missing. Fix: {fix}.")
         size = f.stat().st_size
         if size != info.get("size"):
-            raise CheckpointError(f"{where}: the file {f} is damaged ({size} bytes, {info.get('size')} when written). Fix: {fix}.")
+            raise CheckpointError(f"{where}: the file {f} is damaged ({size} bytes, {info.get('size')} when written). "
+                                  f"Fix: {fix}.")
         if hashes and _sha256(f) != info.get("sha256"):
-            raise CheckpointError(f"{where}: the file {f} is damaged (its SHA-256 differs from the one recorded when it was "
-                                  f"written). Fix: {fix}.")
+            raise CheckpointError(f"{where}: the file {f} is damaged (its SHA-256 differs from the one recorded "
+                                  f"when it was written). Fix: {fix}.")
 
 
 def _read_state(path: Path) -> dict[str, Any]:

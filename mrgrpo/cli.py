@@ -133,7 +133,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         overrides.append(f"train.resume={args.resume}")
     cfg = load_recipe(args.recipe, overrides)
-    for warning in preflight(cfg, training=True, source=str(args.recipe)):  # names, kwargs, files, output_dir: before any model
+    # names, kwargs, files, output_dir: before any model is built
+    for warning in preflight(cfg, training=True, source=str(args.recipe)):
         print(f"warning: {warning}", file=sys.stderr)
     if args.launch:
         from mrgrpo.launch import relaunch
@@ -234,7 +235,8 @@ def _debug_everywhere(sub: argparse._SubParsersAction) -> None:
 
     def add_with_debug(*a, **kw):
         p = add_parser(*a, **kw)
-        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks (also MRGRPO_DEBUG=1)")
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show tracebacks (also MRGRPO_DEBUG=1)")
         original = p.add_subparsers
 
         def add_subparsers(**skw):

@@ -228,7 +228,8 @@ def expand_vars(text: str, field: str = "a path") -> str:
         value = os.environ.get(m.group(1))
         if value is None or (value == "" and m.group(2) is not None):
             if m.group(2) is None:
-                raise RecipeError(f"field `{field}`: {text!r} uses the environment variable {m.group(1)} which is not set. "
+                raise RecipeError(f"field `{field}`: {text!r} uses the environment variable {m.group(1)} "
+                                  "which is not set. "
                                   f"Fix: export {m.group(1)}=..., or write ${{{m.group(1)}:-default}}.")
             return m.group(2)
         return value
@@ -338,8 +339,8 @@ def load_recipe(
     recipe_path: Path | None = None
     if path is not None:
         recipe_path = Path(path)
-        text = read_text_file(recipe_path, "recipe file", "pass a YAML recipe; `mrgrpo recipes list` shows the shipped ones",
-                              error=RecipeError)
+        text = read_text_file(recipe_path, "recipe file",
+                              "pass a YAML recipe; `mrgrpo recipes list` shows the shipped ones", error=RecipeError)
         try:
             data = yaml.safe_load(text) or {}
         except yaml.YAMLError as exc:
@@ -363,8 +364,9 @@ def load_recipe(
     return cfg
 
 
-_MAGIC = {b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image", b"GIF8": "a GIF image", b"PK\x03\x04": "a zip archive",
-          b"\x1f\x8b": "a gzip file", b"%PDF": "a PDF", b"RIFF": "a RIFF (WebP/WAV) file"}
+_MAGIC = {b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image", b"GIF8": "a GIF image",
+          b"PK\x03\x04": "a zip archive", b"\x1f\x8b": "a gzip file", b"%PDF": "a PDF",
+          b"RIFF": "a RIFF (WebP/WAV) file"}
 
 
 def read_text_file(path: str | os.PathLike, what: str, fix: str, *, error: type[Exception] | None = None,
@@ -386,7 +388,8 @@ def read_text_file(path: str | os.PathLike, what: str, fix: str, *, error: type[
     try:
         raw = p.read_bytes()
     except PermissionError:
-        raise err(f"{what} {str(p)!r} cannot be read: permission denied. Fix: `chmod u+r {p}` or copy it somewhere readable.") from None
+        raise err(f"{what} {str(p)!r} cannot be read: permission denied. "
+                  f"Fix: `chmod u+r {p}` or copy it somewhere readable.") from None
     except OSError as exc:
         raise err(f"{what} {str(p)!r} cannot be read: {exc.strerror or exc}. Fix: {fix}.") from None
     kind = next((name for magic, name in _MAGIC.items() if raw.startswith(magic)), None)
@@ -461,7 +464,8 @@ def check_recipe(cfg: RunConfig, *, check_files: bool = True, source: str = "<re
         bad("rl.sft_aux_coef", rl.sft_aux_coef, "asks for the auxiliary SFT loss but data.sft_sources is empty",
             "add data.sft_sources, or set rl.sft_aux_coef: 0")
     for i, src in enumerate(cfg.data.sft_sources):
-        if check_files and src.required and src.format != "webdataset" and (gone := missing(f"data.sft_sources.{i}.path", src.path)):
+        if (check_files and src.required and src.format != "webdataset"
+                and (gone := missing(f"data.sft_sources.{i}.path", src.path))):
             bad(f"data.sft_sources.{i}.path", src.path, f"does not exist (looked at {gone})",
                 "point it at your copy of the data set or set `required: false`")
     if train.micro_batch_size > train.images_per_step:
@@ -470,14 +474,17 @@ def check_recipe(cfg: RunConfig, *, check_files: bool = True, source: str = "<re
     else:
         _check_layout(cfg, bad)
     if cfg.stage == "rl" and sde_trainable_steps(rl.num_steps, rl.sde_window) == 0:
-        bad("rl.sde_window", list(rl.sde_window or ()), f"leaves no trainable SDE step among rl.num_steps={rl.num_steps} "
-            "(the last step is never trained)", f"widen it, e.g. [0, {rl.num_steps}]")
+        bad("rl.sde_window", list(rl.sde_window or ()),
+            f"leaves no trainable SDE step among rl.num_steps={rl.num_steps} (the last step is never trained)",
+            f"widen it, e.g. [0, {rl.num_steps}]")
     if isinstance(rl.clip_range, tuple) and rl.clip_range[0] > rl.clip_range[1]:
         bad("rl.clip_range", list(rl.clip_range), "has e_low > e_high", "give [e_low, e_high] with e_low <= e_high")
     if train.warmup_ratio is None and train.warmup_steps > train.max_steps and cfg.train.schedule == "cosine":
-        bad("train.warmup_steps", train.warmup_steps, f"exceeds train.max_steps={train.max_steps}: the cosine decay never starts",
+        bad("train.warmup_steps", train.warmup_steps,
+            f"exceeds train.max_steps={train.max_steps}: the cosine decay never starts",
             f"use at most {train.max_steps}")
-    if cfg.distributed.accelerate_config and check_files and missing("distributed.accelerate_config", cfg.distributed.accelerate_config):
+    accelerate_config = cfg.distributed.accelerate_config
+    if accelerate_config and check_files and missing("distributed.accelerate_config", accelerate_config):
         bad("distributed.accelerate_config", cfg.distributed.accelerate_config, "does not exist", "point it at a file in recipes/accelerate/")
     if problems:
         raise RecipeError(f"{source}: {len(problems)} problem(s):\n" + "\n".join(problems))
@@ -515,12 +522,14 @@ def _check_layout(cfg: RunConfig, bad) -> None:
         if local % micro:
             divisors = [d for d in range(1, local + 1) if local % d == 0]
             bad("train.micro_batch_size", train.micro_batch_size, f"does not divide the {local} images each of {world} "
-                "process(es) trains on a step", f"use a divisor of {local}, e.g. {max(d for d in divisors if d <= micro)}")
+                "process(es) trains on a step",
+                f"use a divisor of {local}, e.g. {max(d for d in divisors if d <= micro)}")
     else:
         per_step = train.micro_batch_size * world
         if train.images_per_step % per_step:
-            bad("train.images_per_step", train.images_per_step, f"is not a multiple of train.micro_batch_size x processes "
-                f"= {per_step}", f"use a multiple of {per_step}")
+            bad("train.images_per_step", train.images_per_step,
+                f"is not a multiple of train.micro_batch_size x processes = {per_step}",
+                f"use a multiple of {per_step}")
 
 
 def dump_config(cfg: RunConfig) -> str:

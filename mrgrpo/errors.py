@@ -30,8 +30,10 @@ EXIT_BUG = 1
 #: exit status after Ctrl-C (128 + SIGINT)
 EXIT_INTERRUPTED = 130
 
-REPORT_LINE = ("This is a bug in mrgrpo, not in your input. Please report it with the command you ran, the recipe "
-               "and the traceback above (re-run with --debug or MRGRPO_DEBUG=1 for more detail).")
+REPORT_LINE = (
+    "This is a bug in mrgrpo, not in your input. Please report it with the command you ran, the recipe "
+    "and the traceback above (re-run with --debug or MRGRPO_DEBUG=1 for more detail)."
+)
 
 
 class MrgrpoError(Exception):
@@ -61,8 +63,12 @@ _DISK_ERRNOS = (28, 30)  # ENOSPC, EROFS
 
 def _is_oom(exc: BaseException) -> bool:
     text = str(exc)
-    return (isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError" or "CUDA out of memory" in text
-            or (isinstance(exc, RuntimeError) and "can't allocate memory" in text))
+    return (
+        isinstance(exc, MemoryError)
+        or type(exc).__name__ == "OutOfMemoryError"
+        or "CUDA out of memory" in text
+        or (isinstance(exc, RuntimeError) and "can't allocate memory" in text)
+    )
 
 
 def describe_expected(exc: BaseException) -> str | None:
@@ -70,17 +76,23 @@ def describe_expected(exc: BaseException) -> str | None:
     if isinstance(exc, MrgrpoError):
         return str(exc)
     if isinstance(exc, UnicodeDecodeError):
-        return (f"a file is not UTF-8 text ({exc.reason} at byte {exc.start}). Fix: pass a UTF-8 text file "
-                "(recipes are YAML, prompt files .txt/.jsonl/.csv).")
+        return (
+            f"a file is not UTF-8 text ({exc.reason} at byte {exc.start}). Fix: pass a UTF-8 text file "
+            "(recipes are YAML, prompt files .txt/.jsonl/.csv)."
+        )
     if isinstance(exc, ConnectionError):
-        return (f"connection failed: {exc}. Fix: check that the server (a reward server, the judge) is running and "
-                "that its URL in the recipe is right.")
+        return (
+            f"connection failed: {exc}. Fix: check that the server (a reward server, the judge) is running and "
+            "that its URL in the recipe is right."
+        )
     if isinstance(exc, OSError) and (exc.filename is not None or exc.errno in _DISK_ERRNOS):
         return describe_os_error(exc)
     if _is_oom(exc):
         first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
-        return (f"out of memory ({first}). Fix: lower train.micro_batch_size, rl.height/rl.width (--height/--width) or "
-                "rl.group_size, or enable train.gradient_checkpointing.")
+        return (
+            f"out of memory ({first}). Fix: lower train.micro_batch_size, rl.height/rl.width (--height/--width) or "
+            "rl.group_size, or enable train.gradient_checkpointing."
+        )
     if isinstance(exc, OSError) and exc.errno == 98:  # EADDRINUSE
         return f"{exc.strerror or exc}. Fix: choose another --port, or stop what is listening there."
     return None
@@ -119,8 +131,10 @@ def run_guarded(func: Callable[[], int], *, debug: bool = False, stderr: TextIO 
     except KeyboardInterrupt:
         if show_tb:
             traceback.print_exc(file=err)
-        print("interrupted (Ctrl-C). A run resumes from its last checkpoint with `mrgrpo train RECIPE --resume`.",
-              file=err)
+        print(
+            "interrupted (Ctrl-C). A run resumes from its last checkpoint with `mrgrpo train RECIPE --resume`.",
+            file=err,
+        )
         return EXIT_INTERRUPTED
     except SystemExit:
         raise

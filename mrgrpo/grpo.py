@@ -174,8 +174,9 @@ class GRPOTrainer(TrainerBase):
         """Prompt texts cut to the policy's ``max_prompt_tokens`` (warned about), and how many were cut."""
         prompts, n_cut = self.policy.truncate_prompts([r.prompt for r in records])
         if n_cut:
+            first = next(r.prompt for r, p in zip(records, prompts) if p != r.prompt)[:60]
             log.warning("%d prompt(s) longer than the policy's limit of %s tokens were truncated (first: %r...)", n_cut,
-                        self.policy.max_prompt_tokens, next(r.prompt for r, p in zip(records, prompts) if p != r.prompt)[:60])
+                        self.policy.max_prompt_tokens, first)
         return prompts, n_cut
 
     def _load_ref_images(self, records: Sequence[PromptRecord]):

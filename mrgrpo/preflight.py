@@ -77,20 +77,25 @@ def _return_class(factory: Callable[..., Any]) -> type | None:
     return ret if isinstance(ret, type) else None
 
 
-def check_factory_kwargs(factory: Callable[..., Any], kwargs: dict[str, Any], field: str, what: str,
-                         check_required: bool = True) -> list[str]:
+def check_factory_kwargs(
+    factory: Callable[..., Any], kwargs: dict[str, Any], field: str, what: str, check_required: bool = True
+) -> list[str]:
     """Problems (one line each) of calling ``factory(**kwargs)``; ``field`` names the recipe's kwargs."""
     accepted, required = factory_parameters(factory)
     problems = []
     if accepted is not None:
         unknown = sorted(set(kwargs) - accepted)
         if unknown:
-            problems.append(f"field `{field}`: {what} does not take {', '.join(map(repr, unknown))}. "
-                            f"Fix: remove or rename it; it accepts: {', '.join(sorted(accepted)) or '(no arguments)'}.")
+            problems.append(
+                f"field `{field}`: {what} does not take {', '.join(map(repr, unknown))}. "
+                f"Fix: remove or rename it; it accepts: {', '.join(sorted(accepted)) or '(no arguments)'}."
+            )
     if check_required:
         absent = sorted(required - set(kwargs))
         if absent:
-            problems.append(f"field `{field}`: {what} needs {', '.join(map(repr, absent))}. Fix: add it under `{field}`.")
+            problems.append(
+                f"field `{field}`: {what} needs {', '.join(map(repr, absent))}. Fix: add it under `{field}`."
+            )
     return problems
 
 
@@ -103,8 +108,10 @@ def _lookup(registry: Any, name: str, field: str) -> tuple[Any, str | None]:
     except RegistryError as exc:
         return None, f"field `{field}`: {exc}"
     except Exception as exc:  # noqa: BLE001 - a plug-in module that fails to import
-        return None, (f"field `{field}`: the {registry.kind} {name!r} could not be loaded ({type(exc).__name__}: {exc}). "
-                      "Fix: check the module path and that its dependencies are installed.")
+        return None, (
+            f"field `{field}`: the {registry.kind} {name!r} could not be loaded ({type(exc).__name__}: {exc}). "
+            "Fix: check the module path and that its dependencies are installed."
+        )
 
 
 def check_registry(cfg: RunConfig) -> list[str]:
@@ -152,18 +159,24 @@ def check_local_paths(cfg: RunConfig) -> list[str]:
             expanded = ""
         path = cfg.resolve_path(expanded) if expanded else None
         if path is not None and _looks_local(expanded) and not path.exists():
-            problems.append(f"field `policy.checkpoint`: {cfg.policy.checkpoint!r} does not exist (looked at {path}). Fix: "
-                            "point it at the local weights (relative paths are taken from the recipe's folder), or give a hub id.")
+            problems.append(
+                f"field `policy.checkpoint`: {cfg.policy.checkpoint!r} does not exist (looked at {path}). Fix: "
+                "point it at the local weights (relative paths are taken from the recipe's folder), or give a hub id."
+            )
     items = [(f"policy.kwargs.{k}", v) for k, v in cfg.policy.kwargs.items()]
-    items += [(f"rewards.{name}.kwargs.{k}", v) for name, spec in sorted(cfg.rewards.items()) for k, v in spec.kwargs.items()]
+    items += [
+        (f"rewards.{name}.kwargs.{k}", v) for name, spec in sorted(cfg.rewards.items()) for k, v in spec.kwargs.items()
+    ]
     for field, value in items:
         key = field.rsplit(".", 1)[-1]
         if not isinstance(value, str) or not _looks_local(value) or "cache" in key or "out" in key:
             continue  # folders the factory creates (cache_dir, output_dir) need not exist
         path = Path(os.path.expanduser(value))  # factories get kwargs as written: relative to the working directory
         if not path.exists():
-            problems.append(f"field `{field}`: {value!r} does not exist (looked at {path.absolute()}). Fix: point it at the "
-                            "local file or folder, or give a hub id (org/name).")
+            problems.append(
+                f"field `{field}`: {value!r} does not exist (looked at {path.absolute()}). Fix: point it at the "
+                "local file or folder, or give a hub id (org/name)."
+            )
     return problems
 
 
@@ -218,13 +231,20 @@ def check_sft_files(cfg: RunConfig, warnings: list[str], training: bool = False)
             try:
                 found = expand_shards(str(path))
             except Exception as exc:  # noqa: BLE001 - a malformed brace pattern
-                problems.append(f"field `{field}`: {src.path!r} is not a valid shard pattern ({exc}). Fix: e.g. shards/{{000..009}}.tar.")
+                problems.append(
+                    f"field `{field}`: {src.path!r} is not a valid shard pattern ({exc}). "
+                    "Fix: e.g. shards/{000..009}.tar."
+                )
                 continue
             if not found and src.required:
-                problems.append(f"field `{field}`: no WebDataset shard matches {path}. Fix: point it at your shards or "
-                                "set `required: false`.")
+                problems.append(
+                    f"field `{field}`: no WebDataset shard matches {path}. Fix: point it at your shards or "
+                    "set `required: false`."
+                )
             elif not found:
-                warnings.append(f"{field}: no WebDataset shard matches {path}; SFT source {src.name!r} is skipped (required: false)")
+                warnings.append(
+                    f"{field}: no WebDataset shard matches {path}; SFT source {src.name!r} is skipped (required: false)"
+                )
             else:
                 available += 1
             continue
@@ -236,9 +256,11 @@ def check_sft_files(cfg: RunConfig, warnings: list[str], training: bool = False)
         problems += found_problems
         available += not found_problems
     if training and cfg.stage in ("pretrain", "sft") and cfg.data.sft_sources and not available and not problems:
-        problems.append(f"field `data.sft_sources`: none of the {len(cfg.data.sft_sources)} source(s) exists, and the "
-                        f"{cfg.stage} stage trains on images. Fix: point a source at your data (`mrgrpo data synth --out DIR` "
-                        "writes a small data set).")
+        problems.append(
+            f"field `data.sft_sources`: none of the {len(cfg.data.sft_sources)} source(s) exists, and the "
+            f"{cfg.stage} stage trains on images. Fix: point a source at your data (`mrgrpo data synth --out DIR` "
+            "writes a small data set)."
+        )
     return problems
 
 
@@ -247,7 +269,10 @@ def _check_sft_records(path: Path, src: Any, field: str, root: Path | None) -> l
 
     files = records_files(path)
     if not files:
-        return [f"field `{field}`: {path} holds no .json/.jsonl records file. Fix: point it at a records file or a folder of them."]
+        return [
+            f"field `{field}`: {path} holds no .json/.jsonl records file. "
+            "Fix: point it at a records file or a folder of them."
+        ]
     fix = "a JSON list of records or one JSON object per line (.jsonl); see docs/sft_data.md"
     try:
         for f in files:
@@ -257,12 +282,17 @@ def _check_sft_records(path: Path, src: Any, field: str, root: Path | None) -> l
     except RecipeError as exc:
         return [str(exc) if str(exc).startswith("field `") else f"field `{field}`: {exc}"]
     if not records:
-        return [f"field `{field}`: no usable {src.format!r} record in {[str(f) for f in files]} (every record lacks an "
-                f"image path or text). Fix: check `format:` ({src.format}) and the record keys (docs/sft_data.md)."]
+        return [
+            f"field `{field}`: no usable {src.format!r} record in {[str(f) for f in files]} (every record lacks an "
+            f"image path or text). Fix: check `format:` ({src.format}) and the record keys (docs/sft_data.md)."
+        ]
     probe = records[:_SFT_IMAGE_PROBE]
     if not any(Path(r.image).is_file() for r in probe):
-        return [f"field `{field}`: none of the first {len(probe)} records' images exists (e.g. {probe[0].image}). Fix: check "
-                "`image_root` (relative image paths are taken from it, else from the records file's folder)."]
+        return [
+            f"field `{field}`: none of the first {len(probe)} records' images exists (e.g. {probe[0].image}). "
+            "Fix: check "
+            "`image_root` (relative image paths are taken from it, else from the records file's folder)."
+        ]
     return []
 
 
@@ -271,24 +301,33 @@ def check_output_dir(cfg: RunConfig) -> list[str]:
     out = Path(cfg.output_dir)
     field = "output_dir"
     if out.exists() and not out.is_dir():
-        return [f"field `{field}`: {str(out)!r} is a file, not a folder. Fix: choose another output_dir (runs write "
-                "config.yaml, metrics.jsonl, checkpoints/ and samples/ inside it)."]
+        return [
+            f"field `{field}`: {str(out)!r} is a file, not a folder. Fix: choose another output_dir (runs write "
+            "config.yaml, metrics.jsonl, checkpoints/ and samples/ inside it)."
+        ]
     probe = out
     while not probe.exists():
         if probe.parent == probe:
             break
         probe = probe.parent
     if probe.exists() and not probe.is_dir():
-        return [f"field `{field}`: {str(out)!r} cannot be created: {str(probe)!r} is a file. Fix: choose another output_dir."]
+        return [
+            f"field `{field}`: {str(out)!r} cannot be created: {str(probe)!r} is a file. "
+            "Fix: choose another output_dir."
+        ]
     if not os.access(probe, os.W_OK | os.X_OK):
-        return [f"field `{field}`: {str(out)!r} is not writable (no write permission on {str(probe)!r}). "
-                "Fix: choose a folder you can write to."]
+        return [
+            f"field `{field}`: {str(out)!r} is not writable (no write permission on {str(probe)!r}). "
+            "Fix: choose a folder you can write to."
+        ]
     problems = []
     for name, want_dir in (("checkpoints", True), ("samples", True), ("config.yaml", False), ("metrics.jsonl", False)):
         p = out / name
         if p.exists() and p.is_dir() != want_dir:
-            problems.append(f"field `{field}`: {p} is a {'file' if want_dir else 'folder'}, where the run writes a "
-                            f"{'folder' if want_dir else 'file'}. Fix: remove it or choose another output_dir.")
+            problems.append(
+                f"field `{field}`: {p} is a {'file' if want_dir else 'folder'}, where the run writes a "
+                f"{'folder' if want_dir else 'file'}. Fix: remove it or choose another output_dir."
+            )
     return problems
 
 
@@ -323,14 +362,48 @@ def check_accelerate_config(cfg: RunConfig) -> list[str]:
     except RecipeError as exc:
         return [str(exc)]
     except yaml.YAMLError as exc:
-        return [f"field `{field}`: {path} is not valid YAML ({exc}). Fix: correct it or use one of recipes/accelerate/."]
+        return [
+            f"field `{field}`: {path} is not valid YAML ({exc}). Fix: correct it or use one of recipes/accelerate/."
+        ]
     if not isinstance(data, dict):
         return [f"field `{field}`: {path} is not a YAML mapping. Fix: use one of recipes/accelerate/ as a template."]
     return []
 
 
+def check_environment(cfg: RunConfig) -> list[str]:
+    """What the machine must offer for the run: CUDA for fp16 / nccl, wandb when asked for."""
+    import importlib.util
+
+    problems = []
+    if cfg.logging.wandb and importlib.util.find_spec("wandb") is None:
+        problems.append(
+            "field `logging.wandb`: true, but wandb is not installed. Fix: `pip install wandb`, or set "
+            "logging.wandb: false."
+        )
+    needs_cuda = [
+        (f, v)
+        for f, v in (
+            ("train.mixed_precision", cfg.train.mixed_precision),
+            ("distributed.backend", cfg.distributed.backend),
+        )
+        if v in ("fp16", "nccl")
+    ]
+    if needs_cuda:
+        import torch
+
+        if not torch.cuda.is_available():
+            for field, value in needs_cuda:
+                fix = "bf16 or no" if field == "train.mixed_precision" else "auto or gloo"
+                problems.append(
+                    f"field `{field}`: {value!r} needs a CUDA GPU and none is visible. Fix: use {fix} on this machine."
+                )
+    return problems
+
+
 # --------------------------------------------------------------------------------------
-def preflight(cfg: RunConfig, *, check_files: bool = True, training: bool = False, source: str = "<recipe>") -> list[str]:
+def preflight(
+    cfg: RunConfig, *, check_files: bool = True, training: bool = False, source: str = "<recipe>"
+) -> list[str]:
     """Run every check; raise one :class:`RecipeError` listing all problems, else return warnings.
 
     ``training`` (the start of ``mrgrpo train``) also requires the data a run cannot start without,
@@ -338,6 +411,8 @@ def preflight(cfg: RunConfig, *, check_files: bool = True, training: bool = Fals
     """
     warnings: list[str] = []
     problems = check_registry(cfg)
+    if training:
+        problems += check_environment(cfg)
     if check_files:
         problems += check_prompt_files(cfg, warnings)
         problems += check_sft_files(cfg, warnings, training)

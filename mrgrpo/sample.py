@@ -45,25 +45,30 @@ def check_args(args: argparse.Namespace) -> None:
         raise UsageError(f"--steps {args.steps}: the number of denoising steps must be >= 1. Fix: e.g. --steps 50, "
                          "or leave it out for the recipe's rl.eval_num_steps.")
     if args.cfg is not None and (not math.isfinite(args.cfg) or args.cfg < 0):
-        raise UsageError(f"--cfg {args.cfg}: the CFG scale must be a finite number >= 0. Fix: e.g. --cfg 4 (<= 1 disables CFG).")
+        raise UsageError(f"--cfg {args.cfg}: the CFG scale must be a finite number >= 0. "
+                         "Fix: e.g. --cfg 4 (<= 1 disables CFG).")
     for name in ("height", "width"):
         v = getattr(args, name)
         if v is not None and v <= 0:
-            raise UsageError(f"--{name} {v}: image sizes are positive pixel counts (multiples of 16). Fix: e.g. --{name} 512.")
+            raise UsageError(f"--{name} {v}: image sizes are positive pixel counts (multiples of 16). "
+                             f"Fix: e.g. --{name} 512.")
     if args.seed < 0:
         raise UsageError(f"--seed {args.seed}: seeds are >= 0. Fix: e.g. --seed 0.")
     for i, prompt in enumerate(args.prompt):
         if not prompt.strip():
-            raise UsageError(f"--prompt number {i + 1} is empty. Fix: give the text to draw, e.g. --prompt \"a red cube\".")
+            raise UsageError(f"--prompt number {i + 1} is empty. "
+                             "Fix: give the text to draw, e.g. --prompt \"a red cube\".")
     out = Path(args.out)
     if out.is_dir() or args.out.endswith(("/", "\\")):
-        raise UsageError(f"--out {args.out} is a folder; it must name an image file. Fix: e.g. --out {out / 'sample.png'}.")
+        raise UsageError(f"--out {args.out} is a folder; it must name an image file. "
+                         f"Fix: e.g. --out {out / 'sample.png'}.")
     if out.suffix.lower() not in _OUT_SUFFIXES:
         raise UsageError(f"--out {args.out}: unknown image type {out.suffix or '(no suffix)'!r}. Fix: end it in "
                          f"{' / '.join(_OUT_SUFFIXES)}, e.g. --out {out.with_suffix('.png')}.")
     parent = next((q for q in out.absolute().parents if q.exists()), None)
     if parent is not None and not parent.is_dir():
-        raise UsageError(f"--out {args.out}: {parent} is a file, so the folder cannot be created. Fix: choose another path.")
+        raise UsageError(f"--out {args.out}: {parent} is a file, so the folder cannot be created. "
+                         "Fix: choose another path.")
     for path in args.image:
         check_image(path)
 
@@ -92,14 +97,17 @@ def _policy_info(src: Path) -> dict:
     meta = src / "policy.json"
     fix = "pass a recipe, or a folder written by policy.save (a run's final/ or checkpoints/step-N/policy)"
     if not meta.exists():
+        if (src / "policy" / "policy.json").exists():
+            fix = f"pass {src / 'policy'} (a checkpoint keeps the policy in its policy/ folder)"
         raise UsageError(f"{src} has no policy.json. Fix: {fix}.")
     try:
         info = json.loads(meta.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"the file {meta} is damaged ({type(exc).__name__}: {str(exc)[:120]}). Fix: {fix}; "
                               "a policy.json is written by policy.save.") from None
-    if not isinstance(info, dict) or not isinstance(info.get("name"), str) or not isinstance(info.get("kwargs", {}), dict):
-        raise CheckpointError(f"the file {meta} is damaged: it needs {{\"name\": str, \"kwargs\": {{...}}}}. Fix: {fix}.")
+    if not (isinstance(info, dict) and isinstance(info.get("name"), str) and isinstance(info.get("kwargs", {}), dict)):
+        raise CheckpointError(f"the file {meta} is damaged: it needs {{\"name\": str, \"kwargs\": {{...}}}}. "
+                              f"Fix: {fix}.")
     return info
 
 
@@ -121,7 +129,8 @@ def _build(args: argparse.Namespace):
         from mrgrpo.preflight import check_factory_kwargs
 
         factory = POLICIES.get(info["name"])
-        problems = check_factory_kwargs(factory, kwargs, "policy.kwargs", f"policy {info['name']!r}", check_required=False)
+        problems = check_factory_kwargs(factory, kwargs, "policy.kwargs", f"policy {info['name']!r}",
+                                        check_required=False)
         if problems:
             raise UsageError(f"{src / 'policy.json'} with --set: " + " ".join(problems))
         policy = factory(**kwargs)

@@ -207,27 +207,31 @@ def check_args(args: argparse.Namespace) -> None:
     if args.n < 1:
         raise UsageError(f"--n {args.n}: the number of text-to-image images must be >= 1. Fix: e.g. --n 200.")
     if not 8 <= args.size <= MAX_SIZE:
-        raise UsageError(f"--size {args.size}: the image side must be between 8 and {MAX_SIZE} pixels. Fix: e.g. --size 64.")
+        raise UsageError(f"--size {args.size}: the image side must be between 8 and {MAX_SIZE} pixels. "
+                         "Fix: e.g. --size 64.")
     if args.seed < 0:
         raise UsageError(f"--seed {args.seed}: seeds are >= 0. Fix: e.g. --seed 0.")
     out = Path(args.out)
     if not str(args.out).strip():
         raise UsageError("--out is empty. Fix: give the folder to write, e.g. --out data/synth.")
     if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {args.out} is a file; it must be a folder (created when missing). Fix: choose another path.")
+        raise UsageError(f"--out {args.out} is a file; it must be a folder (created when missing). "
+                         "Fix: choose another path.")
     probe = out.absolute()
     while not probe.exists() and probe.parent != probe:
         probe = probe.parent
     if not probe.is_dir():
-        raise UsageError(f"--out {args.out}: {probe} is a file, so the folder cannot be created. Fix: choose another path.")
+        raise UsageError(f"--out {args.out}: {probe} is a file, so the folder cannot be created. "
+                         "Fix: choose another path.")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise UsageError(f"--out {args.out}: {probe} is not writable. Fix: choose a folder you can write to.")
     written = ("t2i.jsonl", "caption.json", "edit.jsonl", "prompts.txt", "manifest.json")
     for name, want_dir in (("images", True), ("shards", True), *((f, False) for f in written)):
         p = out / name
         if p.exists() and p.is_dir() != want_dir:
-            raise UsageError(f"--out {args.out}: {p} is a {'file' if want_dir else 'folder'} where the data set writes a "
-                             f"{'folder' if want_dir else 'file'}. Fix: remove it or choose another --out.")
+            have, want = ("file", "folder") if want_dir else ("folder", "file")
+            raise UsageError(f"--out {args.out}: {p} is a {have} where the data set writes a {want}. "
+                             "Fix: remove it or choose another --out.")
 
 
 def run(args: argparse.Namespace) -> int:

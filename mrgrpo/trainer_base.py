@@ -245,7 +245,8 @@ class TrainerBase:
         part(path / "scheduler.pt", "LR schedule", lambda: self.lr_scheduler.load_state_dict(
             torch.load(path / "scheduler.pt", weights_only=False)))
         if self.ema is not None and (path / "ema.pt").exists():
-            part(path / "ema.pt", "EMA weights", lambda: self.ema.load_state_dict(torch.load(path / "ema.pt", weights_only=False)))
+            part(path / "ema.pt", "EMA weights",
+                 lambda: self.ema.load_state_dict(torch.load(path / "ema.pt", weights_only=False)))
         rng_file = path / f"rng-rank{acc.process_index}.pt"
         if rng_file.exists():
             part(rng_file, "RNG state", lambda: ckpt.set_rng_state(torch.load(rng_file, weights_only=False)))

@@ -93,7 +93,7 @@ class EncodedPrompts:
 
 
 def _cut_tokens(tokenizer: Any, text: str, limit: int) -> str:
-    """The start of ``text`` that holds at most ``limit`` tokens (exact text through the offsets of a fast tokenizer)."""
+    """The start of ``text`` holding at most ``limit`` tokens (exact text, through a fast tokenizer's offsets)."""
     try:
         enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         ids, offsets = enc["input_ids"], enc["offset_mapping"]

@@ -70,50 +70,113 @@ def _file(tmp_path: Path, name: str, content: bytes | str) -> Path:
 
 # -- 1. what the trainer used to raise after loading, now found before any model is built -------------
 CLASS1 = {
-    "empty prompt file": (lambda t: {"data__sources__0__path": str(_file(t, "empty.txt", ""))}, ["data.sources.0.path", "empty.txt"]),
-    "blank-only prompt file": (lambda t: {"data__sources__0__path": str(_file(t, "blank.txt", "\n  \n\t\n# comment\n"))},
-                               ["data.sources.0.path", "holds no prompts"]),
-    "unknown prompt format": (lambda t: {"data__sources__1__path": str(_file(t, "p.md", "a prompt\n"))},
-                              ["data.sources.1.path", "format"]),
-    "jsonl without prompt key": (lambda t: {"data__sources__0__path": str(_file(t, "p.jsonl", '{"text": "x"}\n'))},
-                                 ["data.sources.0.path", "prompt"]),
-    "jsonl not json": (lambda t: {"data__sources__0__path": str(_file(t, "p.jsonl", '{"prompt": "x"\n'))},
-                       ["data.sources.0.path", "p.jsonl:1"]),
-    "csv without prompt column": (lambda t: {"data__sources__0__path": str(_file(t, "p.csv", "text\nhello\n"))},
-                                  ["data.sources.0.path", "prompt"]),
-    "edit source without images": (lambda t: {"data__sources__0__path": str(_file(t, "e.jsonl", '{"prompt": "make it red"}\n')),
-                                              "data__sources__0__kind": "edit"}, ["data.sources.0.path", "reference image"]),
-    "eval prompt file empty": (lambda t: {"data__eval_sources__0__path": str(_file(t, "ev.txt", "\n"))},
-                               ["data.eval_sources.0.path"]),
+    "empty prompt file": (
+        lambda t: {"data__sources__0__path": str(_file(t, "empty.txt", ""))},
+        ["data.sources.0.path", "empty.txt"],
+    ),
+    "blank-only prompt file": (
+        lambda t: {"data__sources__0__path": str(_file(t, "blank.txt", "\n  \n\t\n# comment\n"))},
+        ["data.sources.0.path", "holds no prompts"],
+    ),
+    "unknown prompt format": (
+        lambda t: {"data__sources__1__path": str(_file(t, "p.md", "a prompt\n"))},
+        ["data.sources.1.path", "format"],
+    ),
+    "jsonl without prompt key": (
+        lambda t: {"data__sources__0__path": str(_file(t, "p.jsonl", '{"text": "x"}\n'))},
+        ["data.sources.0.path", "prompt"],
+    ),
+    "jsonl not json": (
+        lambda t: {"data__sources__0__path": str(_file(t, "p.jsonl", '{"prompt": "x"\n'))},
+        ["data.sources.0.path", "p.jsonl:1"],
+    ),
+    "csv without prompt column": (
+        lambda t: {"data__sources__0__path": str(_file(t, "p.csv", "text\nhello\n"))},
+        ["data.sources.0.path", "prompt"],
+    ),
+    "edit source without images": (
+        lambda t: {
+            "data__sources__0__path": str(_file(t, "e.jsonl", '{"prompt": "make it red"}\n')),
+            "data__sources__0__kind": "edit",
+        },
+        ["data.sources.0.path", "reference image"],
+    ),
+    "eval prompt file empty": (
+        lambda t: {"data__eval_sources__0__path": str(_file(t, "ev.txt", "\n"))},
+        ["data.eval_sources.0.path"],
+    ),
     "sde window without a trainable step": (lambda t: {"rl__sde_window": [9, 10]}, ["rl.sde_window", "trainable"]),
-    "sde window of the last step only": (lambda t: {"rl__num_steps": 4, "rl__sde_window": [3, 4], "rl__eval_num_steps": 4},
-                                         ["rl.sde_window"]),
-    "micro-batch does not divide the step": (lambda t: {"train__micro_batch_size": 6}, ["train.micro_batch_size", "divisor"]),
+    "sde window of the last step only": (
+        lambda t: {"rl__num_steps": 4, "rl__sde_window": [3, 4], "rl__eval_num_steps": 4},
+        ["rl.sde_window"],
+    ),
+    "micro-batch does not divide the step": (
+        lambda t: {"train__micro_batch_size": 6},
+        ["train.micro_batch_size", "divisor"],
+    ),
     "prompts over processes": (lambda t: {"distributed__num_processes": 3}, ["train.images_per_step", "processes"]),
     "unknown reward": (lambda t: {"rewards__ocr": {"name": "orc"}}, ["rewards.ocr.name", "unknown reward 'orc'"]),
-    "unknown reward key": (lambda t: {"rewards__brightnes": {}, "data__sources__0__rewards": {"brightnes": 1.0}},
-                           ["rewards.brightnes", "unknown reward"]),
+    "unknown reward key": (
+        lambda t: {"rewards__brightnes": {}, "data__sources__0__rewards": {"brightnes": 1.0}},
+        ["rewards.brightnes", "unknown reward"],
+    ),
     "unknown policy": (lambda t: {"policy__name": "deepgen_tiny"}, ["policy.name", "deepgen_tiny"]),
-    "policy dotted path that does not import": (lambda t: {"policy__name": "no_such_pkg.mod:build"},
-                                                ["policy.name", "no_such_pkg"]),
-    "policy kwarg that does not exist": (lambda t: {"policy__kwargs": {"seed": 0, "sed": 1}}, ["policy.kwargs", "'sed'"]),
-    "reward kwarg that does not exist": (lambda t: {"rewards__ocr": {"kwargs": {"langauge": "en"}}},
-                                         ["rewards.ocr.kwargs", "'langauge'"]),
-    "reward kwarg of a plain class": (lambda t: {"rewards__brightness": {"kwargs": {"gamma": 2}}},
-                                      ["rewards.brightness.kwargs", "'gamma'"]),
-    "SFT data with no usable record": (lambda t: {"rl__sft_aux_coef": 0.001, "data__sft_sources": [
-        {"name": "s", "path": str(_file(t, "sft.jsonl", '{"foo": 1}\n{"bar": 2}\n')), "format": "t2i"}]},
-        ["data.sft_sources.0.path", "no usable"]),
-    "SFT records whose images are missing": (lambda t: {"rl__sft_aux_coef": 0.001, "data__sft_sources": [
-        {"name": "s", "path": str(_file(t, "sft.jsonl", '{"image_path": "nope.png", "txt": "a"}\n')), "format": "t2i"}]},
-        ["data.sft_sources.0.path", "nope.png"]),
-    "SFT records not JSON": (lambda t: {"rl__sft_aux_coef": 0.001, "data__sft_sources": [
-        {"name": "s", "path": str(_file(t, "sft.json", "[{,]")), "format": "t2i"}]}, ["sft.json", "JSON"]),
-    "SFT shards that do not exist": (lambda t: {"rl__sft_aux_coef": 0.001, "data__sft_sources": [
-        {"name": "s", "path": str(t / "shards" / "{000..003}.tar"), "format": "webdataset"}]},
-        ["data.sft_sources.0.path", "shard"]),
-    "accelerate config not YAML": (lambda t: {"distributed__accelerate_config": str(_file(t, "acc.yaml", "a: [1,\n"))},
-                                   ["distributed.accelerate_config"]),
+    "policy dotted path that does not import": (
+        lambda t: {"policy__name": "no_such_pkg.mod:build"},
+        ["policy.name", "no_such_pkg"],
+    ),
+    "policy kwarg that does not exist": (
+        lambda t: {"policy__kwargs": {"seed": 0, "sed": 1}},
+        ["policy.kwargs", "'sed'"],
+    ),
+    "reward kwarg that does not exist": (
+        lambda t: {"rewards__ocr": {"kwargs": {"langauge": "en"}}},
+        ["rewards.ocr.kwargs", "'langauge'"],
+    ),
+    "reward kwarg of a plain class": (
+        lambda t: {"rewards__brightness": {"kwargs": {"gamma": 2}}},
+        ["rewards.brightness.kwargs", "'gamma'"],
+    ),
+    "SFT data with no usable record": (
+        lambda t: {
+            "rl__sft_aux_coef": 0.001,
+            "data__sft_sources": [
+                {"name": "s", "path": str(_file(t, "sft.jsonl", '{"foo": 1}\n{"bar": 2}\n')), "format": "t2i"}
+            ],
+        },
+        ["data.sft_sources.0.path", "no usable"],
+    ),
+    "SFT records whose images are missing": (
+        lambda t: {
+            "rl__sft_aux_coef": 0.001,
+            "data__sft_sources": [
+                {
+                    "name": "s",
+                    "path": str(_file(t, "sft.jsonl", '{"image_path": "nope.png", "txt": "a"}\n')),
+                    "format": "t2i",
+                }
+            ],
+        },
+        ["data.sft_sources.0.path", "nope.png"],
+    ),
+    "SFT records not JSON": (
+        lambda t: {
+            "rl__sft_aux_coef": 0.001,
+            "data__sft_sources": [{"name": "s", "path": str(_file(t, "sft.json", "[{,]")), "format": "t2i"}],
+        },
+        ["sft.json", "JSON"],
+    ),
+    "SFT shards that do not exist": (
+        lambda t: {
+            "rl__sft_aux_coef": 0.001,
+            "data__sft_sources": [{"name": "s", "path": str(t / "shards" / "{000..003}.tar"), "format": "webdataset"}],
+        },
+        ["data.sft_sources.0.path", "shard"],
+    ),
+    "accelerate config not YAML": (
+        lambda t: {"distributed__accelerate_config": str(_file(t, "acc.yaml", "a: [1,\n"))},
+        ["distributed.accelerate_config"],
+    ),
 }
 
 
@@ -323,10 +386,29 @@ def test_class6_sample_arguments(case, recipe, tmp_path, capsys, monkeypatch):
     _assert_clean_error(code, err, name)
 
 
-@pytest.mark.parametrize("content", ["{not json", "", "[1, 2]", '{"kwargs": {}}', '{"name": 3}', '{"name": "x", "kwargs": [1]}',
-                                     None, '{"name": "no-such-policy", "kwargs": {}}'],
-                         ids=["garbage", "empty", "a list", "no name", "name not a string", "kwargs not a mapping", "missing",
-                              "unknown policy"])
+@pytest.mark.parametrize(
+    "content",
+    [
+        "{not json",
+        "",
+        "[1, 2]",
+        '{"kwargs": {}}',
+        '{"name": 3}',
+        '{"name": "x", "kwargs": [1]}',
+        None,
+        '{"name": "no-such-policy", "kwargs": {}}',
+    ],
+    ids=[
+        "garbage",
+        "empty",
+        "a list",
+        "no name",
+        "name not a string",
+        "kwargs not a mapping",
+        "missing",
+        "unknown policy",
+    ],
+)
 def test_class6_damaged_policy_json(content, tmp_path, capsys):
     folder = _saved_policy(tmp_path, content)
     code, _, err = _cli(capsys, "sample", folder, "--prompt", "x", "--out", tmp_path / "o.png")
@@ -345,20 +427,47 @@ def test_class7_output_dir_env_expansion(recipe, tmp_path, monkeypatch):
     cfg = load_recipe(recipe(output_dir="~/runs/${NOT_SET_15:-dflt}"))
     assert cfg.output_dir == os.path.expanduser("~/runs/dflt")
     monkeypatch.setenv("RES", str(tmp_path / "ck"))
-    assert load_recipe(recipe(), ["train.resume=${RES}/step-000002"], check_files=False).train.resume == \
-        str(tmp_path / "ck" / "step-000002")
+    assert load_recipe(recipe(), ["train.resume=${RES}/step-000002"], check_files=False).train.resume == str(
+        tmp_path / "ck" / "step-000002"
+    )
 
 
 SILENT = {
-    "output_dir with an unset variable": (["train"], {"output_dir": "runs/${RUN_NAME_UNSET_15}"}, ["output_dir", "RUN_NAME_UNSET_15"]),
-    "prompt path with an unset variable": (["train"], {"data__sources__0__path": "${PROMPTS_UNSET_15}/p.txt"},
-                                           ["data.sources.0.path", "PROMPTS_UNSET_15"]),
-    "validate: unregistered reward": (["recipes", "validate"], {"rewards__ocr": {"name": "ocrr"}}, ["rewards.ocr.name", "ocrr"]),
-    "validate: unregistered policy": (["recipes", "validate"], {"policy__name": "deepgen-small"}, ["policy.name", "deepgen-small"]),
-    "validate: unknown policy kwarg": (["recipes", "validate"], {"policy__kwargs": {"seeed": 1}}, ["policy.kwargs", "seeed"]),
-    "validate --no-files still checks names": (["recipes", "validate", "--no-files"], {"rewards__clip": {"name": "clip_score"}},
-                                               ["clip_score"]),
-    "resume from a folder that is no checkpoint": (["train"], {"train__resume": "/nonexistent/step-000002"}, ["train.resume"]),
+    "output_dir with an unset variable": (
+        ["train"],
+        {"output_dir": "runs/${RUN_NAME_UNSET_15}"},
+        ["output_dir", "RUN_NAME_UNSET_15"],
+    ),
+    "prompt path with an unset variable": (
+        ["train"],
+        {"data__sources__0__path": "${PROMPTS_UNSET_15}/p.txt"},
+        ["data.sources.0.path", "PROMPTS_UNSET_15"],
+    ),
+    "validate: unregistered reward": (
+        ["recipes", "validate"],
+        {"rewards__ocr": {"name": "ocrr"}},
+        ["rewards.ocr.name", "ocrr"],
+    ),
+    "validate: unregistered policy": (
+        ["recipes", "validate"],
+        {"policy__name": "deepgen-small"},
+        ["policy.name", "deepgen-small"],
+    ),
+    "validate: unknown policy kwarg": (
+        ["recipes", "validate"],
+        {"policy__kwargs": {"seeed": 1}},
+        ["policy.kwargs", "seeed"],
+    ),
+    "validate --no-files still checks names": (
+        ["recipes", "validate", "--no-files"],
+        {"rewards__clip": {"name": "clip_score"}},
+        ["clip_score"],
+    ),
+    "resume from a folder that is no checkpoint": (
+        ["train"],
+        {"train__resume": "/nonexistent/step-000002"},
+        ["train.resume"],
+    ),
 }
 
 
@@ -393,7 +502,11 @@ def test_unexpected_errors_keep_their_traceback_and_say_how_to_report(monkeypatc
 @pytest.mark.parametrize("how", ["flag before", "flag after", "env"])
 def test_debug_shows_the_traceback_of_expected_errors(how, tmp_path, capsys, monkeypatch):
     missing = tmp_path / "nope.yaml"
-    argv = {"flag before": ["--debug", "train", missing], "flag after": ["train", missing, "--debug"], "env": ["train", missing]}[how]
+    argv = {
+        "flag before": ["--debug", "train", missing],
+        "flag after": ["train", missing, "--debug"],
+        "env": ["train", missing],
+    }[how]
     if how == "env":
         monkeypatch.setenv("MRGRPO_DEBUG", "1")
     code, _, err = _cli(capsys, *argv)
@@ -411,10 +524,15 @@ def test_ctrl_c_is_a_clean_exit(monkeypatch, capsys):
     assert code == 130 and "Traceback" not in err and "interrupted" in err
 
 
-@pytest.mark.parametrize("exc", [FileNotFoundError(2, "No such file or directory", "/x/y.bin"),
-                                 PermissionError(13, "Permission denied", "/x/y.bin"),
-                                 IsADirectoryError(21, "Is a directory", "/x/y.bin"),
-                                 OSError(28, "No space left on device")])
+@pytest.mark.parametrize(
+    "exc",
+    [
+        FileNotFoundError(2, "No such file or directory", "/x/y.bin"),
+        PermissionError(13, "Permission denied", "/x/y.bin"),
+        IsADirectoryError(21, "Is a directory", "/x/y.bin"),
+        OSError(28, "No space left on device"),
+    ],
+)
 def test_file_errors_from_anywhere_are_one_line(exc, monkeypatch, capsys):
     import mrgrpo.cli as cli
 
@@ -425,3 +543,49 @@ def test_file_errors_from_anywhere_are_one_line(exc, monkeypatch, capsys):
     code, _, err = _cli(capsys, "recipes", "schema")
     _assert_clean_error(code, err, "Fix:")
     assert exc.filename is None or "/x/y.bin" in err
+
+
+ENVIRONMENT = {
+    "fp16 without a GPU": ({"train__mixed_precision": "fp16"}, "train.mixed_precision"),
+    "nccl without a GPU": ({"distributed__backend": "nccl"}, "distributed.backend"),
+    "wandb not installed": ({"logging__wandb": True}, "logging.wandb"),
+}
+
+
+@pytest.mark.parametrize("case", list(ENVIRONMENT), ids=list(ENVIRONMENT))
+def test_class1_what_the_machine_lacks_is_found_at_the_start_of_train(case, recipe, capsys):
+    import importlib.util
+
+    import torch
+
+    if case != "wandb not installed" and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    if case == "wandb not installed" and importlib.util.find_spec("wandb") is not None:
+        pytest.skip("wandb is installed")
+    changes, field = ENVIRONMENT[case]
+    code, _, err = _cli(capsys, "train", recipe(**changes))
+    _assert_clean_error(code, err, field)
+
+
+@pytest.mark.parametrize("which", ["run folder", "checkpoints folder", "missing", "a file", "no marker"])
+def test_class5_resume_from_something_that_is_not_a_checkpoint(which, recipe, tmp_path, capsys):
+    run = tmp_path / "old"
+    step = run / "checkpoints" / "step-000002"
+    step.mkdir(parents=True)
+    target = {
+        "run folder": run,
+        "checkpoints folder": run / "checkpoints",
+        "missing": tmp_path / "gone",
+        "a file": _file(tmp_path, "ck.pt", "x"),
+        "no marker": step,
+    }[which]
+    code, _, err = _cli(capsys, "train", recipe(), "--resume", target)
+    _assert_clean_error(code, err, "train.resume", target.name)
+
+
+def test_class6_sample_from_a_checkpoint_folder_points_at_its_policy(tmp_path, capsys):
+    ck = tmp_path / "step-000002"
+    (ck / "policy").mkdir(parents=True)
+    (ck / "policy" / "policy.json").write_text('{"name": "deepgen-tiny", "kwargs": {}}')
+    code, _, err = _cli(capsys, "sample", ck, "--prompt", "x", "--out", tmp_path / "o.png")
+    _assert_clean_error(code, err, "policy.json", str(ck / "policy"))

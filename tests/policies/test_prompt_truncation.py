@@ -3,8 +3,6 @@ prompt made the rollout try to allocate ~1 TB)."""
 
 from __future__ import annotations
 
-import pytest
-
 from mrgrpo.policies.base import DiffusionPolicy
 
 

@@ -24,14 +24,32 @@ def finished_run(tmp_path_factory):
     prompts = tmp / "prompts.txt"
     prompts.write_text("\n".join(f"prompt number {i}" for i in range(16)) + "\n")
     recipe = {
-        "stage": "rl", "output_dir": str(tmp / "run"),
+        "stage": "rl",
+        "output_dir": str(tmp / "run"),
         "policy": {"name": "toy_policy:ToyPolicy", "kwargs": {"seed": 0}},
         "rewards": {"bright": {"name": "toy_rewards:brightness"}},
         "data": {"sources": [{"name": "a", "path": str(prompts), "rewards": {"bright": 1.0}}]},
-        "rl": {"sampler": "sde", "noise_level": 0.7, "num_steps": 4, "group_size": 4, "height": 16, "width": 16,
-               "beta": 0.0, "sft_aux_coef": 0.0},
-        "train": {"lr": 1e-3, "images_per_step": 8, "micro_batch_size": 8, "max_steps": 4, "mixed_precision": "no",
-                  "warmup_steps": 0, "checkpoint_every": 2, "keep_last": 3, "seed": 0},
+        "rl": {
+            "sampler": "sde",
+            "noise_level": 0.7,
+            "num_steps": 4,
+            "group_size": 4,
+            "height": 16,
+            "width": 16,
+            "beta": 0.0,
+            "sft_aux_coef": 0.0,
+        },
+        "train": {
+            "lr": 1e-3,
+            "images_per_step": 8,
+            "micro_batch_size": 8,
+            "max_steps": 4,
+            "mixed_precision": "no",
+            "warmup_steps": 0,
+            "checkpoint_every": 2,
+            "keep_last": 3,
+            "seed": 0,
+        },
         "logging": {"tensorboard": False, "progress_bar": False, "sample_every": 100, "eval_every": 100},
     }
     path = tmp / "recipe.yaml"
@@ -65,14 +83,18 @@ DAMAGE = {
     "truncated scheduler": ("scheduler.pt", lambda p: _truncate(p, 0.2)),
     "empty rng state": ("rng-rank0.pt", lambda p: p.write_bytes(b"")),
     "truncated weights": ("policy/policy.safetensors", lambda p: _truncate(p)),
-    "one flipped byte in the weights": ("policy/policy.safetensors",
-                                        lambda p: p.write_bytes(p.read_bytes()[:-1] + bytes([p.read_bytes()[-1] ^ 1]))),
+    "one flipped byte in the weights": (
+        "policy/policy.safetensors",
+        lambda p: p.write_bytes(p.read_bytes()[:-1] + bytes([p.read_bytes()[-1] ^ 1])),
+    ),
     "missing optimizer": ("optimizer.pt", lambda p: p.unlink()),
     "garbage manifest": ("MANIFEST.json", lambda p: p.write_text("not json")),
     # written before manifests existed: found when loading, named all the same
     "legacy: truncated optimizer": ("optimizer.pt", lambda p: (p.parent / "MANIFEST.json").unlink() or _truncate(p)),
-    "legacy: garbage weights": ("policy/policy.safetensors",
-                                lambda p: (p.parents[1] / "MANIFEST.json").unlink() or p.write_bytes(b"garbage")),
+    "legacy: garbage weights": (
+        "policy/policy.safetensors",
+        lambda p: (p.parents[1] / "MANIFEST.json").unlink() or p.write_bytes(b"garbage"),
+    ),
 }
 
 
