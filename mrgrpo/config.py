@@ -422,6 +422,9 @@ def check_recipe(cfg: RunConfig, *, check_files: bool = True, source: str = "<re
             return None
         return None if p.exists() else p
 
+    if not cfg.output_dir.strip():
+        bad("output_dir", cfg.output_dir, "is empty (the run would write into the working directory)",
+            "name a run folder, e.g. outputs/my_run")
     if cfg.stage == "rl":
         if not cfg.data.sources:
             bad("data.sources", [], "is empty: an RL run needs prompts", "add at least one prompt source with its reward mixture")
@@ -446,6 +449,9 @@ def check_recipe(cfg: RunConfig, *, check_files: bool = True, source: str = "<re
         if unknown:
             bad(f"{field}.rewards", unknown, f"names reward(s) the run does not define (defined: {sorted(cfg.rewards)})",
                 "add them under `rewards:` or remove them from the mixture")
+        if not src.rewards and cfg.stage == "rl":
+            bad(f"{field}.rewards", {}, "is empty: its prompts would get no reward",
+                f"give the mixture, e.g. {{{next(iter(sorted(cfg.rewards)), 'ocr')}: 1.0}}")
         if src.rewards and all(w == 0 for w in src.rewards.values()):
             bad(f"{field}.rewards", src.rewards, "has only zero weights", "give at least one reward a positive weight")
         if any(w < 0 for w in src.rewards.values()):

@@ -8,7 +8,7 @@ and the fix) and exit non-zero, without a traceback:
   prompt file that cannot be used), and, defined next to the code that raises them,
   ``mrgrpo.config.RecipeError`` and ``mrgrpo.registry.RegistryError``;
 * ``OSError`` naming a file (missing, unreadable, a folder where a file is expected, disk full),
-  ``UnicodeDecodeError`` (a file that is not UTF-8 text);
+  ``UnicodeDecodeError`` (a file that is not UTF-8 text), ``ModuleNotFoundError`` (an optional package);
 * out of memory (CUDA or host; the fix: smaller micro-batches or images), an address in use;
 * Ctrl-C (exit status 130).
 
@@ -75,6 +75,9 @@ def describe_expected(exc: BaseException) -> str | None:
     """The one-line (or few-line) message of an expected error, or None for a bug."""
     if isinstance(exc, MrgrpoError):
         return str(exc)
+    if isinstance(exc, ModuleNotFoundError) and exc.name:
+        return (f"the Python package providing {exc.name!r} is not installed ({exc}). Fix: install it "
+                "(`pip install -e .[clip]` / `.[ocr]` for the optional rewards, see the README).")
     if isinstance(exc, UnicodeDecodeError):
         return (
             f"a file is not UTF-8 text ({exc.reason} at byte {exc.start}). Fix: pass a UTF-8 text file "

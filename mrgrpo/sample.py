@@ -147,11 +147,11 @@ def _build(args: argparse.Namespace):
                 break
         return policy, defaults
     from mrgrpo.config import load_recipe
-    from mrgrpo.preflight import check_registry
+    from mrgrpo.preflight import check_local_paths, check_registry
     from mrgrpo.trainer_base import build_policy
 
     cfg = load_recipe(src, args.set, check_files=False)
-    problems = [p for p in check_registry(cfg) if p.startswith("field `policy.")]
+    problems = [p for p in check_registry(cfg) + check_local_paths(cfg) if p.startswith("field `policy.")]
     if problems:
         from mrgrpo.config import RecipeError
 

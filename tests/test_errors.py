@@ -177,6 +177,16 @@ CLASS1 = {
         lambda t: {"distributed__accelerate_config": str(_file(t, "acc.yaml", "a: [1,\n"))},
         ["distributed.accelerate_config"],
     ),
+    "empty reward mixture": (lambda t: {"data__sources__0__rewards": {}}, ["data.sources.0.rewards", "empty"]),
+    "local policy checkpoint missing": (lambda t: {"policy__checkpoint": "./nope.safetensors"}, ["policy.checkpoint"]),
+    "reward kwarg path missing": (
+        lambda t: {"rewards__ocr": {"kwargs": {"model_dir": "/nonexistent/ocr_models"}}},
+        ["rewards.ocr.kwargs.model_dir", "/nonexistent/ocr_models"],
+    ),
+    "resume folder that does not exist": (
+        lambda t: {"train__resume": str(t / "runs" / "step-000010")},
+        ["train.resume"],
+    ),
 }
 
 
@@ -296,10 +306,14 @@ def test_class3_same_through_set(override, recipe, capsys):
 
 
 # -- 4. output folders and `data synth` arguments -----------------------------------------------------------
-@pytest.mark.parametrize("case", ["file", "under a file", "checkpoints is a file", "config.yaml is a folder"])
+@pytest.mark.parametrize(
+    "case", ["file", "under a file", "checkpoints is a file", "config.yaml is a folder", "empty", "device file"]
+)
 def test_class4_output_dir_unusable(case, recipe, tmp_path, capsys):
     afile = _file(tmp_path, "afile", "x")
-    out = {"file": afile, "under a file": afile / "run"}.get(case, tmp_path / "out")
+    out = {"file": afile, "under a file": afile / "run", "empty": "", "device file": "/dev/null"}.get(
+        case, tmp_path / "out"
+    )
     if case == "checkpoints is a file":
         _file(out, "checkpoints", "x")
     if case == "config.yaml is a folder":
@@ -531,6 +545,8 @@ def test_ctrl_c_is_a_clean_exit(monkeypatch, capsys):
         PermissionError(13, "Permission denied", "/x/y.bin"),
         IsADirectoryError(21, "Is a directory", "/x/y.bin"),
         OSError(28, "No space left on device"),
+        ModuleNotFoundError("No module named 'open_clip'", name="open_clip"),
+        MemoryError(),
     ],
 )
 def test_file_errors_from_anywhere_are_one_line(exc, monkeypatch, capsys):
@@ -542,7 +558,7 @@ def test_file_errors_from_anywhere_are_one_line(exc, monkeypatch, capsys):
     monkeypatch.setattr(cli, "_cmd_recipes_schema", fail)
     code, _, err = _cli(capsys, "recipes", "schema")
     _assert_clean_error(code, err, "Fix:")
-    assert exc.filename is None or "/x/y.bin" in err
+    assert getattr(exc, "filename", None) is None or "/x/y.bin" in err
 
 
 ENVIRONMENT = {
@@ -589,3 +605,16 @@ def test_class6_sample_from_a_checkpoint_folder_points_at_its_policy(tmp_path, c
     (ck / "policy" / "policy.json").write_text('{"name": "deepgen-tiny", "kwargs": {}}')
     code, _, err = _cli(capsys, "sample", ck, "--prompt", "x", "--out", tmp_path / "o.png")
     _assert_clean_error(code, err, "policy.json", str(ck / "policy"))
+
+
+@pytest.mark.parametrize("name", ["p.txt", "p.jsonl", "p.csv"])
+def test_class2_a_byte_order_mark_is_not_part_of_the_first_prompt(name, tmp_path):
+    from mrgrpo.data import load_prompt_file
+
+    body = {
+        "p.txt": "first\nsecond\n",
+        "p.jsonl": '{"prompt": "first"}\n{"prompt": "second"}\n',
+        "p.csv": "prompt\nfirst\nsecond\n",
+    }[name]
+    path = _file(tmp_path, name, b"\xef\xbb\xbf" + body.encode())  # as Excel and Notepad save UTF-8
+    assert [r.prompt for r in load_prompt_file(path, source="s")] == ["first", "second"]
