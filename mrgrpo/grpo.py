@@ -60,9 +60,14 @@ class ScoredRewards:
 
 def build_rewards(cfg: RunConfig) -> dict[str, Any]:
     """``{name: Reward}`` for every reward the recipe defines."""
+    from mrgrpo.preflight import built_from
     from mrgrpo.rewards.base import build_reward
 
-    return {key: build_reward(spec.name or key, spec.kwargs, label=key) for key, spec in sorted(cfg.rewards.items())}
+    def build(key: str, spec: Any) -> Any:
+        return built_from(f"rewards.{key}", f"the reward {spec.name or key!r}",
+                          lambda: build_reward(spec.name or key, spec.kwargs, label=key), spec.kwargs)
+
+    return {key: build(key, spec) for key, spec in sorted(cfg.rewards.items())}
 
 
 class GRPOTrainer(TrainerBase):

@@ -77,6 +77,25 @@ def _return_class(factory: Callable[..., Any]) -> type | None:
     return ret if isinstance(ret, type) else None
 
 
+def built_from(field: str, what: str, build: Callable[[], Any], given: Any = None) -> Any:
+    """``build()``, with the errors a factory raises for bad arguments (``TypeError``, ``ValueError``, ``OSError``:
+    a wrong value, a model path or id that does not load) turned into a ``RecipeError`` naming ``field`` (and the
+    ``given`` values)."""
+    from mrgrpo.errors import MrgrpoError
+
+    try:
+        return build()
+    except MrgrpoError:
+        raise
+    except (TypeError, ValueError, OSError) as exc:
+        shown = "" if given is None else f" from {given!r}"[:200]
+        raise RecipeError(
+            f"field `{field}`: {what} could not be built{shown} ({type(exc).__name__}: {str(exc)[:300]}). "
+            f"Fix: check the values under `{field}` (model paths or hub ids, names, types); "
+            "--debug shows where it failed."
+        ) from exc
+
+
 def check_factory_kwargs(
     factory: Callable[..., Any], kwargs: dict[str, Any], field: str, what: str, check_required: bool = True
 ) -> list[str]:

@@ -85,13 +85,16 @@ def build_lr_lambda(cfg: RunConfig) -> Callable[[int], float]:
 
 def build_policy(cfg: RunConfig):
     """Build the recipe's policy and load ``policy.checkpoint`` (starting weights)."""
+    from mrgrpo.preflight import built_from
     from mrgrpo.registry import POLICIES
 
-    policy = POLICIES.build(cfg.policy.name, **cfg.policy.kwargs)
+    policy = built_from("policy.kwargs", f"the policy {cfg.policy.name!r}",
+                        lambda: POLICIES.build(cfg.policy.name, **cfg.policy.kwargs), cfg.policy.kwargs)
     if cfg.policy.checkpoint:
         local = cfg.resolve_path(cfg.policy.checkpoint)
         # a path that exists locally, else the string as given (a hub id the policy may resolve)
-        policy.load(str(local) if local.exists() else cfg.policy.checkpoint)
+        built_from("policy.checkpoint", f"the starting weights {cfg.policy.checkpoint!r}",
+                   lambda: policy.load(str(local) if local.exists() else cfg.policy.checkpoint))
     return policy
 
 
