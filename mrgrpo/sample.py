@@ -87,7 +87,7 @@ def check_image(path: str) -> None:
             im.verify()
     except PermissionError:
         raise UsageError(f"--image {path} cannot be read: permission denied. Fix: `chmod u+r {path}`.") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
         raise UsageError(f"--image {path} is not a readable image ({type(exc).__name__}: {str(exc)[:120]}). "
                          "Fix: give a PNG/JPEG/WebP image.") from None
 
