@@ -583,20 +583,31 @@ def test_class1_what_the_machine_lacks_is_found_at_the_start_of_train(case, reci
     _assert_clean_error(code, err, field)
 
 
-@pytest.mark.parametrize("which", ["run folder", "checkpoints folder", "missing", "a file", "no marker"])
+@pytest.mark.parametrize(
+    "which", ["run folder", "checkpoints folder", "missing", "a file", "empty folder", "write never finished"]
+)
 def test_class5_resume_from_something_that_is_not_a_checkpoint(which, recipe, tmp_path, capsys):
     run = tmp_path / "old"
     step = run / "checkpoints" / "step-000002"
     step.mkdir(parents=True)
+    unfinished = run / "checkpoints" / "step-000004"
+    _file(unfinished, "trainer_state.json", '{"step": 4, "optimizer_steps": 4}')  # no COMPLETE: a crash mid-write
     target = {
         "run folder": run,
         "checkpoints folder": run / "checkpoints",
         "missing": tmp_path / "gone",
         "a file": _file(tmp_path, "ck.pt", "x"),
-        "no marker": step,
+        "empty folder": step,
+        "write never finished": unfinished,
     }[which]
     code, _, err = _cli(capsys, "train", recipe(), "--resume", target)
     _assert_clean_error(code, err, "train.resume", target.name)
+    why = {
+        "empty folder": "not a checkpoint folder",
+        "write never finished": "incomplete",
+        "run folder": "output folder",
+    }
+    assert why.get(which, "") in err
 
 
 def test_class6_sample_from_a_checkpoint_folder_points_at_its_policy(tmp_path, capsys):
