@@ -162,10 +162,11 @@ def verify_checkpoint(path: str | os.PathLike, *, field: str | None = None, hash
     if (p / "checkpoints").is_dir() or p.name == "checkpoints":
         kind = "checkpoints" if p.name == "checkpoints" else "output"
         raise CheckpointError(f"{where} is a run's {kind} folder, not one checkpoint. Fix: `--resume` (auto) takes "
-                              f"its newest intact checkpoint; or pass one of {checkpoint_root(p.parent if p.name == 'checkpoints' else p)}/step-XXXXXX.")
+                              f"its newest intact checkpoint; or pass one of "
+                              f"{checkpoint_root(p.parent if p.name == 'checkpoints' else p)}/step-XXXXXX.")
     if not (p / "COMPLETE").is_file() and not any((p / n).exists() for n in ("trainer_state.json", "policy", MANIFEST)):
-        raise CheckpointError(f"{where} is not a checkpoint folder (none of COMPLETE, trainer_state.json, policy/ in it). "
-                              f"Fix: {fix}.")
+        raise CheckpointError(f"{where} is not a checkpoint folder (none of COMPLETE, trainer_state.json, policy/ "
+                              f"in it). Fix: {fix}.")
     if not (p / "COMPLETE").is_file():
         raise CheckpointError(f"{where} is incomplete (no COMPLETE marker: its write did not finish). Fix: {fix}.")
     manifest_path = p / MANIFEST
