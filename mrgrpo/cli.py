@@ -12,6 +12,11 @@ Commands::
 
 Heavy modules are imported only by the command that needs them, so ``--help`` is instant.
 Subcommands owned by other modules expose ``add_arguments(parser)`` and ``run(args) -> int``.
+
+Every command runs inside one error boundary (:func:`mrgrpo.errors.run_guarded`): a user's mistake
+prints one ``error: ...`` message naming the field or file and the fix, with exit status 2; a bug
+prints its traceback and how to report it. ``--debug`` (any command) or ``MRGRPO_DEBUG=1`` shows
+tracebacks for every error.
 """
 
 from __future__ import annotations
@@ -58,7 +63,9 @@ def _cmd_recipes_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_recipes_validate(args: argparse.Namespace) -> int:
-    from mrgrpo.config import RecipeError, load_recipe
+    from mrgrpo.config import load_recipe
+    from mrgrpo.errors import MrgrpoError
+    from mrgrpo.preflight import preflight
 
     paths = [Path(p) for p in args.recipes] or _shipped_recipes()
     if not paths:
@@ -67,10 +74,13 @@ def _cmd_recipes_validate(args: argparse.Namespace) -> int:
     for path in paths:
         try:
             cfg = load_recipe(path, args.set, check_files=not args.no_files)
-        except RecipeError as exc:
+            warnings = preflight(cfg, check_files=not args.no_files, source=str(path))
+        except MrgrpoError as exc:
             failed += 1
             print(f"FAIL {path}\n{exc}", file=sys.stderr)
             continue
+        for w in warnings:
+            print(f"warning: {w}", file=sys.stderr)
         print(f"ok   {path}  (stage={cfg.stage}, policy={cfg.policy.name}, rewards={sorted(cfg.rewards) or '-'})")
     return 1 if failed else 0
 
@@ -83,12 +93,9 @@ def _cmd_recipes_schema(args: argparse.Namespace) -> int:
 
 
 def _cmd_recipes_show(args: argparse.Namespace) -> int:
-    from mrgrpo.config import RecipeError, dump_config, load_recipe
+    from mrgrpo.config import dump_config, load_recipe
 
-    try:
-        cfg = load_recipe(args.recipe, args.set, check_files=False)
-    except RecipeError as exc:
-        return _fail(str(exc))
+    cfg = load_recipe(args.recipe, args.set, check_files=False)
     print(dump_config(cfg), end="")
     return 0
 
@@ -119,15 +126,16 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from mrgrpo.config import RecipeError, load_recipe
+    from mrgrpo.config import load_recipe
+    from mrgrpo.preflight import preflight
 
     overrides = list(args.set)
     if args.resume:
         overrides.append(f"train.resume={args.resume}")
-    try:
-        cfg = load_recipe(args.recipe, overrides)
-    except RecipeError as exc:
-        return _fail(str(exc))
+    cfg = load_recipe(args.recipe, overrides)
+    # names, kwargs, files, output_dir: before any model is built
+    for warning in preflight(cfg, training=True, source=str(args.recipe)):
+        print(f"warning: {warning}", file=sys.stderr)
     if args.launch:
         from mrgrpo.launch import relaunch
 
@@ -173,7 +181,9 @@ def _delegate(module_name: str, what: str) -> tuple[Callable[[argparse.ArgumentP
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mrgrpo", description="Multi-reward GRPO for flow-matching text-to-image and editing models.")
     parser.add_argument("--version", action="version", version=f"mrgrpo {importlib.import_module('mrgrpo').__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of every error (also MRGRPO_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _debug_everywhere(sub)
 
     p = sub.add_parser("train", help="run a recipe (MR-GRPO, pre-training or SFT, by its `stage`)")
     _add_train_arguments(p)
@@ -219,17 +229,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _debug_everywhere(sub: argparse._SubParsersAction) -> None:
+    """Let ``--debug`` follow any command too (``mrgrpo train r.yaml --debug``)."""
+    add_parser = sub.add_parser
+
+    def add_with_debug(*a, **kw):
+        p = add_parser(*a, **kw)
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show tracebacks (also MRGRPO_DEBUG=1)")
+        original = p.add_subparsers
+
+        def add_subparsers(**skw):
+            s = original(**skw)
+            _debug_everywhere(s)
+            return s
+
+        p.add_subparsers = add_subparsers  # type: ignore[method-assign]
+        return p
+
+    sub.add_parser = add_with_debug  # type: ignore[method-assign]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; returns its exit status (0 ok, 2 a user's error, 1 a bug, 130 Ctrl-C)."""
+    from mrgrpo.errors import run_guarded
+
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse has printed its usage message
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
-    try:
-        return args.func(args)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    return run_guarded(lambda: args.func(args), debug=getattr(args, "debug", False))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -20,15 +20,17 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from mrgrpo.errors import MrgrpoError
+
 Stage = Literal["rl", "pretrain", "sft"]
 
 
-class RecipeError(ValueError):
+class RecipeError(MrgrpoError, ValueError):
     """A recipe that cannot run; the message names the field, the value and the fix."""
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 # --------------------------------------------------------------------------------------
@@ -149,7 +151,7 @@ class TrainConfig(_Strict):
     max_steps: int = Field(1500, ge=1, description="Optimizer steps of the run.")
     grad_clip: float | None = Field(1.0, gt=0, description="Max global gradient norm; null disables.")
     mixed_precision: Literal["no", "bf16", "fp16"] = Field("bf16", description="Model dtype for forward passes; log-probs stay float32.")
-    seed: int = Field(42, description="Base seed; each process derives its own.")
+    seed: int = Field(42, ge=0, le=2**63 - 1, description="Base seed (>= 0); each process derives its own.")
     ema: EMAConfig = Field(default_factory=EMAConfig, description="EMA of trained weights.")
     lora: LoRAConfig = Field(default_factory=LoRAConfig, description="LoRA on the DiT.")
     gradient_checkpointing: bool | Literal["auto"] = Field(False, description=(
@@ -162,6 +164,13 @@ class TrainConfig(_Strict):
     checkpoint_every: int = Field(50, ge=1, description="Save a checkpoint every N optimizer steps (and at the end).")
     keep_last: int = Field(3, ge=1, description="Checkpoints kept on disk.")
     resume: str | None = Field(None, description="`auto` (latest checkpoint in output_dir), a checkpoint directory, or null.")
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_range(cls, v):
+        if not all(0.0 <= b < 1.0 for b in v):
+            raise ValueError(f"AdamW betas must both lie in [0, 1), got {list(v)}; the usual values are [0.9, 0.999]")
+        return v
 
 
 class DistributedConfig(_Strict):
@@ -199,9 +208,9 @@ class RunConfig(_Strict):
     # filled by load_recipe, not part of the schema
     _recipe_path: Path | None = None
 
-    def resolve_path(self, path: str) -> Path:
-        """``path`` expanded (``~``, ``$VAR``) and, when relative, taken against the recipe's folder."""
-        return resolve_path(path, self._recipe_path.parent if self._recipe_path else None)
+    def resolve_path(self, path: str, field: str = "a path") -> Path:
+        """``path`` expanded (``~``, ``${VAR}``) and, when relative, taken against the recipe's folder."""
+        return resolve_path(path, self._recipe_path.parent if self._recipe_path else None, field)
 
     @property
     def prompts_per_step(self) -> int:
@@ -215,10 +224,28 @@ class RunConfig(_Strict):
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
-def resolve_path(path: str, base: Path | None) -> Path:
+def expand_vars(text: str, field: str = "a path") -> str:
+    """``text`` with ``${VAR}`` / ``${VAR:-default}`` replaced from the environment and a leading ``~`` expanded.
+
+    Raises :class:`RecipeError` for ``${VAR}`` of a variable that is not set (no silent empty string).
+    """
+
+    def sub(m: re.Match) -> str:
+        value = os.environ.get(m.group(1))
+        if value is None or (value == "" and m.group(2) is not None):
+            if m.group(2) is None:
+                raise RecipeError(f"field `{field}`: {text!r} uses the environment variable {m.group(1)} "
+                                  "which is not set. "
+                                  f"Fix: export {m.group(1)}=..., or write ${{{m.group(1)}:-default}}.")
+            return m.group(2)
+        return value
+
+    return os.path.expanduser(_ENV.sub(sub, text))
+
+
+def resolve_path(path: str, base: Path | None, field: str = "a path") -> Path:
     """Expand ``~``, ``${VAR}`` and ``${VAR:-default}``; relative paths are taken against ``base``."""
-    expanded = _ENV.sub(lambda m: os.environ.get(m.group(1), m.group(2) or ""), path)
-    p = Path(os.path.expanduser(expanded))
+    p = Path(expand_vars(path, field))
     if not p.is_absolute() and base is not None:
         p = base / p
     return p
@@ -318,12 +345,12 @@ def load_recipe(
     recipe_path: Path | None = None
     if path is not None:
         recipe_path = Path(path)
-        if not recipe_path.is_file():
-            raise RecipeError(f"recipe file {source!r} does not exist. Fix: pass a path to a YAML recipe; `mrgrpo recipes list` shows the shipped ones.")
+        text = read_text_file(recipe_path, "recipe file",
+                              "pass a YAML recipe; `mrgrpo recipes list` shows the shipped ones", error=RecipeError)
         try:
-            data = yaml.safe_load(recipe_path.read_text()) or {}
+            data = yaml.safe_load(text) or {}
         except yaml.YAMLError as exc:
-            raise RecipeError(f"{source}: not valid YAML: {exc}. Fix: correct the YAML syntax.") from exc
+            raise RecipeError(f"{source}: not valid YAML: {exc}. Fix: correct the YAML syntax.") from None
     if not isinstance(data or {}, dict):
         raise RecipeError(f"{source}: the top level must be a mapping of sections (policy, rewards, data, rl, train, ...).")
     data = copy.deepcopy(dict(data or {}))  # overrides must not write into the caller's dict
@@ -333,8 +360,55 @@ def load_recipe(
     except ValidationError as err:
         raise RecipeError(_format_validation_error(err, source)) from None
     cfg._recipe_path = recipe_path.resolve() if recipe_path else None
+    try:  # output_dir and resume are taken as given (CWD-relative), but ${VAR} and ~ expand as in every path
+        cfg.output_dir = expand_vars(cfg.output_dir, "output_dir")
+        if cfg.train.resume not in (None, "auto"):
+            cfg.train.resume = expand_vars(cfg.train.resume, "train.resume")
+    except RecipeError as exc:
+        raise RecipeError(f"{source}: {exc}") from None
     check_recipe(cfg, check_files=check_files, source=source)
     return cfg
+
+
+_MAGIC = {b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image", b"GIF8": "a GIF image",
+          b"PK\x03\x04": "a zip archive", b"\x1f\x8b": "a gzip file", b"%PDF": "a PDF",
+          b"RIFF": "a RIFF (WebP/WAV) file"}
+
+
+def read_text_file(path: str | os.PathLike, what: str, fix: str, *, error: type[Exception] | None = None,
+                   max_bytes: int | None = None) -> str:
+    """The UTF-8 text of ``path``, or ``error`` (default :class:`RecipeError`) naming the file and the fix.
+
+    Catches what a careless path gives: a missing file, a folder, no read permission, a binary file
+    (an image given as a recipe), text in another encoding, a file larger than ``max_bytes``.
+    """
+    err = error or RecipeError
+    p = Path(path)
+    if not p.exists():
+        raise err(f"{what} {str(p)!r} does not exist. Fix: {fix}.")
+    if p.is_dir():
+        raise err(f"{what} {str(p)!r} is a folder, not a file. Fix: {fix}.")
+    if max_bytes is not None and p.stat().st_size > max_bytes:
+        raise err(f"{what} {str(p)!r} is {p.stat().st_size / 2**20:.1f} MiB, more than the {max_bytes / 2**20:.0f} MiB "
+                  f"such a file can be. Fix: {fix}.")
+    try:
+        raw = p.read_bytes()
+    except PermissionError:
+        raise err(f"{what} {str(p)!r} cannot be read: permission denied. "
+                  f"Fix: `chmod u+r {p}` or copy it somewhere readable.") from None
+    except OSError as exc:
+        raise err(f"{what} {str(p)!r} cannot be read: {exc.strerror or exc}. Fix: {fix}.") from None
+    kind = next((name for magic, name in _MAGIC.items() if raw.startswith(magic)), None)
+    if kind is None and b"\x00" in raw[:4096] and not raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        kind = "a binary file"
+    if kind is not None:
+        raise err(f"{what} {str(p)!r} is {kind}, not text. Fix: {fix}.")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise err(f"{what} {str(p)!r} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}). "
+                  f"Fix: save it as UTF-8 (e.g. `iconv -f latin1 -t utf-8`).") from None
+    return text.removeprefix("\ufeff")
 
 
 def check_recipe(cfg: RunConfig, *, check_files: bool = True, source: str = "<recipe>") -> None:
@@ -345,6 +419,18 @@ def check_recipe(cfg: RunConfig, *, check_files: bool = True, source: str = "<re
     def bad(field: str, value: Any, why: str, fix: str) -> None:
         problems.append(f"  - field `{field}`: {value!r} {why}. Fix: {fix}.")
 
+    def missing(field: str, value: str) -> Path | None:
+        """The resolved path when it does not exist (None when it does, or when it cannot be expanded)."""
+        try:
+            p = cfg.resolve_path(value, field)
+        except RecipeError as exc:
+            problems.append(f"  - {exc}")
+            return None
+        return None if p.exists() else p
+
+    if not cfg.output_dir.strip():
+        bad("output_dir", cfg.output_dir, "is empty (the run would write into the working directory)",
+            "name a run folder, e.g. outputs/my_run")
     if cfg.stage == "rl":
         if not cfg.data.sources:
             bad("data.sources", [], "is empty: an RL run needs prompts", "add at least one prompt source with its reward mixture")
@@ -369,12 +455,15 @@ def check_recipe(cfg: RunConfig, *, check_files: bool = True, source: str = "<re
         if unknown:
             bad(f"{field}.rewards", unknown, f"names reward(s) the run does not define (defined: {sorted(cfg.rewards)})",
                 "add them under `rewards:` or remove them from the mixture")
+        if not src.rewards and cfg.stage == "rl":
+            bad(f"{field}.rewards", {}, "is empty: its prompts would get no reward",
+                f"give the mixture, e.g. {{{next(iter(sorted(cfg.rewards)), 'ocr')}: 1.0}}")
         if src.rewards and all(w == 0 for w in src.rewards.values()):
             bad(f"{field}.rewards", src.rewards, "has only zero weights", "give at least one reward a positive weight")
         if any(w < 0 for w in src.rewards.values()):
             bad(f"{field}.rewards", src.rewards, "has a negative weight", "use weights >= 0")
-        if check_files and src.required and not cfg.resolve_path(src.path).exists():
-            bad(f"{field}.path", src.path, f"does not exist (looked at {cfg.resolve_path(src.path)})",
+        if check_files and src.required and (gone := missing(f"{field}.path", src.path)) is not None:
+            bad(f"{field}.path", src.path, f"does not exist (looked at {gone})",
                 "point it at an existing prompt file (relative paths are taken from the recipe's folder) or set `required: false`")
     if cfg.stage == "rl" and cfg.data.sources and all(s.weight == 0 for s in cfg.data.sources):
         bad("data.sources.*.weight", [s.weight for s in cfg.data.sources], "are all zero", "give at least one source a positive weight")
@@ -387,16 +476,72 @@ def check_recipe(cfg: RunConfig, *, check_files: bool = True, source: str = "<re
         bad("rl.sft_aux_coef", rl.sft_aux_coef, "asks for the auxiliary SFT loss but data.sft_sources is empty",
             "add data.sft_sources, or set rl.sft_aux_coef: 0")
     for i, src in enumerate(cfg.data.sft_sources):
-        if check_files and src.required and src.format != "webdataset" and not cfg.resolve_path(src.path).exists():
-            bad(f"data.sft_sources.{i}.path", src.path, f"does not exist (looked at {cfg.resolve_path(src.path)})",
+        if (check_files and src.required and src.format != "webdataset"
+                and (gone := missing(f"data.sft_sources.{i}.path", src.path))):
+            bad(f"data.sft_sources.{i}.path", src.path, f"does not exist (looked at {gone})",
                 "point it at your copy of the data set or set `required: false`")
     if train.micro_batch_size > train.images_per_step:
         bad("train.micro_batch_size", train.micro_batch_size, f"exceeds train.images_per_step={train.images_per_step}",
             f"use at most {train.images_per_step}")
-    if cfg.distributed.accelerate_config and check_files and not cfg.resolve_path(cfg.distributed.accelerate_config).exists():
+    else:
+        _check_layout(cfg, bad)
+    if cfg.stage == "rl" and sde_trainable_steps(rl.num_steps, rl.sde_window) == 0:
+        bad("rl.sde_window", list(rl.sde_window or ()),
+            f"leaves no trainable SDE step among rl.num_steps={rl.num_steps} (the last step is never trained)",
+            f"widen it, e.g. [0, {rl.num_steps}]")
+    if isinstance(rl.clip_range, tuple) and rl.clip_range[0] > rl.clip_range[1]:
+        bad("rl.clip_range", list(rl.clip_range), "has e_low > e_high", "give [e_low, e_high] with e_low <= e_high")
+    if train.warmup_ratio is None and train.warmup_steps > train.max_steps and cfg.train.schedule == "cosine":
+        bad("train.warmup_steps", train.warmup_steps,
+            f"exceeds train.max_steps={train.max_steps}: the cosine decay never starts",
+            f"use at most {train.max_steps}")
+    accelerate_config = cfg.distributed.accelerate_config
+    if accelerate_config and check_files and missing("distributed.accelerate_config", accelerate_config):
         bad("distributed.accelerate_config", cfg.distributed.accelerate_config, "does not exist", "point it at a file in recipes/accelerate/")
     if problems:
         raise RecipeError(f"{source}: {len(problems)} problem(s):\n" + "\n".join(problems))
+
+
+def sde_trainable_steps(num_steps: int, window: tuple[int, int] | None) -> int:
+    """Steps taken with the SDE: those in ``[start, end)`` except the last (as ``mrgrpo.rollout.sde_step_mask``)."""
+    start, end = window if window is not None else (0, num_steps)
+    end = min(end, num_steps)
+    n = max(0, end - start)
+    return n - (1 if start <= num_steps - 1 < end else 0)
+
+
+def _world(cfg: RunConfig) -> int:
+    """Processes the run will have: ``WORLD_SIZE`` when launched, else ``distributed.num_processes`` (default 1)."""
+    env = os.environ.get("WORLD_SIZE")
+    if env and env.isdigit():
+        return int(env)
+    return cfg.distributed.num_processes or 1
+
+
+def _check_layout(cfg: RunConfig, bad) -> None:
+    """The trainers' batch layout: prompts over processes, micro-batches dividing what each process trains on."""
+    train, rl, world = cfg.train, cfg.rl, _world(cfg)
+    if cfg.stage == "rl":
+        if train.images_per_step % rl.group_size:
+            return  # reported above
+        n_prompts = train.images_per_step // rl.group_size
+        if n_prompts % world:
+            bad("train.images_per_step", train.images_per_step, f"gives {n_prompts} prompt(s) a step, not divisible by "
+                f"{world} processes", f"use a multiple of rl.group_size x processes = {rl.group_size * world}")
+            return
+        local = n_prompts // world * rl.group_size
+        micro = min(train.micro_batch_size, local)
+        if local % micro:
+            divisors = [d for d in range(1, local + 1) if local % d == 0]
+            bad("train.micro_batch_size", train.micro_batch_size, f"does not divide the {local} images each of {world} "
+                "process(es) trains on a step",
+                f"use a divisor of {local}, e.g. {max(d for d in divisors if d <= micro)}")
+    else:
+        per_step = train.micro_batch_size * world
+        if train.images_per_step % per_step:
+            bad("train.images_per_step", train.images_per_step,
+                f"is not a multiple of train.micro_batch_size x processes = {per_step}",
+                f"use a multiple of {per_step}")
 
 
 def dump_config(cfg: RunConfig) -> str:

@@ -89,12 +89,12 @@ def load_prompt_file(path: str | Path, *, source: str, fmt: str = "auto", kind: 
     fmt = _detect_format(p, fmt)
     records: list[PromptRecord] = []
     if fmt == "txt":
-        for line in p.read_text(encoding="utf-8").splitlines():
+        for line in p.read_text(encoding="utf-8-sig").splitlines():
             text = line.strip()
             if text and not text.startswith("#"):
                 records.append(PromptRecord(text, source))
     elif fmt == "jsonl":
-        text = p.read_text(encoding="utf-8")
+        text = p.read_text(encoding="utf-8-sig")
         if p.suffix.lower() == ".json" and text.lstrip().startswith("["):
             items = [(i + 1, obj) for i, obj in enumerate(json.loads(text))]
         else:
@@ -110,7 +110,7 @@ def load_prompt_file(path: str | Path, *, source: str, fmt: str = "auto", kind: 
                 raise RecipeError(f"{p}:{i}: expected a JSON object, got {type(obj).__name__}.")
             records.append(_record_from_mapping(obj, source, f"{p}:{i}", p.parent))
     elif fmt == "csv":
-        with p.open(newline="", encoding="utf-8") as fh:
+        with p.open(newline="", encoding="utf-8-sig") as fh:
             for i, row in enumerate(csv.DictReader(fh), 2):
                 records.append(_record_from_mapping(dict(row), source, f"{p}:{i}", p.parent))
     else:  # pragma: no cover - schema restricts the values

@@ -18,6 +18,7 @@ Model-specific code lives in the policy (:class:`mrgrpo.policies.base.DiffusionP
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +32,7 @@ import torch
 from mrgrpo.advantages import accelerate_sum_reduce, compute_advantages
 from mrgrpo.config import RecipeError, RunConfig
 from mrgrpo.data import PromptRecord, PromptSampler, load_sources, rank_slice, reward_weight_matrix
+from mrgrpo.errors import MrgrpoError
 from mrgrpo.losses import clipped_policy_loss, mean_kl, ratio_stats, velocity_kl
 from mrgrpo.rollout import (choose_train_steps, derive_seed, guided_velocity, sample_generators, sample_ode, sample_trajectories,
                             sde_step_mask)
@@ -39,7 +41,10 @@ from mrgrpo.sft import flow_matching_step_loss
 from mrgrpo.trainer_base import TrainerBase, build_policy, destroy_process_group, world_size
 
 
-class RewardFailure(RuntimeError):
+log = logging.getLogger(__name__)
+
+
+class RewardFailure(MrgrpoError, RuntimeError):
     """A reward could not score images and ``rl.reward_failure`` is ``stop``."""
 
 
@@ -55,10 +60,14 @@ class ScoredRewards:
 
 def build_rewards(cfg: RunConfig, device: torch.device | str | None = None) -> dict[str, Any]:
     """``{name: Reward}`` for every reward the recipe defines; model-based rewards on ``device`` unless set."""
+    from mrgrpo.preflight import built_from
     from mrgrpo.rewards.base import build_reward
 
-    return {key: build_reward(spec.name or key, spec.kwargs, label=key, device=device)
-            for key, spec in sorted(cfg.rewards.items())}
+    def build(key: str, spec: Any) -> Any:
+        return built_from(f"rewards.{key}", f"the reward {spec.name or key!r}",
+                          lambda: build_reward(spec.name or key, spec.kwargs, label=key, device=device), spec.kwargs)
+
+    return {key: build(key, spec) for key, spec in sorted(cfg.rewards.items())}
 
 
 class GRPOTrainer(TrainerBase):
@@ -134,9 +143,10 @@ class GRPOTrainer(TrainerBase):
         records, offset = self._local_records(step)
         G = rl.group_size
         t0 = time.perf_counter()
+        prompts, n_cut = self._fit_prompts(records)
         with torch.no_grad(), self.autocast():
             images = self._load_ref_images(records)
-            enc = self.policy.encode([r.prompt for r in records], images,
+            enc = self.policy.encode(prompts, images,
                                      negative_prompt=rl.negative_prompt if rl.cfg_scale > 1 else None)
         cond = enc.cond.repeat(G)
         uncond = enc.uncond.repeat(G) if enc.uncond is not None else None
@@ -162,8 +172,17 @@ class GRPOTrainer(TrainerBase):
         t3 = time.perf_counter()
         group_ids = torch.tensor([offset + i for i in range(len(records)) for _ in range(G)], dtype=torch.long)
         return {"records": records, "cond": cond, "uncond": uncond, "traj": traj, "pixels": pixels.cpu(),
-                "group_ids": group_ids, "sample_ids": sample_ids,
+                "group_ids": group_ids, "sample_ids": sample_ids, "prompts_truncated": n_cut,
                 "time": {"time/encode": t_encode, "time/rollout": t2 - t1, "time/decode": t3 - t2}}
+
+    def _fit_prompts(self, records: Sequence[PromptRecord]) -> tuple[list[str], int]:
+        """Prompt texts cut to the policy's ``max_prompt_tokens`` (warned about), and how many were cut."""
+        prompts, n_cut = self.policy.truncate_prompts([r.prompt for r in records])
+        if n_cut:
+            first = next(r.prompt for r, p in zip(records, prompts) if p != r.prompt)[:60]
+            log.warning("%d prompt(s) longer than the policy's limit of %s tokens were truncated (first: %r...)", n_cut,
+                        self.policy.max_prompt_tokens, first)
+        return prompts, n_cut
 
     def _load_ref_images(self, records: Sequence[PromptRecord]):
         if not any(r.images for r in records):
@@ -360,7 +379,7 @@ class GRPOTrainer(TrainerBase):
         if not records:
             return {}
         with torch.no_grad(), self.autocast():
-            enc = self.policy.encode([r.prompt for r in records], self._load_ref_images(records),
+            enc = self.policy.encode(self._fit_prompts(records)[0], self._load_ref_images(records),
                                      negative_prompt=rl.negative_prompt if rl.eval_cfg_scale > 1 else None)
         gens = sample_generators(self.cfg.train.seed, 0, range(sl.start, sl.start + len(records)), device=self.device, stream=4)
         noise = torch.cat([self.policy.init_noise(1, rl.height, rl.width, g) for g in gens]).to(self.device)
@@ -399,6 +418,7 @@ class GRPOTrainer(TrainerBase):
         metrics = self.train_on(step, batch, adv)
         t3 = time.perf_counter()
         metrics.update(batch["time"])
+        metrics["data/prompts_truncated"] = batch["prompts_truncated"]
         metrics.update({"time/reward": t2 - t1, "time/train": t3 - t2, "time/step": t3 - t0})
         return batch, scored, adv, metrics
 

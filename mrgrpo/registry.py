@@ -19,8 +19,10 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
 
+from mrgrpo.errors import MrgrpoError
 
-class RegistryError(KeyError):
+
+class RegistryError(MrgrpoError, KeyError):
     """Unknown name, bad dotted path, or a factory that failed to import."""
 
     def __str__(self) -> str:  # KeyError quotes its message; keep it readable.
@@ -157,8 +159,9 @@ class Registry:
         if ":" in name:
             return import_object(name)
         known = ", ".join(self.names()) or "(none)"
+        plural = self.kind[:-1] + "ies" if self.kind.endswith("y") else self.kind + "s"
         raise RegistryError(
-            f"unknown {self.kind} {name!r}. Known {self.kind}s: {known}. "
+            f"unknown {self.kind} {name!r}. Known {plural}: {known}. "
             f"Or give a dotted path 'package.module:factory', or install a plug-in that declares "
             f"the entry point group '{self.entry_point_group}'."
         )

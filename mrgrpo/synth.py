@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 from pathlib import Path
 from typing import Any
@@ -195,8 +196,47 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="random seed")
 
 
+#: largest ``--size``: images are up to 1.5x this on one side, drawn in memory one at a time
+MAX_SIZE = 4096
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Raise ``UsageError`` for ``--out``, ``--n``, ``--size``, ``--seed`` values that cannot work, before any work."""
+    from mrgrpo.errors import UsageError
+
+    if args.n < 1:
+        raise UsageError(f"--n {args.n}: the number of text-to-image images must be >= 1. Fix: e.g. --n 200.")
+    if not 8 <= args.size <= MAX_SIZE:
+        raise UsageError(f"--size {args.size}: the image side must be between 8 and {MAX_SIZE} pixels. "
+                         "Fix: e.g. --size 64.")
+    if args.seed < 0:
+        raise UsageError(f"--seed {args.seed}: seeds are >= 0. Fix: e.g. --seed 0.")
+    out = Path(args.out)
+    if not str(args.out).strip():
+        raise UsageError("--out is empty. Fix: give the folder to write, e.g. --out data/synth.")
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {args.out} is a file; it must be a folder (created when missing). "
+                         "Fix: choose another path.")
+    probe = out.absolute()
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UsageError(f"--out {args.out}: {probe} is a file, so the folder cannot be created. "
+                         "Fix: choose another path.")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {args.out}: {probe} is not writable. Fix: choose a folder you can write to.")
+    written = ("t2i.jsonl", "caption.json", "edit.jsonl", "prompts.txt", "manifest.json")
+    for name, want_dir in (("images", True), ("shards", True), *((f, False) for f in written)):
+        p = out / name
+        if p.exists() and p.is_dir() != want_dir:
+            have, want = ("file", "folder") if want_dir else ("folder", "file")
+            raise UsageError(f"--out {args.out}: {p} is a {have} where the data set writes a {want}. "
+                             "Fix: remove it or choose another --out.")
+
+
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``mrgrpo data synth``."""
+    check_args(args)
     paths = synthesize(args.out, n=args.n, size=args.size, seed=args.seed)
     manifest = json.loads(paths["manifest"].read_text())
     c = manifest["counts"]

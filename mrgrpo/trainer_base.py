@@ -8,7 +8,6 @@ Subclasses implement ``fit`` and may add state through :meth:`TrainerBase.extra_
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
@@ -108,13 +107,16 @@ def build_lr_lambda(cfg: RunConfig) -> Callable[[int], float]:
 
 def build_policy(cfg: RunConfig):
     """Build the recipe's policy and load ``policy.checkpoint`` (starting weights)."""
+    from mrgrpo.preflight import built_from
     from mrgrpo.registry import POLICIES
 
-    policy = POLICIES.build(cfg.policy.name, **cfg.policy.kwargs)
+    policy = built_from("policy.kwargs", f"the policy {cfg.policy.name!r}",
+                        lambda: POLICIES.build(cfg.policy.name, **cfg.policy.kwargs), cfg.policy.kwargs)
     if cfg.policy.checkpoint:
         local = cfg.resolve_path(cfg.policy.checkpoint)
         # a path that exists locally, else the string as given (a hub id the policy may resolve)
-        policy.load(str(local) if local.exists() else cfg.policy.checkpoint)
+        built_from("policy.checkpoint", f"the starting weights {cfg.policy.checkpoint!r}",
+                   lambda: policy.load(str(local) if local.exists() else cfg.policy.checkpoint))
     return policy
 
 
@@ -190,9 +192,7 @@ class TrainerBase:
     def start_run(self) -> None:
         """Resume if asked, write the resolved config, open the tracker."""
         cfg, acc = self.cfg, self.accelerator
-        resume_from = ckpt.resolve_resume(cfg.train.resume, self.out)
-        if resume_from is not None:
-            self.load_checkpoint(resume_from)
+        resume_from = ckpt.load_with_fallback(cfg.train.resume, self.out, self.load_checkpoint)
         if acc.is_main_process:
             save_resolved_config(cfg, self.out)
         self.tracker = Tracker(self.out, enabled=acc.is_main_process, tensorboard=cfg.logging.tensorboard, wandb=cfg.logging.wandb,
@@ -263,22 +263,27 @@ class TrainerBase:
         return final
 
     def load_checkpoint(self, path: Path) -> None:
-        acc = self.accelerator
-        state = json.loads((path / "trainer_state.json").read_text())
-        acc.unwrap_model(self.model).load(str(path / "policy"))
+        """Restore everything :meth:`save_checkpoint` wrote; a file that fails raises ``CheckpointError`` naming it."""
+        acc, part = self.accelerator, ckpt.load_part
+        state = ckpt.read_trainer_state(path)
+        part(path / "policy", "policy weights", lambda: acc.unwrap_model(self.model).load(str(path / "policy")))
         if acc.distributed_type.name == "DEEPSPEED":
-            self.model.load_checkpoint(str(path / "deepspeed"), tag="state", load_module_strict=False)
+            part(path / "deepspeed", "DeepSpeed state",
+                 lambda: self.model.load_checkpoint(str(path / "deepspeed"), tag="state", load_module_strict=False))
         else:
-            self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=self.device, weights_only=False))
-        self.lr_scheduler.load_state_dict(torch.load(path / "scheduler.pt", map_location="cpu", weights_only=False))
+            part(path / "optimizer.pt", "optimizer state", lambda: self.optimizer.load_state_dict(
+                torch.load(path / "optimizer.pt", map_location=self.device, weights_only=False)))
+        part(path / "scheduler.pt", "LR schedule", lambda: self.lr_scheduler.load_state_dict(
+            torch.load(path / "scheduler.pt", map_location="cpu", weights_only=False)))
         if self.ema is not None and (path / "ema.pt").exists():
-            self.ema.load_state_dict(torch.load(path / "ema.pt", map_location=self.device, weights_only=False))
+            part(path / "ema.pt", "EMA weights",
+                 lambda: self.ema.load_state_dict(torch.load(path / "ema.pt", map_location=self.device, weights_only=False)))
         rng_file = path / f"rng-rank{acc.process_index}.pt"
         if rng_file.exists():
-            ckpt.set_rng_state(torch.load(rng_file, map_location="cpu", weights_only=False))
+            part(rng_file, "RNG state", lambda: ckpt.set_rng_state(torch.load(rng_file, map_location="cpu", weights_only=False)))
         self.step = int(state["step"])
         self.optimizer_steps = int(state["optimizer_steps"])
-        self.load_extra_state(state)
+        part(path / "trainer_state.json", "trainer state", lambda: self.load_extra_state(state))
 
     def save_final(self) -> None:
         """``output_dir/final`` (and ``final_ema`` with EMA) written by ``policy.save``."""

@@ -94,6 +94,19 @@ class EncodedPrompts:
     uncond: Conditioning | None = None
 
 
+def _cut_tokens(tokenizer: Any, text: str, limit: int) -> str:
+    """The start of ``text`` holding at most ``limit`` tokens (exact text, through a fast tokenizer's offsets)."""
+    try:
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids, offsets = enc["input_ids"], enc["offset_mapping"]
+    except (NotImplementedError, KeyError, TypeError, ValueError):  # a slow tokenizer: no offsets
+        ids, offsets = tokenizer(text, add_special_tokens=False)["input_ids"], None
+    if len(ids) <= limit:
+        return text
+    # the text before token ``limit`` starts (a character split over several byte tokens is dropped whole)
+    return text[: offsets[limit][0]] if offsets else tokenizer.decode(ids[:limit])
+
+
 class DiffusionPolicy(nn.Module, abc.ABC):
     """A flow-matching image generator (text-to-image, optionally editing) that trainers can drive.
 
@@ -109,6 +122,33 @@ class DiffusionPolicy(nn.Module, abc.ABC):
     supports_editing: bool = False
     #: shift ``k`` of the training noise law ``s = k u / (1 + (k - 1) u)`` (``mrgrpo.losses.sample_flow_sigmas``)
     timestep_shift: float = 3.0
+    #: longest prompt, in tokens of ``self.tokenizer`` (characters without one), that trainers and ``mrgrpo sample``
+    #: pass to :meth:`encode`; longer prompts are cut by :meth:`truncate_prompts`. None: no limit (the encoder
+    #: truncates by itself, e.g. SD3's 77 + 256 tokens)
+    max_prompt_tokens: int | None = None
+
+    def truncate_prompts(self, prompts: list[str]) -> tuple[list[str], int]:
+        """``prompts`` with those over :attr:`max_prompt_tokens` cut (keeping their start), and how many were cut.
+
+        Without it a ~1 MB prompt reaches the text encoder whole (attention over a million tokens).
+        Counted in tokens of ``self.tokenizer`` when the policy has one, else in characters.
+        """
+        limit = self.max_prompt_tokens
+        if not limit:
+            return list(prompts), 0
+        tokenizer = getattr(self, "tokenizer", None)
+        out, cut = [], 0
+        for p in prompts:
+            if len(p.encode("utf-8")) <= limit:  # a token covers at least one byte
+                out.append(p)
+                continue
+            short = p[:limit] if tokenizer is None else _cut_tokens(tokenizer, p[: limit * 64], limit)  # bounded work
+            if short == p:
+                out.append(p)
+                continue
+            out.append(short)
+            cut += 1
+        return out, cut
 
     # -- dispatch through the (possibly DDP/DeepSpeed-wrapped) module ----------------------
     def forward(self, method: str, *args: Any, **kwargs: Any) -> Any:

@@ -148,3 +148,15 @@ def tiny_deepgen(seed: int = 0, cache_dir: str | None = None, spec: dict | None 
     if checkpoint:
         policy.load(checkpoint)
     return policy
+
+
+def _tiny_deepgen_kwargs() -> set[str]:
+    """What ``tiny_deepgen(**kwargs)`` accepts: :data:`TINY` keys and :class:`DeepGenPolicy` options."""
+    import inspect
+
+    from mrgrpo.policies.deepgen.policy import DeepGenPolicy
+
+    return set(TINY) | (set(inspect.signature(DeepGenPolicy).parameters) - {"policy_name", "policy_kwargs", "modules"})
+
+
+tiny_deepgen.mrgrpo_kwargs = _tiny_deepgen_kwargs  # read by mrgrpo.preflight to check policy.kwargs before building

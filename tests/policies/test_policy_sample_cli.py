@@ -43,8 +43,10 @@ def test_sample_rejects_references_for_text_only_policies_and_bad_sources(build,
     build("sd3-tiny").save(str(tmp_path / "sd3"))
     ref = tmp_path / "ref.png"
     Image.new("RGB", (64, 64), "red").save(ref)
-    with pytest.raises(SystemExit, match="does not take reference images"):
+    from mrgrpo.errors import MrgrpoError
+
+    with pytest.raises(MrgrpoError, match="does not take reference images"):
         _run([str(tmp_path / "sd3"), "--prompt", "x", "--image", str(ref), "--steps", "1", "--height", "64", "--width", "64"])
     (tmp_path / "empty").mkdir()
-    with pytest.raises(SystemExit, match="no policy.json"):
+    with pytest.raises(MrgrpoError, match="no policy.json"):
         _run([str(tmp_path / "empty"), "--prompt", "x"])

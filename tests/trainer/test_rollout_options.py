@@ -64,3 +64,26 @@ def test_sft_checkpoint_is_the_rl_starting_point(tmp_path, monkeypatch):
     for name, value in trained.items():
         torch.testing.assert_close(params[name].detach().float().cpu(), value.float().cpu())
     assert [n for n, _ in rl.trainable] and all(n.startswith("transformer.") for n, _ in rl.trainable)
+
+
+def test_long_prompts_are_truncated_warned_and_counted(toy_recipe, tmp_path, caplog):
+    """The rollout and the evaluation encode prompts cut to the policy's limit; the metric counts them."""
+    from mrgrpo.config import load_recipe
+    from mrgrpo.grpo import GRPOTrainer
+
+    long_file = tmp_path / "long.txt"
+    long_file.write_text("x" * 200_000 + " tail\nshort one\n")
+    toy_recipe["data"]["sources"][0]["path"] = str(long_file)
+    toy_recipe["data"]["eval_sources"] = [dict(toy_recipe["data"]["sources"][0], name="ev")]
+    toy_recipe["train"]["max_steps"] = 1
+    tr = GRPOTrainer(load_recipe(data=toy_recipe))
+    tr.policy.max_prompt_tokens = 16
+    seen: list[str] = []
+    encode = tr.policy.encode
+    tr.policy.encode = lambda prompts, *a, **k: seen.extend(prompts) or encode(prompts, *a, **k)
+    with caplog.at_level("WARNING", logger="mrgrpo.grpo"):
+        hist = tr.fit()
+    assert max(map(len, seen)) <= 16 and "x" * 16 in seen
+    long_in_step = sum(r.prompt.startswith("xxx") for r in tr.sampler.sources[0].records)
+    assert long_in_step == 1 and hist[0]["data/prompts_truncated"] >= 1
+    assert "truncated" in caplog.text
