@@ -13,7 +13,7 @@ Sampling is a pure function of ``(seed, step)`` plus per-source cursors, identic
 process: each step draws the GLOBAL list of prompts and each rank takes its slice, so a run on
 N processes sees exactly the prompts of a 1-process run, and a resumed run the prompts of an
 uninterrupted one. The image-dataset side of ``data`` (pre-training / SFT records, WebDataset)
-lives in :mod:`mrgrpo.image_data`.
+lives in :mod:`mrgrpo.sft_data`.
 """
 
 from __future__ import annotations

@@ -111,7 +111,7 @@ class GRPOTrainer(TrainerBase):
 
     # ---------------------------------------------------------------------------------------
     def _build_sft_stream(self):
-        from mrgrpo.image_data import build_sft_stream
+        from mrgrpo.sft_data import build_sft_stream
 
         return build_sft_stream(self.cfg.data.sft_sources, self.cfg.sft, self.cfg.rl.sft_aux_batch_size, self.cfg.train.seed,
                                 resolve_path=self.cfg.resolve_path, rank=self.accelerator.process_index,

@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from mrgrpo.config import SFTConfig, SFTSource
-from mrgrpo.image_data import ImageRecordDataset, Sample, build_sft_stream
-from mrgrpo.synth import COLORS, add_arguments, run, synthesize
+from mrgrpo.sft_data import ImageRecordDataset, Sample, build_sft_stream
+from mrgrpo.sft_data.synth import COLORS, add_arguments, run, synthesize
 
 N, SIZE = 16, 32
 
