@@ -30,7 +30,7 @@ import torch
 
 from mrgrpo.advantages import accelerate_sum_reduce, compute_advantages
 from mrgrpo.config import RecipeError, RunConfig
-from mrgrpo.data import PromptRecord, PromptSampler, load_sources, rank_slice, reward_weight_matrix
+from mrgrpo.prompts import PromptRecord, PromptSampler, load_sources, rank_slice, reward_weight_matrix
 from mrgrpo.losses import clipped_policy_loss, mean_kl, ratio_stats, velocity_kl
 from mrgrpo.rollout import (choose_train_steps, derive_seed, guided_velocity, sample_generators, sample_ode, sample_trajectories,
                             sde_step_mask)
