@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from mrgrpo.imaging import resize_to_budget
 from mrgrpo.policies.base import STAGES, Conditioning, EncodedPrompts, images_to_tensor
 from mrgrpo.policies.deepgen.checkpoint import (
     SCB_PREFIXES,
@@ -52,13 +53,6 @@ VLM_LORA_DEFAULT = {"rank": 64, "alpha": 128, "dropout": 0.05,
 #: CLIP normalisation of the ViT input (Qwen2.5-VL's image processor uses the same)
 VIT_MEAN = (0.48145466, 0.4578275, 0.40821073)
 VIT_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-def fit_to_budget(width: int, height: int, budget: int = 512, multiple: int = 32) -> tuple[int, int]:
-    """Size with about ``budget^2`` pixels, aspect kept, sides rounded up to ``multiple``."""
-    scale = math.sqrt(budget * budget / (width * height))
-    return (max(multiple, math.ceil(width * scale / multiple) * multiple),
-            max(multiple, math.ceil(height * scale / multiple) * multiple))
 
 
 def _dtype(name: str | torch.dtype) -> torch.dtype:
@@ -195,17 +189,14 @@ class DeepGenPolicy(DiTPolicy):
 
     def _ref_inputs(self, images: Sequence[Any]) -> tuple[list[torch.Tensor], list[int], list[torch.Tensor], list[torch.Tensor]]:
         """Per reference: VAE pixels ``[3, H, W]`` at the pixel budget, token count, ViT patches, grid."""
-        from PIL import Image
-
         pixels, counts, patches, grids = [], [], [], []
         for im in images:
             if not hasattr(im, "convert"):
                 raise TypeError(f"reference images must be PIL images, got {type(im).__name__}")
-            im = im.convert("RGB")
-            w, h = fit_to_budget(im.width, im.height, self.pixel_budget, 32)
-            px = images_to_tensor([im.resize((w, h), Image.BICUBIC)])[0]
+            im = resize_to_budget(im, self.pixel_budget, 32)  # the SFT data's rule; no-op on images it sized
+            px = images_to_tensor([im])[0]
             pixels.append(px)
-            counts.append((h // 32) * (w // 32))
+            counts.append((im.height // 32) * (im.width // 32))
             pt, grid = self.vit_patches(px)
             patches.append(pt)
             grids.append(grid)
