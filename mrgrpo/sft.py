@@ -77,14 +77,14 @@ class SFTTrainer(TrainerBase):
         for micro in range(self.accum):
             batch = next(self.stream)
             if self._sample_prompts is None:
-                self._sample_prompts = [p for p in batch["prompts"] if p][:4] or ["a photo"]
+                self._sample_prompts = [p for p in batch.prompts if p][:4] or ["a photo"]
             gen = torch.Generator().manual_seed(derive_seed(self.cfg.train.seed, 6, step, micro, self.accelerator.process_index))
             with self.accelerator.accumulate(self.model):
                 with self.autocast():
                     loss = flow_matching_step_loss(self.model, batch, generator=gen)
-                losses[batch.get("kind", "t2i")].append(loss.item())
+                losses[batch.kind].append(loss.item())
                 self.backward_and_maybe_step(loss, grad_norms)
-            images += len(batch["prompts"])
+            images += len(batch)
         all_losses = losses["t2i"] + losses["edit"]
         out = {"loss": float(np.mean(all_losses))}
         for kind, vals in losses.items():

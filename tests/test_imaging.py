@@ -50,7 +50,8 @@ def test_rule_is_the_exact_ceiling_up_to_float_rounding_at_multiples():
     for w, h in cases:
         budget = 512 if (w + h) % 3 else rng.choice([64, 256, 1024])
         got = fit_to_budget(w, h, budget)
-        for side, exact, x, y in ((got[0], _exact_side(w, h, budget, 32), w, h), (got[1], _exact_side(h, w, budget, 32), h, w)):
+        for side, x, y in ((got[0], w, h), (got[1], h, w)):
+            exact = _exact_side(x, y, budget, 32)
             if side != exact:  # only one step more, and only where x * s / 32 is an exact integer
                 assert side == exact + 32, (w, h, budget)
                 assert (exact * exact) * x * y == (x * budget) ** 2, (w, h, budget)

@@ -12,6 +12,7 @@ One module a job:
 * :mod:`~mrgrpo.sft_data.source`: the one :class:`SampleSource` protocol both implement, and
   :class:`SourceStream` (same-size batches from any source);
 * :mod:`~mrgrpo.sft_data.mixture`: :class:`SFTStream`, the seeded, resumable mixture of sources;
+* :mod:`~mrgrpo.sft_data.batch`: :class:`SFTBatch`, the typed batch a policy's ``flow_matching_loss`` reads;
 * :mod:`~mrgrpo.sft_data.build`: :func:`build_sft_stream`, the stream of a recipe;
 * :mod:`~mrgrpo.sft_data.synth`: ``mrgrpo data synth``, a small synthetic data set.
 
@@ -41,6 +42,7 @@ _EXPORTS: dict[str, str] = {
     "iter_shard": "webdataset",
     "SampleSource": "source", "SourceStream": "source",
     "SFTStream": "mixture",
+    "SFTBatch": "batch", "collate": "batch",
     "build_sft_stream": "build",
 }
 

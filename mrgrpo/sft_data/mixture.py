@@ -14,10 +14,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import torch
 
 from mrgrpo.config import RecipeError
-from mrgrpo.sft_data.images import to_tensor
+from mrgrpo.sft_data.batch import SFTBatch, collate
 from mrgrpo.sft_data.order import TAG_DROP, TAG_MIX, rng
 from mrgrpo.sft_data.samples import DataStats
 from mrgrpo.sft_data.source import SourceStream
@@ -26,8 +25,8 @@ from mrgrpo.sft_data.source import SourceStream
 class SFTStream:
     """Endless iterator of SFT batches mixing text-to-image and editing sources.
 
-    Yields ``{"images": Tensor[B, 3, H, W] in [0, 1], "prompts": list[str], "ref_images":
-    list[list[PIL.Image]] | None, "kind": "t2i" | "edit", "source": str}``.
+    Yields :class:`~mrgrpo.sft_data.batch.SFTBatch` (targets ``[B, 3, H, W]`` in [0, 1], prompts,
+    editing inputs, kind, source).
     """
 
     def __init__(self, sources: Sequence[SourceStream], t2i_edit_ratio: tuple[float, float] = (3.0, 1.0),
@@ -63,7 +62,7 @@ class SFTStream:
         w = np.cumsum([s.weight for s in cands])
         return cands[min(int(np.searchsorted(w, u_src * w[-1], side="right")), len(cands) - 1)]
 
-    def __next__(self) -> dict[str, Any]:
+    def __next__(self) -> SFTBatch:
         n = self.batches
         src = self.choose(n)
         samples = src.next_batch()
@@ -75,11 +74,7 @@ class SFTStream:
         self.batches = n + 1
         self.stats.add(f"batches_{src.kind}")
         self.stats.add("samples", len(samples))
-        return {"images": torch.stack([to_tensor(s.image) for s in samples]),
-                "prompts": prompts,
-                "ref_images": [list(s.refs) for s in samples] if src.kind == "edit" else None,
-                "kind": src.kind,
-                "source": src.name}
+        return collate(samples, prompts, src.kind, src.name)
 
     def state_dict(self) -> dict[str, Any]:
         """Batch counter, per-source cursors and bucket contents, statistics (JSON-serialisable)."""

@@ -17,7 +17,7 @@ import contextlib
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +40,9 @@ from mrgrpo.policies.dit_policy import (
 from torch import nn
 
 from mrgrpo.losses import add_flow_noise, flow_matching_loss, sample_flow_sigmas
+
+if TYPE_CHECKING:
+    from mrgrpo.sft_data.batch import SFTBatch
 
 T2I_TEMPLATE = "<|im_start|>user\nGenerate an image: {prompt}<|im_end|>\n<|im_start|>assistant\n"
 EDIT_TEMPLATE = "<|im_start|>user\n{images}\n{prompt}<|im_end|>\n<|im_start|>assistant\n"
@@ -325,17 +328,15 @@ class DeepGenPolicy(DiTPolicy):
                            cond.tensors.get("context_mask"), refs)
 
     # -- training ------------------------------------------------------------------------------------
-    def flow_matching_loss(self, batch: dict[str, Any], generator: torch.Generator | None = None) -> torch.Tensor:
-        """SFT loss: ``batch = {"images": [B, 3, H, W] in [0, 1], "prompts": [B], "ref_images": [B][k] PIL | None}``.
+    def flow_matching_loss(self, batch: SFTBatch, generator: torch.Generator | None = None) -> torch.Tensor:
+        """SFT loss on an :class:`~mrgrpo.sft_data.batch.SFTBatch` (``images [B, 3, H, W]`` in [0, 1], ``B`` prompts,
+        ``ref_images`` ``[B][k]`` PIL or None; the batch checks that the counts agree).
 
         Targets encoded by the VAE (mode); noise and ``sigma ~ shift-3 law`` drawn from ``generator`` (CPU).
         """
-        images = batch["images"]
-        if len(batch["prompts"]) != images.shape[0]:
-            raise ValueError(f"{images.shape[0]} images for {len(batch['prompts'])} prompts")
         with torch.no_grad():
-            x0 = self.encode_images(images.to(self.device))
-        cond = self.encode(list(batch["prompts"]), batch.get("ref_images"), truncate=True).cond
+            x0 = self.encode_images(batch.images.to(self.device))
+        cond = self.encode(list(batch.prompts), batch.ref_images, truncate=True).cond
         noise = torch.randn(x0.shape, generator=generator, dtype=torch.float32).to(x0.device)
         sigma = sample_flow_sigmas(x0.shape[0], shift=self.timestep_shift, generator=generator).to(x0.device)
         v = self.velocity(add_flow_noise(x0, noise, sigma), sigma, cond)

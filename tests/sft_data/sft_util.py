@@ -12,6 +12,7 @@ import webdataset as wds
 from PIL import Image
 
 from mrgrpo.config import SFTConfig, SFTSource
+from mrgrpo.sft_data import SFTBatch
 
 BUDGET = 64
 SIZES = [(40, 40), (60, 40), (40, 60)]  # -> 64x64, 96x64 (W x H), 64x96 at budget 64
@@ -79,15 +80,15 @@ def sft_cfg(**kw) -> SFTConfig:
     return SFTConfig(**kw)
 
 
-def batches_equal(a: dict, b: dict) -> bool:
-    if a["kind"] != b["kind"] or a["prompts"] != b["prompts"] or a["source"] != b["source"]:
+def batches_equal(a: SFTBatch, b: SFTBatch) -> bool:
+    if a.kind != b.kind or a.prompts != b.prompts or a.source != b.source:
         return False
-    if not torch.equal(a["images"], b["images"]):
+    if not torch.equal(a.images, b.images):
         return False
-    if (a["ref_images"] is None) != (b["ref_images"] is None):
+    if (a.ref_images is None) != (b.ref_images is None):
         return False
-    if a["ref_images"] is not None:
-        for ra, rb in zip(a["ref_images"], b["ref_images"]):
+    if a.ref_images is not None:
+        for ra, rb in zip(a.ref_images, b.ref_images):
             if len(ra) != len(rb) or any(np.asarray(x).tobytes() != np.asarray(y).tobytes() for x, y in zip(ra, rb)):
                 return False
     return True

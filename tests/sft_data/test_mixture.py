@@ -29,13 +29,13 @@ def test_mixture_ratio_and_source_weights(tmp_path):
     kinds = Counter()
     for _ in range(300):
         batch = next(stream)
-        kinds[batch["kind"]] += 1
-        assert (batch["kind"] == "edit") == (batch["source"] == "e")
+        kinds[batch.kind] += 1
+        assert (batch.kind == "edit") == (batch.source == "e")
     assert abs(kinds["t2i"] / 300 - 0.75) < 0.08
     assert stream.stats.as_dict()["batches_t2i"] == kinds["t2i"]
     # a kind without sources drops out; a ratio giving nothing to the available kind is an error
     only_t2i = build_sft_stream(srcs[:2], sft_cfg(t2i_edit_ratio=(3, 1)), 1, 0)
-    assert all(next(only_t2i)["kind"] == "t2i" for _ in range(20))
+    assert all(next(only_t2i).kind == "t2i" for _ in range(20))
     with pytest.raises(RecipeError, match="t2i_edit_ratio"):
         build_sft_stream(srcs[:2], sft_cfg(t2i_edit_ratio=(0, 1)), 1, 0)
 
@@ -50,13 +50,13 @@ def test_caption_dropout_rate_deterministic_and_never_for_edit(tmp_path):
         return [next(s) for _ in range(90)]
 
     batches = run(7)
-    t2i_prompts = [p for b in batches if b["kind"] == "t2i" for p in b["prompts"]]
-    edit_prompts = [p for b in batches if b["kind"] == "edit" for p in b["prompts"]]
+    t2i_prompts = [p for b in batches if b.kind == "t2i" for p in b.prompts]
+    edit_prompts = [p for b in batches if b.kind == "edit" for p in b.prompts]
     assert len(t2i_prompts) > 150 and len(edit_prompts) > 40
     rate = sum(p == "" for p in t2i_prompts) / len(t2i_prompts)
     assert abs(rate - 0.3) < 0.08
     assert all(p.startswith("edit ") for p in edit_prompts)
-    assert [b["prompts"] for b in run(7)] == [b["prompts"] for b in batches]  # same seed, same drops
+    assert [b.prompts for b in run(7)] == [b.prompts for b in batches]  # same seed, same drops
 
 
 @pytest.mark.parametrize("k", [5, 13])
@@ -103,7 +103,7 @@ def test_rank_sharding_gives_disjoint_samples(tmp_path, kind):
     seen = []
     for rank in range(2):
         s = build_sft_stream([src], sft_cfg(), batch_size=1, seed=0, rank=rank, world_size=2)
-        prompts = [p for _ in range(12) for p in next(s)["prompts"]]
+        prompts = [p for _ in range(12) for p in next(s).prompts]
         assert len(set(prompts)) == 12  # one epoch of this rank's share (sizes all equal: no bucket delay)
         seen.append(set(prompts))
     assert not seen[0] & seen[1]
@@ -114,4 +114,4 @@ def test_rank_sharding_gives_disjoint_samples(tmp_path, kind):
     srcs = [SFTSource(name="t", path=str(t)), SFTSource(name="e", path=str(e), format="edit")]
     r0 = build_sft_stream(srcs, sft_cfg(), 1, 0, rank=0, world_size=2)
     r1 = build_sft_stream(srcs, sft_cfg(), 1, 0, rank=1, world_size=2)
-    assert [next(r0)["kind"] for _ in range(10)] == [next(r1)["kind"] for _ in range(10)]
+    assert [next(r0).kind for _ in range(10)] == [next(r1).kind for _ in range(10)]

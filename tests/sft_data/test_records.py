@@ -83,8 +83,8 @@ def test_broken_and_missing_images_are_skipped_and_counted(tmp_path):
     prompts = []
     for _ in range(6):  # two epochs of the 3 good images
         b = next(stream)
-        assert b["images"].shape == (2, 3, 64, 64)
-        prompts += b["prompts"]
+        assert b.images.shape == (2, 3, 64, 64)
+        prompts += b.prompts
     assert set(prompts) == {"t2i prompt 0", "t2i prompt 4", "t2i prompt 5"}
     c = stream.stats.as_dict()
     assert c["d/skipped_missing"] >= 2 and c["d/skipped_corrupt"] >= 4  # once per epoch each

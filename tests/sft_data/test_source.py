@@ -37,12 +37,12 @@ def test_size_buckets_never_mix_sizes(tmp_path):
     shapes = Counter()
     for _ in range(40):
         b = next(stream)
-        assert b["images"].ndim == 4 and b["images"].shape[0] == 3
-        h, w = b["images"].shape[-2:]
+        assert b.images.ndim == 4 and b.images.shape[0] == 3
+        h, w = b.images.shape[-2:]
         assert h % 32 == 0 and w % 32 == 0
         shapes[(h, w)] += 1
-        if b["kind"] == "edit":
-            for refs in b["ref_images"]:
+        if b.kind == "edit":
+            for refs in b.ref_images:
                 assert [r.size for r in refs] == [(w, h)]  # the inputs here have the target's size
     assert set(shapes) == {(64, 64), (64, 96), (96, 64)}
 
@@ -89,4 +89,4 @@ def test_any_sample_source_plugs_into_buckets_mixture_and_resume():
     assert [s.prompt for s in resumed.next_batch()] == [s.prompt for s in stream.next_batch()] == ["m 0", "m 3"]
     mix = SFTStream([SourceStream(src, 2, DataStats())], caption_dropout=0.0)
     batch = next(mix)
-    assert batch["source"] == "m" and batch["kind"] == "t2i" and tuple(batch["images"].shape) == (2, 3, 32, 64)
+    assert batch.source == "m" and batch.kind == "t2i" and tuple(batch.images.shape) == (2, 3, 32, 64)
