@@ -222,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("data", help="datasets")
     ds = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
-    add, run = _delegate("mrgrpo.synth", "mrgrpo data synth")
+    add, run = _delegate("mrgrpo.sft_data.synth", "mrgrpo data synth")
     syn = ds.add_parser("synth", help="write a synthetic T2I + editing dataset (shapes, words) for smoke runs")
     add(syn)
     syn.set_defaults(func=run)

@@ -31,7 +31,7 @@ import torch
 
 from mrgrpo.advantages import accelerate_sum_reduce, compute_advantages
 from mrgrpo.config import RecipeError, RunConfig
-from mrgrpo.data import PromptRecord, PromptSampler, load_sources, rank_slice, reward_weight_matrix
+from mrgrpo.prompts import PromptRecord, PromptSampler, load_sources, rank_slice, reward_weight_matrix
 from mrgrpo.errors import MrgrpoError
 from mrgrpo.losses import clipped_policy_loss, mean_kl, ratio_stats, velocity_kl
 from mrgrpo.rollout import (choose_train_steps, derive_seed, guided_velocity, sample_generators, sample_ode, sample_trajectories,
@@ -121,7 +121,7 @@ class GRPOTrainer(TrainerBase):
 
     # ---------------------------------------------------------------------------------------
     def _build_sft_stream(self):
-        from mrgrpo.image_data import build_sft_stream
+        from mrgrpo.sft_data import build_sft_stream
 
         return build_sft_stream(self.cfg.data.sft_sources, self.cfg.sft, self.cfg.rl.sft_aux_batch_size, self.cfg.train.seed,
                                 resolve_path=self.cfg.resolve_path, rank=self.accelerator.process_index,

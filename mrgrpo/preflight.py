@@ -209,7 +209,7 @@ def _resolve(cfg: RunConfig, path: str, field: str, problems: list[str]) -> Path
 
 def check_prompt_files(cfg: RunConfig, warnings: list[str]) -> list[str]:
     """Every prompt source loads: readable UTF-8, known format, at least one prompt."""
-    from mrgrpo.data import load_prompt_file
+    from mrgrpo.prompts import load_prompt_file
 
     problems: list[str] = []
     for section in ("sources", "eval_sources"):
@@ -245,7 +245,7 @@ def check_sft_files(cfg: RunConfig, warnings: list[str], training: bool = False)
         if path is None:
             continue
         if src.format == "webdataset":
-            from mrgrpo.image_data import expand_shards
+            from mrgrpo.sft_data.webdataset import expand_shards
 
             try:
                 found = expand_shards(str(path))
@@ -284,7 +284,7 @@ def check_sft_files(cfg: RunConfig, warnings: list[str], training: bool = False)
 
 
 def _check_sft_records(path: Path, src: Any, field: str, root: Path | None) -> list[str]:
-    from mrgrpo.image_data import DataStats, load_records, records_files
+    from mrgrpo.sft_data import DataStats, load_records, records_files
 
     files = records_files(path)
     if not files:

@@ -4,7 +4,7 @@ The loss is the policy's :meth:`~mrgrpo.policies.base.DiffusionPolicy.flow_match
 (``x_s = (1 - s) x0 + s eps``, target ``eps - x0``, per-image mean then batch mean, ``s`` from
 the shift-3 law), the same function MR-GRPO adds as its auxiliary SFT term
 (:func:`flow_matching_step_loss` is called by both trainers). Batches come from
-:func:`mrgrpo.image_data.build_sft_stream`: text-to-image and editing batches mixed in
+:func:`mrgrpo.sft_data.build_sft_stream`: text-to-image and editing batches mixed in
 ``sft.t2i_edit_ratio``, caption dropout on text-to-image, sized to ``sft.pixel_budget``.
 Stage freezing is the policy's (``pretrain``: think tokens + projectors + connector; ``sft``:
 + DiT + VLM LoRA). Optimiser, schedule, checkpoints, tracking: :mod:`mrgrpo.trainer_base`.
@@ -45,7 +45,7 @@ class SFTTrainer(TrainerBase):
             raise RecipeError(f"train.images_per_step={train.images_per_step} is not a multiple of train.micro_batch_size x processes = {per_step}. "
                               f"Fix: use a multiple of {per_step}.")
         super().__init__(cfg, train.images_per_step // per_step)
-        from mrgrpo.image_data import build_sft_stream
+        from mrgrpo.sft_data import build_sft_stream
 
         rank = self.accelerator.process_index
         self.stream = build_sft_stream(cfg.data.sft_sources, cfg.sft, train.micro_batch_size, train.seed,
@@ -77,14 +77,14 @@ class SFTTrainer(TrainerBase):
         for micro in range(self.accum):
             batch = next(self.stream)
             if self._sample_prompts is None:
-                self._sample_prompts = [p for p in batch["prompts"] if p][:4] or ["a photo"]
+                self._sample_prompts = [p for p in batch.prompts if p][:4] or ["a photo"]
             gen = torch.Generator(device=self.device).manual_seed(derive_seed(self.cfg.train.seed, 6, step, micro, self.accelerator.process_index))
             with self.accelerator.accumulate(self.model):
                 with self.autocast():
                     loss = flow_matching_step_loss(self.model, batch, generator=gen)
-                losses[batch.get("kind", "t2i")].append(loss.item())
+                losses[batch.kind].append(loss.item())
                 self.backward_and_maybe_step(loss, grad_norms)
-            images += len(batch["prompts"])
+            images += len(batch)
         all_losses = losses["t2i"] + losses["edit"]
         out = {"loss": float(np.mean(all_losses))}
         for kind, vals in losses.items():

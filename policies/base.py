@@ -12,12 +12,15 @@ from __future__ import annotations
 import abc
 import contextlib
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import torch
 from torch import nn
 
 from mrgrpo.devices import randn
+
+if TYPE_CHECKING:
+    from mrgrpo.sft_data.batch import SFTBatch
 
 STAGES = ("pretrain", "sft", "rl")
 
@@ -214,11 +217,11 @@ class DiffusionPolicy(nn.Module, abc.ABC):
 
     # -- training ---------------------------------------------------------------------------
     @abc.abstractmethod
-    def flow_matching_loss(self, batch: dict[str, Any], generator: torch.Generator | None = None) -> torch.Tensor:
+    def flow_matching_loss(self, batch: SFTBatch, generator: torch.Generator | None = None) -> torch.Tensor:
         """Scalar SFT loss (``mrgrpo.losses.flow_matching_loss``) on a batch.
 
-        ``batch``: ``{"images": [B, 3, H, W] in [0, 1], "prompts": list[str],
-        "ref_images": list[list[PIL.Image]] | None}``; caption dropout is the caller's job.
+        ``batch``: :class:`~mrgrpo.sft_data.batch.SFTBatch` (``images [B, 3, H, W]`` in [0, 1],
+        ``prompts``, ``ref_images`` or None); caption dropout is the caller's job.
         """
 
     @abc.abstractmethod

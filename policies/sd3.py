@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from mrgrpo.policies.base import STAGES, Conditioning, EncodedPrompts
@@ -17,6 +17,9 @@ from mrgrpo.policies.dit_policy import DiTPolicy
 
 from mrgrpo.devices import randn
 from mrgrpo.losses import add_flow_noise, flow_matching_loss, sample_flow_sigmas
+
+if TYPE_CHECKING:
+    from mrgrpo.sft_data.batch import SFTBatch
 
 
 class SD3Policy(DiTPolicy):
@@ -79,10 +82,10 @@ class SD3Policy(DiTPolicy):
                    pooled_projections=cond.tensors["pooled"].to(latents.device, dtype),
                    timestep=(sigma.to(latents.device).float() * 1000).to(dtype)).sample
 
-    def flow_matching_loss(self, batch, generator=None):
+    def flow_matching_loss(self, batch: SFTBatch, generator: torch.Generator | None = None) -> torch.Tensor:
         with torch.no_grad():
-            x0 = self.encode_images(batch["images"].to(self.device))
-        cond = self.encode(list(batch["prompts"])).cond
+            x0 = self.encode_images(batch.images.to(self.device))
+        cond = self.encode(list(batch.prompts)).cond
         noise = randn(x0.shape, generator, device=x0.device)
         sigma = sample_flow_sigmas(x0.shape[0], shift=self.timestep_shift, generator=generator, device=x0.device)
         return flow_matching_loss(self.velocity(add_flow_noise(x0, noise, sigma), sigma, cond), x0, noise)

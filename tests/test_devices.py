@@ -61,7 +61,7 @@ def _quickstart_dict(tmp_path: Path, synth_dir: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def synth_dir(tmp_path_factory):
-    from mrgrpo.synth import synthesize
+    from mrgrpo.sft_data.synth import synthesize
 
     out = tmp_path_factory.mktemp("synth")
     synthesize(out, n=8, size=64, seed=0)

@@ -352,7 +352,7 @@ SYNTH = {
 
 @pytest.mark.parametrize("case", list(SYNTH), ids=list(SYNTH))
 def test_class4_data_synth_arguments_checked_first(case, tmp_path, capsys, monkeypatch):
-    import mrgrpo.synth as synth
+    import mrgrpo.sft_data.synth as synth
 
     monkeypatch.setattr(synth, "synthesize", lambda *a, **k: pytest.fail("synthesize ran"))
     argv, name = SYNTH[case]
@@ -620,7 +620,7 @@ def test_class6_sample_from_a_checkpoint_folder_points_at_its_policy(tmp_path, c
 
 @pytest.mark.parametrize("name", ["p.txt", "p.jsonl", "p.csv"])
 def test_class2_a_byte_order_mark_is_not_part_of_the_first_prompt(name, tmp_path):
-    from mrgrpo.data import load_prompt_file
+    from mrgrpo.prompts import load_prompt_file
 
     body = {
         "p.txt": "first\nsecond\n",

@@ -17,10 +17,11 @@ import contextlib
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
+from mrgrpo.imaging import resize_to_budget
 from mrgrpo.policies.base import STAGES, Conditioning, EncodedPrompts, images_to_tensor
 from mrgrpo.policies.deepgen.checkpoint import (
     SCB_PREFIXES,
@@ -41,6 +42,9 @@ from torch import nn
 from mrgrpo.devices import randn
 from mrgrpo.losses import add_flow_noise, flow_matching_loss, sample_flow_sigmas
 
+if TYPE_CHECKING:
+    from mrgrpo.sft_data.batch import SFTBatch
+
 T2I_TEMPLATE = "<|im_start|>user\nGenerate an image: {prompt}<|im_end|>\n<|im_start|>assistant\n"
 EDIT_TEMPLATE = "<|im_start|>user\n{images}\n{prompt}<|im_end|>\n<|im_start|>assistant\n"
 IMAGE_SLOT = "<|vision_start|>{pads}<|vision_end|>"
@@ -53,13 +57,6 @@ VLM_LORA_DEFAULT = {"rank": 64, "alpha": 128, "dropout": 0.05,
 #: CLIP normalisation of the ViT input (Qwen2.5-VL's image processor uses the same)
 VIT_MEAN = (0.48145466, 0.4578275, 0.40821073)
 VIT_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-def fit_to_budget(width: int, height: int, budget: int = 512, multiple: int = 32) -> tuple[int, int]:
-    """Size with about ``budget^2`` pixels, aspect kept, sides rounded up to ``multiple``."""
-    scale = math.sqrt(budget * budget / (width * height))
-    return (max(multiple, math.ceil(width * scale / multiple) * multiple),
-            max(multiple, math.ceil(height * scale / multiple) * multiple))
 
 
 def _dtype(name: str | torch.dtype) -> torch.dtype:
@@ -196,17 +193,14 @@ class DeepGenPolicy(DiTPolicy):
 
     def _ref_inputs(self, images: Sequence[Any]) -> tuple[list[torch.Tensor], list[int], list[torch.Tensor], list[torch.Tensor]]:
         """Per reference: VAE pixels ``[3, H, W]`` at the pixel budget, token count, ViT patches, grid."""
-        from PIL import Image
-
         pixels, counts, patches, grids = [], [], [], []
         for im in images:
             if not hasattr(im, "convert"):
                 raise TypeError(f"reference images must be PIL images, got {type(im).__name__}")
-            im = im.convert("RGB")
-            w, h = fit_to_budget(im.width, im.height, self.pixel_budget, 32)
-            px = images_to_tensor([im.resize((w, h), Image.BICUBIC)])[0]
+            im = resize_to_budget(im, self.pixel_budget, 32)  # the SFT data's rule; no-op on images it sized
+            px = images_to_tensor([im])[0]
             pixels.append(px)
-            counts.append((h // 32) * (w // 32))
+            counts.append((im.height // 32) * (im.width // 32))
             pt, grid = self.vit_patches(px)
             patches.append(pt)
             grids.append(grid)
@@ -335,17 +329,15 @@ class DeepGenPolicy(DiTPolicy):
                            cond.tensors.get("context_mask"), refs)
 
     # -- training ------------------------------------------------------------------------------------
-    def flow_matching_loss(self, batch: dict[str, Any], generator: torch.Generator | None = None) -> torch.Tensor:
-        """SFT loss: ``batch = {"images": [B, 3, H, W] in [0, 1], "prompts": [B], "ref_images": [B][k] PIL | None}``.
+    def flow_matching_loss(self, batch: SFTBatch, generator: torch.Generator | None = None) -> torch.Tensor:
+        """SFT loss on an :class:`~mrgrpo.sft_data.batch.SFTBatch` (``images [B, 3, H, W]`` in [0, 1], ``B`` prompts,
+        ``ref_images`` ``[B][k]`` PIL or None; the batch checks that the counts agree).
 
         Targets encoded by the VAE (mode); noise and ``sigma ~ shift-3 law`` drawn from ``generator`` (on its own device).
         """
-        images = batch["images"]
-        if len(batch["prompts"]) != images.shape[0]:
-            raise ValueError(f"{images.shape[0]} images for {len(batch['prompts'])} prompts")
         with torch.no_grad():
-            x0 = self.encode_images(images.to(self.device))
-        cond = self.encode(list(batch["prompts"]), batch.get("ref_images"), truncate=True).cond
+            x0 = self.encode_images(batch.images.to(self.device))
+        cond = self.encode(list(batch.prompts), batch.ref_images, truncate=True).cond
         noise = randn(x0.shape, generator, device=x0.device)
         sigma = sample_flow_sigmas(x0.shape[0], shift=self.timestep_shift, generator=generator, device=x0.device)
         v = self.velocity(add_flow_noise(x0, noise, sigma), sigma, cond)

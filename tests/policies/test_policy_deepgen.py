@@ -12,6 +12,8 @@ import torch
 from mrgrpo.policies.deepgen.checkpoint import CheckpointError, load_deepgen_checkpoint
 from PIL import Image
 
+from mrgrpo.sft_data import SFTBatch
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -226,7 +228,7 @@ def test_stage_freezing_gradients_reach_exactly_the_stage_groups(build, stage, e
     with torch.no_grad():
         img = policy.decode(latents(2))
     red = Image.new("RGB", (64, 64), "red")
-    batch = {"images": img, "prompts": ["a red square", "make it blue"], "ref_images": [[], [red]]}
+    batch = SFTBatch(img, ["a red square", "make it blue"], [[], [red]], kind="edit")
     policy.flow_matching_loss(batch, generator=torch.Generator().manual_seed(0)).backward()
 
     def group(n):

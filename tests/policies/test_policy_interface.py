@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from mrgrpo.registry import POLICIES
+from mrgrpo.sft_data import SFTBatch
 
 TINY = sorted(n for n in POLICIES.names() if n.endswith("-tiny"))
 
@@ -68,7 +69,7 @@ def test_flow_matching_loss_reaches_exactly_the_trainable_parameters(build, name
     policy = build(name)
     with torch.no_grad():
         img = policy.decode(latents(2))
-    batch = {"images": img, "prompts": ["a", "b"], "ref_images": None}
+    batch = SFTBatch(img, ["a", "b"])
     loss = policy.flow_matching_loss(batch, generator=torch.Generator().manual_seed(0))
     assert loss.ndim == 0 and loss.dtype == torch.float32
     loss.backward()

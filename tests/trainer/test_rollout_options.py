@@ -45,7 +45,7 @@ def test_deepgen_tiny_trains_on_editing_prompts(tmp_path, monkeypatch):
 
 def test_sft_checkpoint_is_the_rl_starting_point(tmp_path, monkeypatch):
     from mrgrpo.sft import SFTTrainer
-    from mrgrpo.synth import synthesize
+    from mrgrpo.sft_data.synth import synthesize
 
     monkeypatch.setenv("MRGRPO_CACHE", str(tmp_path / "cache"))
     synthesize(tmp_path / "synth", n=16, size=64, seed=0)

@@ -10,7 +10,7 @@ import torch
 
 from mrgrpo.config import RecipeError, load_recipe
 from mrgrpo.sft import SFTTrainer, flow_matching_step_loss
-from mrgrpo.synth import synthesize
+from mrgrpo.sft_data.synth import synthesize
 from mrgrpo.tracking import read_metrics
 
 REPO = Path(__file__).resolve().parents[2]

@@ -77,10 +77,10 @@ class ToyPolicy(DiffusionPolicy):
         return (self.shift * t / (1 + (self.shift - 1) * t)).float()
 
     def flow_matching_loss(self, batch, generator=None):
-        x0 = self.encode_images(batch["images"].to(self.device)).detach()
+        x0 = self.encode_images(batch.images.to(self.device)).detach()
         noise = torch.randn(x0.shape, generator=generator).to(x0)
         sigma = sample_flow_sigmas(x0.shape[0], shift=self.shift, generator=generator).to(x0.device)
-        cond = self.encode(batch["prompts"]).cond
+        cond = self.encode(batch.prompts).cond
         v = self.velocity(add_flow_noise(x0, noise, sigma), sigma, cond)
         return flow_matching_loss(v, x0, noise)
 

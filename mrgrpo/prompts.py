@@ -13,7 +13,7 @@ Sampling is a pure function of ``(seed, step)`` plus per-source cursors, identic
 process: each step draws the GLOBAL list of prompts and each rank takes its slice, so a run on
 N processes sees exactly the prompts of a 1-process run, and a resumed run the prompts of an
 uninterrupted one. The image-dataset side of ``data`` (pre-training / SFT records, WebDataset)
-lives in :mod:`mrgrpo.image_data`.
+lives in :mod:`mrgrpo.sft_data`.
 """
 
 from __future__ import annotations
@@ -76,17 +76,17 @@ def _record_from_mapping(obj: dict[str, Any], source: str, where: str, base: Pat
     images_raw = obj.get("images", obj.get("image", obj.get("input_image", [])))
     if isinstance(images_raw, str):
         images_raw = [images_raw]
-    images = [str(p if Path(p).is_absolute() else base / p) for p in images_raw or []]
+    elif images_raw is None:
+        images_raw = []
+    if not isinstance(images_raw, list) or not all(isinstance(x, str) for x in images_raw):
+        raise RecipeError(f"{where}: `image`/`images` must be a path or a list of paths, got {images_raw!r}.")
+    images = [str(p if Path(p).is_absolute() else base / p) for p in images_raw]
     extra = {k: v for k, v in obj.items() if k not in (key, "images", "image", "input_image")}
     return PromptRecord(obj[key], source, images, extra)
 
 
-def load_prompt_file(path: str | Path, *, source: str, fmt: str = "auto", kind: str = "t2i") -> list[PromptRecord]:
-    """Read a prompt file into records; raises :class:`RecipeError` with the line on bad input."""
-    p = Path(path)
-    if not p.is_file():
-        raise RecipeError(f"prompt file {p} of source {source!r} does not exist. Fix: point `path` at an existing file.")
-    fmt = _detect_format(p, fmt)
+def _read_records(p: Path, fmt: str, source: str) -> list[PromptRecord]:
+    """The records of prompt file ``p`` in format ``fmt`` (``txt | jsonl | csv``), in file order."""
     records: list[PromptRecord] = []
     if fmt == "txt":
         for line in p.read_text(encoding="utf-8-sig").splitlines():
@@ -96,7 +96,11 @@ def load_prompt_file(path: str | Path, *, source: str, fmt: str = "auto", kind: 
     elif fmt == "jsonl":
         text = p.read_text(encoding="utf-8-sig")
         if p.suffix.lower() == ".json" and text.lstrip().startswith("["):
-            items = [(i + 1, obj) for i, obj in enumerate(json.loads(text))]
+            try:
+                items = [(i + 1, obj) for i, obj in enumerate(json.loads(text))]
+            except json.JSONDecodeError as exc:
+                raise RecipeError(f"{p}:{exc.lineno}: not valid JSON ({exc.msg}). Fix: a JSON list of objects, "
+                                  "or one JSON object per line (.jsonl).") from None
         else:
             items = []
             for i, line in enumerate(text.splitlines(), 1):
@@ -113,8 +117,22 @@ def load_prompt_file(path: str | Path, *, source: str, fmt: str = "auto", kind: 
         with p.open(newline="", encoding="utf-8-sig") as fh:
             for i, row in enumerate(csv.DictReader(fh), 2):
                 records.append(_record_from_mapping(dict(row), source, f"{p}:{i}", p.parent))
-    else:  # pragma: no cover - schema restricts the values
-        raise RecipeError(f"unknown prompt format {fmt!r}")
+    else:  # the recipe schema restricts `format`; direct callers may pass anything
+        raise RecipeError(f"prompt file {p}: unknown format {fmt!r}. Fix: use auto, txt, jsonl or csv.")
+    return records
+
+
+def load_prompt_file(path: str | Path, *, source: str, fmt: str = "auto", kind: str = "t2i") -> list[PromptRecord]:
+    """Read a prompt file into records; raises :class:`RecipeError` with the line on bad input."""
+    p = Path(path)
+    if not p.is_file():
+        raise RecipeError(f"prompt file {p} of source {source!r} does not exist. Fix: point `path` at an existing file.")
+    fmt = _detect_format(p, fmt)
+    try:
+        records = _read_records(p, fmt, source)
+    except UnicodeDecodeError as exc:
+        raise RecipeError(f"prompt file {p}: not UTF-8 text ({exc.reason} at byte {exc.start}). "
+                          "Fix: save it as UTF-8.") from None
     if kind == "edit":
         for r in records:
             if not r.images:
@@ -155,6 +173,11 @@ class PromptSampler:
         self.sources = list(sources)
         self.seed = int(seed)
         self.shuffle = shuffle
+        for s in self.sources:
+            if not (math.isfinite(s.weight) and s.weight >= 0):
+                raise RecipeError(f"prompt source {s.name!r} has weight {s.weight}. Fix: a finite weight >= 0.")
+        if sampling not in ("prompts_x_weight", "weight"):
+            raise RecipeError(f"unknown source sampling {sampling!r}. Fix: prompts_x_weight or weight.")
         raw = np.array([(len(s.records) if sampling == "prompts_x_weight" else 1.0) * s.weight for s in self.sources], dtype=np.float64)
         if raw.sum() <= 0:
             raise RecipeError("all prompt sources have zero weight. Fix: give one source a positive weight.")

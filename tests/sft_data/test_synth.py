@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from mrgrpo.config import SFTConfig, SFTSource
-from mrgrpo.image_data import ImageRecordDataset, Sample, build_sft_stream
-from mrgrpo.synth import COLORS, add_arguments, run, synthesize
+from mrgrpo.sft_data import ImageRecordDataset, Sample, build_sft_stream
+from mrgrpo.sft_data.synth import COLORS, add_arguments, run, synthesize
 
 N, SIZE = 16, 32
 
@@ -89,8 +89,8 @@ def test_loads_through_the_datasets(synth_dir):
     sources = set()
     for _ in range(30):
         b = next(stream)
-        sources.add(b["source"])
-        assert b["images"].shape[0] == 2 and b["images"].shape[2] % 32 == 0 and all(b["prompts"])
+        sources.add(b.source)
+        assert b.images.shape[0] == 2 and b.images.shape[2] % 32 == 0 and all(b.prompts)
     assert sources == {"t2i", "cap", "edit", "wds"}
     assert stream.stats.as_dict()["skipped"] == 0
 

@@ -4,7 +4,7 @@ Text-to-image images are coloured shapes (square, circle, triangle in named colo
 plain background, e.g. ``a red circle on a white background``) and short rendered words
 (``the word "cat" in black on white``); editing triplets change a shape's colour, the
 background, or the shape (``make the square blue``). Some images are landscape or portrait
-so the size buckets of :mod:`mrgrpo.image_data` are exercised. Everything is a function of the
+so the size buckets of :mod:`mrgrpo.sft_data` are exercised. Everything is a function of the
 seed. Layout of ``--out DIR``::
 
     images/              PNG files
