@@ -222,3 +222,29 @@ def test_reward_end_to_end_on_tiny_models(tmp_path):
         names = tmp_path / "names.txt"
         names.write_text("dog\ncat\n")
         build_reward("geneval", {**kw, "classnames": str(names)})
+
+
+def test_training_prompts_are_disjoint_and_well_formed(tmp_path):
+    from pathlib import Path
+
+    from mrgrpo.rewards.geneval.prompts import main, make_prompts
+
+    evals = {r["prompt"] for r in load_metadata()}
+    recs = make_prompts(per_tag=30, seed=1)
+    assert not evals & {r["prompt"] for r in recs} and len({r["prompt"] for r in recs}) == len(recs)
+    for r in recs:
+        assert all(q["class"] in NAMES for q in r["include"] + r.get("exclude", []))
+        assert all(q.get("color", "red") in G.COLORS and not (q["class"] == "person" and "color" in q) for q in r["include"])
+        if r["tag"] == "counting":
+            assert r["exclude"][0]["count"] == r["include"][0]["count"] + 1
+    # a drawn image matching a generated position prompt passes, the mirrored one fails
+    pos = next(r for r in recs if r["tag"] == "position" and r["include"][1]["position"][0] == "left of")
+    b, a = pos["include"][0]["class"], pos["include"][1]["class"]
+    im, inst = scene([(a, "red", (5, 40, 45, 80), 0.9), (b, "blue", (110, 40, 150, 80), 0.9)])
+    assert grade(im, inst, pos).correct
+    im, inst = scene([(a, "red", (110, 40, 150, 80), 0.9), (b, "blue", (5, 40, 45, 80), 0.9)])
+    assert not grade(im, inst, pos).correct
+    # the shipped training file is what the generator writes
+    shipped = Path(__file__).resolve().parents[2] / "recipes" / "prompts" / "geneval_train.jsonl"
+    main([str(tmp_path / "t.jsonl"), "--per-tag", "200", "--seed", "0"])
+    assert (tmp_path / "t.jsonl").read_text() == shipped.read_text()
