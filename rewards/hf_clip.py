@@ -21,7 +21,10 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device, who: str) -> torch.dtype:
-    """A torch dtype from ``"float32" | "float16" | "bfloat16"`` (or a dtype); default float32 on CPU, float16 on CUDA."""
+    """A torch dtype from ``"float32" | "float16" | "bfloat16"`` (or a dtype).
+
+    Default: float32 on CPU, float16 on CUDA.
+    """
     if dtype is None:
         return torch.float16 if device.type == "cuda" else torch.float32
     if isinstance(dtype, torch.dtype):
@@ -57,7 +60,8 @@ def load_clip(model: str, processor: str | None, device: torch.device, dtype: to
 
 
 @torch.no_grad()
-def image_embeds(model: Any, processor: Any, images: Sequence[Any], batch_size: int, normalize: bool = True) -> torch.Tensor:
+def image_embeds(model: Any, processor: Any, images: Sequence[Any], batch_size: int,
+                 normalize: bool = True) -> torch.Tensor:
     """Projected CLIP image embeddings ``[N, D]`` float32 on the model's device (unit norm when ``normalize``)."""
     device, dtype = model.device, model.dtype
     parts = []
@@ -70,7 +74,8 @@ def image_embeds(model: Any, processor: Any, images: Sequence[Any], batch_size: 
 
 
 @torch.no_grad()
-def text_embeds(model: Any, processor: Any, texts: Sequence[str], batch_size: int, max_length: int = 77) -> torch.Tensor:
+def text_embeds(model: Any, processor: Any, texts: Sequence[str], batch_size: int,
+                max_length: int = 77) -> torch.Tensor:
     """Unit-norm projected CLIP text embeddings ``[N, D]`` float32 (texts truncated to ``max_length`` tokens)."""
     device = model.device
     parts = []

@@ -38,7 +38,8 @@ def _resolve(path: str) -> str:
         return hf_hub_download(repo, fname)
     except Exception as exc:
         raise RuntimeError(f"hpsv2: cannot find the checkpoint {path!r} ({exc}). Fix: pass `checkpoint` as a local "
-                           "file or 'repo_id/filename' on the hub (default xswu/HPSv2/HPS_v2.1_compressed.pt).") from exc
+                           "file or 'repo_id/filename' on the hub (default xswu/HPSv2/HPS_v2.1_compressed.pt)."
+                           ) from exc
 
 
 class HPSv2(Reward):
@@ -47,7 +48,8 @@ class HPSv2(Reward):
     Args:
         checkpoint: local file or ``repo_id/filename`` (default ``xswu/HPSv2/HPS_v2.1_compressed.pt``).
         model_name: open_clip architecture (``ViT-H-14``).
-        model_config: an open_clip config (dict or JSON file) registered under ``model_name`` (custom/tiny architectures).
+        model_config: an open_clip config (dict or JSON file) registered under ``model_name``
+            (custom / tiny architectures).
         device, dtype: torch device and ``float32 | float16 | bfloat16``.
         batch_size: images per forward pass.
     """

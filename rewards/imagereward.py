@@ -101,14 +101,16 @@ def _local(path: str, who: str, what: str) -> str:
 
         return hf_hub_download(repo, fname)
     except Exception as exc:
-        raise RuntimeError(f"{who}: cannot find {what} {path!r} ({exc}). Fix: pass a local file or 'repo_id/filename'.") from exc
+        raise RuntimeError(f"{who}: cannot find {what} {path!r} ({exc}). "
+                           "Fix: pass a local file or 'repo_id/filename'.") from exc
 
 
 class ImageReward(Reward):
     """ImageReward-v1.0 score of each image for its prompt (normalised; higher is better).
 
     Args:
-        checkpoint: ``ImageReward.pt`` (local file or ``repo_id/filename``; default ``THUDM/ImageReward/ImageReward.pt``).
+        checkpoint: ``ImageReward.pt``, a local file or ``repo_id/filename``
+            (default ``THUDM/ImageReward/ImageReward.pt``).
         med_config: BLIP's text config JSON (default ``THUDM/ImageReward/med_config.json``).
         tokenizer: BERT tokenizer (hub id or folder; default ``bert-base-uncased``, with ImageReward's added
             ``[DEC]`` / ``[ENC]`` tokens).
@@ -131,7 +133,8 @@ class ImageReward(Reward):
         state = torch.load(_local(checkpoint, self.name, "the checkpoint"), map_location="cpu", weights_only=True)
         vision_sd, text_sd, head_sd = convert_state_dict(state.get("state_dict", state))
         if not vision_sd or not text_sd or not head_sd:
-            raise ValueError(f"imagereward: {checkpoint} is not an ImageReward checkpoint (expected blip.visual_encoder.*, "
+            raise ValueError(f"imagereward: {checkpoint} is not an ImageReward checkpoint (expected "
+                             "blip.visual_encoder.*, "
                              "blip.text_encoder.* and mlp.* keys)")
         with open(_local(med_config, self.name, "med_config"), encoding="utf-8") as f:
             med = json.load(f)
@@ -139,11 +142,13 @@ class ImageReward(Reward):
         self.vision = BlipVisionModel(vcfg)
         self.text = BlipTextModel(BlipTextConfig(**text_config_from(med, vcfg.hidden_size)), add_pooling_layer=False)
         self.head = AestheticMLP(self.text.config.hidden_size)
-        for name, module, sd in (("vision", self.vision, vision_sd), ("text", self.text, text_sd), ("head", self.head, head_sd)):
+        parts = (("vision", self.vision, vision_sd), ("text", self.text, text_sd), ("head", self.head, head_sd))
+        for name, module, sd in parts:
             try:
                 module.load_state_dict(sd, strict=True)
             except RuntimeError as exc:
-                raise RuntimeError(f"imagereward: the {name} weights of {checkpoint} do not fit: {str(exc)[:400]}") from exc
+                raise RuntimeError(f"imagereward: the {name} weights of {checkpoint} do not fit: "
+                                   f"{str(exc)[:400]}") from exc
         for m in (self.vision, self.text):
             m.to(self.device, self.dtype).eval().requires_grad_(False)
         self.head.to(self.device).eval().requires_grad_(False)
@@ -156,7 +161,8 @@ class ImageReward(Reward):
         self.lock = threading.Lock()
 
     def preprocess(self, images: list[Any]) -> torch.Tensor:
-        """``[N, 3, S, S]``: shorter side resized to S (bicubic), centre crop, CLIP normalisation (ImageReward's transform)."""
+        """``[N, 3, S, S]``: shorter side resized to S (bicubic), centre crop, CLIP normalisation
+        (ImageReward's transform)."""
         from torchvision.transforms import v2
 
         tf = v2.Compose([v2.PILToTensor(), v2.Resize(self.image_size, interpolation=v2.InterpolationMode.BICUBIC),
@@ -172,7 +178,8 @@ class ImageReward(Reward):
         tok = self.tokenizer(list(prompts), padding="max_length", truncation=True, max_length=self.max_length,
                              return_tensors="pt")
         img_mask = torch.ones(img.shape[:2], dtype=torch.long, device=self.device)
-        out = self.text(input_ids=tok["input_ids"].to(self.device), attention_mask=tok["attention_mask"].to(self.device),
+        out = self.text(input_ids=tok["input_ids"].to(self.device),
+                        attention_mask=tok["attention_mask"].to(self.device),
                         encoder_hidden_states=img, encoder_attention_mask=img_mask).last_hidden_state
         return self.head(out[:, 0].float()).squeeze(-1)
 
@@ -180,5 +187,6 @@ class ImageReward(Reward):
         parts = []
         with self.lock:
             for i in range(0, len(images), self.batch_size):
-                parts.append(((self.raw(images[i:i + self.batch_size], prompts[i:i + self.batch_size]) - MEAN) / STD).cpu())
+                raw = self.raw(images[i:i + self.batch_size], prompts[i:i + self.batch_size])
+                parts.append(((raw - MEAN) / STD).cpu())
         return RewardOutput(torch.cat(parts) if parts else torch.zeros(0), details={"model": "ImageReward-v1.0"})

@@ -120,7 +120,8 @@ class VLMJudge(_JudgeBase):
         p = yes_probability(choice, self.normalize)
         if p is None:
             has = bool(((choice.get("logprobs") or {}).get("content")))
-            return None, "neither yes nor no in the top logprobs" if has else "no logprobs in the reply (enable logprobs)"
+            why = "neither yes nor no in the top logprobs" if has else "no logprobs in the reply (enable logprobs)"
+            return None, why
         return p, None
 
     def score(self, images, prompts, metadata):

@@ -25,7 +25,8 @@ MMDET_TEST_SIZE = {"shortest_edge": 800, "longest_edge": 1333}
 
 
 def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
-    """``[K, H, W]`` bool -> ``[K, 4]`` float ``x1, y1, x2, y2`` (exclusive ends; zeros for an empty mask), as mmdet's mask2bbox."""
+    """``[K, H, W]`` bool -> ``[K, 4]`` float ``x1, y1, x2, y2`` (exclusive ends; zeros for an empty mask),
+    as mmdet's mask2bbox."""
     k, h, w = masks.shape
     boxes = torch.zeros(k, 4, dtype=torch.float32, device=masks.device)
     x_any, y_any = masks.any(dim=1), masks.any(dim=2)
@@ -65,7 +66,8 @@ class Mask2FormerDetector:
     """Batched instance detection with a transformers Mask2Former.
 
     Args:
-        model: hub id or local folder of a ``Mask2FormerForUniversalSegmentation`` (default the Swin-S COCO instance model).
+        model: hub id or local folder of a ``Mask2FormerForUniversalSegmentation``
+            (default the Swin-S COCO instance model).
         processor: hub id or folder of its image processor (default: ``model``).
         size: resize rule for the processor (default mmdet's test size, shorter side 800 / longer <= 1333;
             ``None`` keeps the processor's own).

@@ -147,7 +147,8 @@ def evaluate(image: Any, objects: dict[str, list[Obj]], metadata: dict[str, Any]
             if colors.count(req["color"]) < count:
                 correct = matched = False
                 reasons.append(f"expected {req['color']} {classname}>={count}, found {colors.count(req['color'])} "
-                               f"{req['color']}; and " + ", ".join(f"{colors.count(c)} {c}" for c in COLORS if c in colors))
+                               f"{req['color']}; and "
+                               + ", ".join(f"{colors.count(c)} {c}" for c in COLORS if c in colors))
         if "color" in req:
             if colors is None and found:
                 colors = classify_colors(image, found, classname)
@@ -167,7 +168,8 @@ def evaluate(image: Any, objects: dict[str, list[Obj]], metadata: dict[str, Any]
                         rels = relative_position(o, t, position_threshold)
                         if expected_rel not in rels:
                             correct = matched = False
-                            reasons.append(f"expected {classname} {expected_rel} target, found {' and '.join(rels)} target")
+                            reasons.append(f"expected {classname} {expected_rel} target, "
+                                           f"found {' and '.join(rels)} target")
                             break
         matched_groups.append(found if matched else None)
     for req in metadata.get("exclude", []):
@@ -181,7 +183,8 @@ def evaluate(image: Any, objects: dict[str, list[Obj]], metadata: dict[str, Any]
     return Verdict(correct, credit, clauses, "\n".join(reasons))
 
 
-def threshold_for(metadata: dict[str, Any], threshold: float = THRESHOLD, counting_threshold: float = COUNTING_THRESHOLD) -> float:
+def threshold_for(metadata: dict[str, Any], threshold: float = THRESHOLD,
+                  counting_threshold: float = COUNTING_THRESHOLD) -> float:
     """The confidence threshold GenEval uses for this prompt's tag."""
     return counting_threshold if metadata.get("tag") == "counting" else threshold
 

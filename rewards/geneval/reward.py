@@ -88,15 +88,18 @@ class GenEvalGrader:
         from mrgrpo.rewards.geneval.detector import MMDET_TEST_SIZE, Mask2FormerDetector
 
         if isinstance(detector_size, str) and detector_size not in ("mmdet", "processor"):
-            raise ValueError(f"geneval: detector_size must be 'mmdet', 'processor' or a size dict, got {detector_size!r}")
-        size = MMDET_TEST_SIZE if detector_size == "mmdet" else None if detector_size == "processor" else dict(detector_size)
+            raise ValueError(f"geneval: detector_size must be 'mmdet', 'processor' or a size dict, "
+                             f"got {detector_size!r}")
+        size = {"mmdet": MMDET_TEST_SIZE, "processor": None}.get(detector_size) if isinstance(detector_size, str) \
+            else dict(detector_size)
         self.device = hf_clip.resolve_device(device)
         self.dtype = hf_clip.resolve_dtype(dtype, self.device, "geneval")
         self.detector = Mask2FormerDetector(detector, detector_processor, size, self.device, self.dtype, batch_size)
         self.classnames = load_classnames(classnames) if classnames else load_classnames()
         if len(self.classnames) != self.detector.num_classes:
             raise ValueError(f"geneval: the detector has {self.detector.num_classes} classes but the class-name list "
-                             f"has {len(self.classnames)}. Fix: pass `classnames` (a file, one name a line, label order).")
+                             f"has {len(self.classnames)}. Fix: pass `classnames` (a file, one name a line, "
+                             "label order).")
         clip, proc = hf_clip.load_clip(clip_model, clip_processor, self.device, self.dtype, "geneval")
         self.classify_colors = ColorClassifier(clip, proc)
         self.threshold, self.counting_threshold = threshold, counting_threshold
@@ -104,8 +107,8 @@ class GenEvalGrader:
 
     def grade_instances(self, image: Any, inst: G.Instances, spec: dict[str, Any]) -> G.Verdict:
         """Grade one image from its detections (the path below the detector)."""
-        objects = G.objects_by_class(inst, self.classnames, G.threshold_for(spec, self.threshold, self.counting_threshold),
-                                     self.max_objects, self.max_overlap)
+        threshold = G.threshold_for(spec, self.threshold, self.counting_threshold)
+        objects = G.objects_by_class(inst, self.classnames, threshold, self.max_objects, self.max_overlap)
         return G.evaluate(image, objects, spec, self.classify_colors, self.position_threshold)
 
     def grade(self, images: Sequence[Any], specs: Sequence[dict[str, Any]]) -> list[G.Verdict]:
@@ -113,9 +116,10 @@ class GenEvalGrader:
         return [self.grade_instances(im, inst, spec) for im, inst, spec in zip(images, self.detector(images), specs)]
 
     def results(self, images: Sequence[Any], specs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-        """GenEval-format rows ``{"tag", "prompt", "correct", "reason", "metadata", "credit"}`` for :func:`geneval_score`."""
-        return [{"tag": s.get("tag", "unknown"), "prompt": s.get("prompt", ""), "correct": v.correct, "reason": v.reason,
-                 "metadata": json.dumps(s, sort_keys=True), "credit": v.credit}
+        """GenEval-format rows ``{"tag", "prompt", "correct", "reason", "metadata", "credit"}``
+        for :func:`geneval_score`."""
+        return [{"tag": s.get("tag", "unknown"), "prompt": s.get("prompt", ""), "correct": v.correct,
+                 "reason": v.reason, "metadata": json.dumps(s, sort_keys=True), "credit": v.credit}
                 for s, v in zip(specs, self.grade(images, specs))]
 
 

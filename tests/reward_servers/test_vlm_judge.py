@@ -100,7 +100,8 @@ def test_p_yes_from_logprobs(fake_vlm):
     expected = [v / 255 for v in levels]
     assert out.scores.tolist() == pytest.approx(expected, abs=2e-3)  # PNG keeps the grey level exactly
     assert out.valid.all() and out.details["failures"] == 0
-    assert sorted(fake.texts) == sorted(VQASCORE_TEMPLATE.replace("{prompt}", p) for p in ["a cat", "a dog", "a red car", "snow"])
+    asked = ["a cat", "a dog", "a red car", "snow"]
+    assert sorted(fake.texts) == sorted(VQASCORE_TEMPLATE.replace("{prompt}", p) for p in asked)
     assert all(b["logprobs"] is True and b["top_logprobs"] == 20 and b["max_tokens"] == 1 for b in fake.bodies)
     norm = build_reward("vlm_judge", {"base_url": fake.url, "normalize": True})
     assert norm([_grey(51)], ["x"]).scores.item() == pytest.approx(0.2, abs=2e-3)

@@ -29,7 +29,8 @@ def test_pickscore_is_logit_scale_times_cosine(clip_dir):
     assert scale == pytest.approx(torch.tensor(3.0).exp().item(), rel=1e-5)  # the saved logit scale, not 100
     torch.testing.assert_close(out.scores, scale * (fi * ft).sum(-1), atol=1e-4, rtol=1e-4)
     assert out.valid.all()
-    div = build_reward("pickscore", {"model": str(clip_dir), "processor": str(clip_dir), "device": "cpu", "divisor": 26})
+    div = build_reward("pickscore", {"model": str(clip_dir), "processor": str(clip_dir), "device": "cpu",
+                                     "divisor": 26})
     torch.testing.assert_close(div(images, prompts).scores, out.scores / 26, atol=1e-5, rtol=1e-4)
     half = build_reward("pickscore", {"model": str(clip_dir), "processor": str(clip_dir), "device": "cpu",
                                       "dtype": "bfloat16"})
@@ -76,7 +77,8 @@ def test_image_similarity_against_source(clip_dir, tmp_path):
     other = Image.new("RGB", (40, 40), "green")
     reward = build_reward("image_similarity", {"model": str(clip_dir), "device": "cpu"})
     out = reward([src, other, other, other], ["edit"] * 4,
-                 [{"source_image": src}, {"images": [str(tmp_path / "src.png")]}, {}, {"image": str(tmp_path / "x.png")}])
+                 [{"source_image": src}, {"images": [str(tmp_path / "src.png")]}, {},
+                  {"image": str(tmp_path / "x.png")}])
     assert out.scores[0].item() == pytest.approx(1.0, abs=1e-5)  # an unchanged image is identical to its source
     fi, _, _ = reference_clip_embeds(clip_dir, [other, src])
     assert out.scores[1].item() == pytest.approx((fi[0] * fi[1]).sum().item(), abs=1e-5)
@@ -104,8 +106,8 @@ def test_hpsv2_is_the_cosine(hps_ckpt, tmp_path):
     path, ref = hps_ckpt
     cfg = tmp_path / "tiny.json"
     cfg.write_text(json.dumps(TINY_OPEN_CLIP))
-    reward = build_reward("hpsv2", {"checkpoint": str(path), "model_name": "mrgrpo-tiny-hps-2", "model_config": str(cfg),
-                                    "device": "cpu", "batch_size": 3})
+    reward = build_reward("hpsv2", {"checkpoint": str(path), "model_name": "mrgrpo-tiny-hps-2",
+                                    "model_config": str(cfg), "device": "cpu", "batch_size": 3})
     images, prompts = _images(), ["red", "blue", "grey", "noise"]
     out = reward(images, prompts)
     _, _, pre = open_clip.create_model_and_transforms("mrgrpo-tiny-hps", pretrained=None)
@@ -116,4 +118,5 @@ def test_hpsv2_is_the_cosine(hps_ckpt, tmp_path):
     assert (out.scores.abs() <= 1).all()
     torch.save({"state_dict": {"visual.proj": torch.zeros(3)}}, tmp_path / "bad.pt")
     with pytest.raises(RuntimeError, match="does not fit open_clip"):
-        build_reward("hpsv2", {"checkpoint": str(tmp_path / "bad.pt"), "model_name": "mrgrpo-tiny-hps", "device": "cpu"})
+        build_reward("hpsv2", {"checkpoint": str(tmp_path / "bad.pt"), "model_name": "mrgrpo-tiny-hps",
+                               "device": "cpu"})

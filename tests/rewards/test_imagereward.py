@@ -1,5 +1,6 @@
-"""ImageReward: a synthetic checkpoint in the released key layout, loaded through the key mapping, scored against an
-independent plain-torch forward pass written from ImageReward's architecture (timm ViT + BLIP's BERT with cross-attention)."""
+"""ImageReward: a synthetic checkpoint in the released key layout, loaded through the key mapping, scored against
+an independent plain-torch forward pass written from ImageReward's architecture (timm ViT + BLIP's BERT with
+cross-attention)."""
 
 import json
 import math
@@ -25,7 +26,8 @@ def released_checkpoint(seed=0):
     def r(*shape, s=0.2):
         return torch.randn(*shape, generator=g) * s
 
-    sd = {"blip.visual_encoder.cls_token": r(1, 1, W), "blip.visual_encoder.pos_embed": r(1, (IMG // PATCH) ** 2 + 1, W),
+    sd = {"blip.visual_encoder.cls_token": r(1, 1, W),
+          "blip.visual_encoder.pos_embed": r(1, (IMG // PATCH) ** 2 + 1, W),
           "blip.visual_encoder.patch_embed.proj.weight": r(W, 3, PATCH, PATCH, s=0.05),
           "blip.visual_encoder.patch_embed.proj.bias": r(W),
           "blip.visual_encoder.norm.weight": 1 + r(W), "blip.visual_encoder.norm.bias": r(W)}
@@ -36,7 +38,8 @@ def released_checkpoint(seed=0):
                    p + "norm2.weight": 1 + r(W), p + "norm2.bias": r(W), p + "mlp.fc1.weight": r(4 * W, W),
                    p + "mlp.fc1.bias": r(4 * W), p + "mlp.fc2.weight": r(W, 4 * W), p + "mlp.fc2.bias": r(W)})
     t = "blip.text_encoder."
-    sd.update({t + "embeddings.word_embeddings.weight": r(VOCAB, H), t + "embeddings.position_embeddings.weight": r(64, H),
+    sd.update({t + "embeddings.word_embeddings.weight": r(VOCAB, H),
+               t + "embeddings.position_embeddings.weight": r(64, H),
                t + "embeddings.LayerNorm.weight": 1 + r(H), t + "embeddings.LayerNorm.bias": r(H),
                t + "embeddings.position_ids": torch.arange(64)[None]})
     for i in range(LAYERS):
@@ -69,7 +72,8 @@ def _attn(q, k, v, heads, mask=None):
 def reference(sd, pix, ids, mask):
     """ImageReward.score written out from its modules (timm ViT with eps 1e-6; BERT post-norm, eps 1e-12)."""
     v = "blip.visual_encoder."
-    x = F.conv2d(pix, sd[v + "patch_embed.proj.weight"], sd[v + "patch_embed.proj.bias"], stride=PATCH).flatten(2).transpose(1, 2)
+    x = F.conv2d(pix, sd[v + "patch_embed.proj.weight"], sd[v + "patch_embed.proj.bias"], stride=PATCH)
+    x = x.flatten(2).transpose(1, 2)
     x = torch.cat([sd[v + "cls_token"].expand(len(x), -1, -1), x], 1) + sd[v + "pos_embed"]
     for i in range(DEPTH):
         p = f"{v}blocks.{i}."
@@ -77,17 +81,21 @@ def reference(sd, pix, ids, mask):
         q, k, val = F.linear(h, sd[p + "attn.qkv.weight"], sd[p + "attn.qkv.bias"]).chunk(3, -1)
         x = x + F.linear(_attn(q, k, val, HEADS), sd[p + "attn.proj.weight"], sd[p + "attn.proj.bias"])
         h = F.layer_norm(x, (W,), sd[p + "norm2.weight"], sd[p + "norm2.bias"], 1e-6)
-        x = x + F.linear(F.gelu(F.linear(h, sd[p + "mlp.fc1.weight"], sd[p + "mlp.fc1.bias"])), sd[p + "mlp.fc2.weight"], sd[p + "mlp.fc2.bias"])
+        h = F.gelu(F.linear(h, sd[p + "mlp.fc1.weight"], sd[p + "mlp.fc1.bias"]))
+        x = x + F.linear(h, sd[p + "mlp.fc2.weight"], sd[p + "mlp.fc2.bias"])
     img = F.layer_norm(x, (W,), sd[v + "norm.weight"], sd[v + "norm.bias"], 1e-6)
     t = "blip.text_encoder."
     ln = lambda z, n: F.layer_norm(z, (H,), sd[n + ".weight"], sd[n + ".bias"], 1e-12)  # noqa: E731
     lin = lambda z, n: F.linear(z, sd[n + ".weight"], sd[n + ".bias"])  # noqa: E731
-    y = ln(sd[t + "embeddings.word_embeddings.weight"][ids] + sd[t + "embeddings.position_embeddings.weight"][: ids.shape[1]],
-           t + "embeddings.LayerNorm")
+    emb = sd[t + "embeddings.word_embeddings.weight"][ids]
+    emb = emb + sd[t + "embeddings.position_embeddings.weight"][: ids.shape[1]]
+    y = ln(emb, t + "embeddings.LayerNorm")
     for i in range(LAYERS):
         p = f"{t}encoder.layer.{i}."
         for att, ctx, m in (("attention", y, mask), ("crossattention", img, None)):
-            a = _attn(lin(y, p + f"{att}.self.query"), lin(ctx, p + f"{att}.self.key"), lin(ctx, p + f"{att}.self.value"), THEADS, m)
+            q = lin(y, p + f"{att}.self.query")
+            k, val = lin(ctx, p + f"{att}.self.key"), lin(ctx, p + f"{att}.self.value")
+            a = _attn(q, k, val, THEADS, m)
             y = ln(lin(a, p + f"{att}.output.dense") + y, p + f"{att}.output.LayerNorm")
         y = ln(lin(F.gelu(lin(y, p + "intermediate.dense")), p + "output.dense") + y, p + "output.LayerNorm")
     z = y[:, 0]
@@ -103,7 +111,8 @@ def files(tmp_path_factory):
     d = tmp_path_factory.mktemp("imagereward")
     torch.save(released_checkpoint(), d / "ImageReward.pt")
     (d / "med_config.json").write_text(json.dumps({
-        "architectures": ["BertModel"], "attention_probs_dropout_prob": 0.1, "hidden_act": "gelu", "hidden_dropout_prob": 0.1,
+        "architectures": ["BertModel"], "attention_probs_dropout_prob": 0.1, "hidden_act": "gelu",
+        "hidden_dropout_prob": 0.1,
         "hidden_size": H, "initializer_range": 0.02, "intermediate_size": INTER, "layer_norm_eps": 1e-12,
         "max_position_embeddings": 64, "model_type": "bert", "num_attention_heads": THEADS, "num_hidden_layers": LAYERS,
         "pad_token_id": 0, "type_vocab_size": 2, "vocab_size": VOCAB, "encoder_width": W, "add_cross_attention": True}))
@@ -118,7 +127,8 @@ def test_imagereward_matches_the_reference_forward(files):
     kw = {"checkpoint": str(files / "ImageReward.pt"), "med_config": str(files / "med_config.json"),
           "tokenizer": str(files / "tok"), "vision_num_heads": HEADS, "device": "cpu", "batch_size": 2}
     reward = build_reward("imagereward", kw)
-    images = [Image.new("RGB", (48, 40), "red"), Image.effect_noise((40, 64), 60).convert("RGB"), Image.new("L", (32, 32), 90)]
+    images = [Image.new("RGB", (48, 40), "red"), Image.effect_noise((40, 64), 60).convert("RGB"),
+              Image.new("L", (32, 32), 90)]
     prompts = ["a red cat", "a photo of the blue dog " * 10, "a dog"]
     out = reward(images, prompts)
     tok = AutoTokenizer.from_pretrained(files / "tok")
@@ -130,8 +140,10 @@ def test_imagereward_matches_the_reference_forward(files):
     assert out.valid.all() and len(set(out.scores.tolist())) == 3
     # the prompt and the image both reach the first token's state (self- and cross-attention are wired)
     with torch.no_grad():
-        ref2 = reference(released_checkpoint(), reward.preprocess(images[:2]), enc["input_ids"][[1, 1]], enc["attention_mask"][[1, 1]])
-        ref3 = reference(released_checkpoint(), reward.preprocess(images[1:2] * 2), enc["input_ids"][[0, 2]], enc["attention_mask"][[0, 2]])
+        sd = released_checkpoint()
+        ref2 = reference(sd, reward.preprocess(images[:2]), enc["input_ids"][[1, 1]], enc["attention_mask"][[1, 1]])
+        pix = reward.preprocess(images[1:2] * 2)
+        ref3 = reference(sd, pix, enc["input_ids"][[0, 2]], enc["attention_mask"][[0, 2]])
     assert (ref2[0] - ref2[1]).abs() > 1e-4 and (ref3[0] - ref3[1]).abs() > 1e-4
 
 
