@@ -94,7 +94,9 @@ class GenEvalGrader:
             else dict(detector_size)
         self.device = hf_clip.resolve_device(device)
         self.dtype = hf_clip.resolve_dtype(dtype, self.device, "geneval")
-        self.detector = Mask2FormerDetector(detector, detector_processor, size, self.device, self.dtype, batch_size)
+        # pairs whose class probability cannot pass the lowest threshold are dropped before their masks are computed
+        self.detector = Mask2FormerDetector(detector, detector_processor, size, self.device, self.dtype, batch_size,
+                                            min_score=min(threshold, counting_threshold))
         self.classnames = load_classnames(classnames) if classnames else load_classnames()
         if len(self.classnames) != self.detector.num_classes:
             raise ValueError(f"geneval: the detector has {self.detector.num_classes} classes but the class-name list "

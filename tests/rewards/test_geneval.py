@@ -151,6 +151,22 @@ def test_instances_from_logits_matches_mmdet_rule():
         assert inst.scores[k] == pytest.approx(expected, rel=1e-5)
         assert (inst.masks[k] == binary.numpy()).all()
     assert inst.boxes[0].tolist() == [0, 0, 4, 4] and inst.boxes[1].tolist() == [2, 4, 8, 8]
+    # pruning by class probability keeps exactly the detections that can pass that threshold
+    torch.manual_seed(0)
+    cls, masks = torch.randn(20, 6) * 3, torch.randn(20, 5, 5) * 4
+    full = instances_from_logits(cls, masks, (12, 10), max_per_image=100)
+    for t in (0.1, 0.3, 0.6):
+        fast = instances_from_logits(cls, masks, (12, 10), max_per_image=100, min_score=t)
+        sel = full.scores > t
+        assert sorted(fast.scores[fast.scores > t].tolist()) == pytest.approx(sorted(full.scores[sel].tolist()))
+        assert len(fast.labels) < len(full.labels)
+    # mmdet's order: upsample to the padded input, drop the padding, resize to the image
+    padded = torch.full((20, 8, 8), 9.0)  # the padding says "object", the content (top-left 5x5) says "none"
+    padded[:, :5, :5] = -9.0
+    assert instances_from_logits(cls, padded, (12, 10)).masks.any()
+    cropped = instances_from_logits(cls, padded, (12, 10), crop=((16, 16), (10, 10)))
+    assert cropped.masks.shape[1:] == (12, 10) and not cropped.masks.any()
+    assert instances_from_logits(torch.tensor([[-9.0, 9.0]]), masks[:1], (4, 4), min_score=0.5).labels.shape == (0,)
 
 
 def test_summary_is_mean_over_tags():
