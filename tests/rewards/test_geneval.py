@@ -269,3 +269,26 @@ def test_training_prompts_are_disjoint_and_well_formed(tmp_path):
     shipped = Path(__file__).resolve().parents[2] / "recipes" / "prompts" / "geneval_train.jsonl"
     main([str(tmp_path / "t.jsonl"), "--per-tag", "200", "--seed", "0"])
     assert (tmp_path / "t.jsonl").read_text() == shipped.read_text()
+
+
+@pytest.mark.parametrize("recipe", ["sd3_pickscore.yaml", "sd3_geneval.yaml"])
+def test_new_recipes_name_valid_reward_arguments(recipe):
+    from pathlib import Path
+
+    from mrgrpo.config import load_recipe
+    from mrgrpo.registry import REWARDS
+    from mrgrpo.rewards.base import check_kwargs
+    from mrgrpo.rewards.geneval.reward import GenEvalGrader, GenEvalReward
+
+    cfg = load_recipe(Path(__file__).resolve().parents[2] / "recipes" / recipe)
+    for key, spec in cfg.rewards.items():
+        factory = REWARDS.get(spec.name or key)
+        if factory is GenEvalReward:
+            kwargs = dict(spec.kwargs)
+            assert kwargs.pop("mode") in ("partial", "strict")
+            check_kwargs(GenEvalGrader, kwargs, key)
+        else:
+            check_kwargs(factory, spec.kwargs, key)
+    if recipe == "sd3_geneval.yaml":  # the evaluation prompts are the shipped GenEval metadata, graded strictly
+        assert cfg.resolve_path(cfg.data.eval_sources[0].path).read_text() == (
+            Path(__file__).resolve().parents[2] / "rewards" / "geneval" / "data" / "evaluation_metadata.jsonl").read_text()
