@@ -5,5 +5,5 @@
 * :mod:`.color`: the CLIP zero-shot colour classifier on masked crops;
 * :mod:`.reward`: the ``geneval`` reward, :class:`~.reward.GenEvalGrader` and :func:`~.reward.geneval_score`.
 
-``data/`` holds GenEval's prompt metadata (MIT licence, see ``data/SOURCE.md``).
+``assets/`` holds GenEval's prompt metadata (MIT licence, see ``assets/SOURCE.md``).
 """

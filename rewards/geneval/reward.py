@@ -24,7 +24,7 @@ from mrgrpo.rewards import hf_clip
 from mrgrpo.rewards.base import Reward, RewardOutput
 from mrgrpo.rewards.geneval import grader as G
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parent / "assets"
 METADATA_FILE = DATA / "evaluation_metadata.jsonl"
 
 
