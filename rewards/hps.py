@@ -2,7 +2,8 @@
 
 ``r = cos(E_img(image), E_txt(prompt))`` (the HPSv2 reference code's ``image_features @
 text_features.T`` diagonal on unit-norm features; no logit scale), so scores are in [-1, 1] and
-typically 0.2-0.35. Weights: ``HPS_v2.1_compressed.pt`` of the hub repo ``xswu/HPSv2``, a
+typically 0.2-0.35. Images are resized as HPSv2's evaluation transform: the longest side to 224,
+padded to a square (black), bicubic. Weights: ``HPS_v2.1_compressed.pt`` of the hub repo ``xswu/HPSv2``, a
 ``{"state_dict": ...}`` file in open_clip's key layout (a ``module.`` prefix from DDP is stripped).
 """
 
@@ -72,7 +73,7 @@ class HPSv2(Reward):
         self.device = hf_clip.resolve_device(device)
         self.dtype = hf_clip.resolve_dtype(dtype, self.device, self.name)
         try:
-            model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=None)
+            model = open_clip.create_model(model_name, pretrained=None)
         except RuntimeError as exc:
             raise RuntimeError(f"hpsv2: unknown open_clip architecture {model_name!r} ({exc})") from exc
         path = _resolve(checkpoint)
@@ -81,7 +82,10 @@ class HPSv2(Reward):
         except RuntimeError as exc:
             raise RuntimeError(f"hpsv2: {path} does not fit open_clip {model_name!r}: {str(exc)[:300]}") from exc
         self.model = model.to(self.device, self.dtype).eval().requires_grad_(False)
-        self.preprocess = preprocess
+        # HPSv2's evaluation transform: longest side to the model size, padded to a square (fill 0), not cropped
+        self.preprocess = open_clip.image_transform(model.visual.image_size, is_train=False,
+                                                    mean=getattr(model.visual, "image_mean", None),
+                                                    std=getattr(model.visual, "image_std", None), resize_mode="longest")
         self.tokenizer = open_clip.get_tokenizer(model_name)
         self.batch_size = batch_size
         self.lock = threading.Lock()

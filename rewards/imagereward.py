@@ -165,8 +165,9 @@ class ImageReward(Reward):
         (ImageReward's transform)."""
         from torchvision.transforms import v2
 
-        tf = v2.Compose([v2.PILToTensor(), v2.Resize(self.image_size, interpolation=v2.InterpolationMode.BICUBIC),
-                         v2.CenterCrop(self.image_size), v2.ToDtype(torch.float32, scale=True),
+        # resize and crop the PIL image (PIL's bicubic, as ImageReward's torchvision transform on PIL inputs)
+        tf = v2.Compose([v2.Resize(self.image_size, interpolation=v2.InterpolationMode.BICUBIC),
+                         v2.CenterCrop(self.image_size), v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True),
                          v2.Normalize(CLIP_MEAN, CLIP_STD)])
         return torch.stack([tf(im) for im in hf_clip.rgb(images)])
 

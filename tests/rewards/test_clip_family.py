@@ -86,6 +86,18 @@ def test_image_similarity_against_source(clip_dir, tmp_path):
     assert out.details["no_source"] == 1 and out.details["failures"] == 1
 
 
+def _pad_square(im, size=32):
+    """HPSv2's evaluation transform written out: longest side to ``size`` (bicubic), centred on black, CLIP norm."""
+    import torchvision.transforms.functional as TF
+
+    im = im.convert("RGB")
+    scale = size / max(im.size)
+    w, h = round(im.width * scale), round(im.height * scale)
+    canvas = Image.new("RGB", (size, size))
+    canvas.paste(im.resize((w, h), Image.BICUBIC), ((size - w) // 2, (size - h) // 2))
+    return TF.normalize(TF.to_tensor(canvas), (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
+
+
 @pytest.fixture(scope="module")
 def hps_ckpt(tmp_path_factory):
     open_clip = pytest.importorskip("open_clip")
@@ -110,9 +122,8 @@ def test_hpsv2_is_the_cosine(hps_ckpt, tmp_path):
                                     "model_config": str(cfg), "device": "cpu", "batch_size": 3})
     images, prompts = _images(), ["red", "blue", "grey", "noise"]
     out = reward(images, prompts)
-    _, _, pre = open_clip.create_model_and_transforms("mrgrpo-tiny-hps", pretrained=None)
     with torch.no_grad():
-        fi = ref.encode_image(torch.stack([pre(im.convert("RGB")) for im in images]), normalize=True)
+        fi = ref.encode_image(torch.stack([_pad_square(im) for im in images]), normalize=True)
         ft = ref.encode_text(open_clip.get_tokenizer("mrgrpo-tiny-hps")(prompts), normalize=True)
     torch.testing.assert_close(out.scores, (fi * ft).sum(-1), atol=1e-5, rtol=1e-4)
     assert (out.scores.abs() <= 1).all()

@@ -131,6 +131,12 @@ def test_imagereward_matches_the_reference_forward(files):
               Image.new("L", (32, 32), 90)]
     prompts = ["a red cat", "a photo of the blue dog " * 10, "a dog"]
     out = reward(images, prompts)
+    # ImageReward's own transform: torchvision on the PIL image (bicubic resize of the shorter side, centre crop)
+    from torchvision.transforms import CenterCrop, Compose, InterpolationMode, Normalize, Resize, ToTensor
+
+    ref_tf = Compose([Resize(IMG, interpolation=InterpolationMode.BICUBIC), CenterCrop(IMG), ToTensor(),
+                      Normalize((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))])
+    torch.testing.assert_close(reward.preprocess(images), torch.stack([ref_tf(im.convert("RGB")) for im in images]))
     tok = AutoTokenizer.from_pretrained(files / "tok")
     enc = tok(prompts, padding="max_length", truncation=True, max_length=35, return_tensors="pt")
     assert enc["input_ids"][:, 0].eq(tok.cls_token_id).all()
