@@ -272,7 +272,8 @@ class ChatClient:
         r = self._with_retries(lambda: self.http.post(f"{self.base_url}/chat/completions", json=payload))
         try:
             choice = r.json()["choices"][0]
-            choice["message"]["content"]  # noqa: B018 - must exist
+            if "content" not in choice["message"]:
+                raise KeyError("message.content")
             return choice
         except (ValueError, KeyError, IndexError, TypeError) as exc:
             raise RuntimeError(f"judge at {self.base_url} sent a malformed completion: {r.text[:200]}") from exc
