@@ -18,5 +18,17 @@ _BUILTINS = {
     "jpeg_compressibility": ("mrgrpo.rewards.pixel:JPEGCompressibility", "negative JPEG size (simpler images score higher)"),
     "remote": ("mrgrpo.rewards.remote:RemoteReward", "a reward served by `mrgrpo serve`, over HTTP"),
 }
+_BUILTINS.update({  # model-based scorers
+    "pickscore": ("mrgrpo.rewards.pickscore:PickScore", "PickScore (CLIP-H preference model), logit_scale * cosine"),
+    "hpsv2": ("mrgrpo.rewards.hps:HPSv2", "HPS v2.1 human preference score (open_clip ViT-H-14), cosine"),
+    "imagereward": ("mrgrpo.rewards.imagereward:ImageReward", "ImageReward-v1.0 (BLIP + MLP), normalised score"),
+    "aesthetic": ("mrgrpo.rewards.aesthetic:Aesthetic", "LAION improved aesthetic predictor (CLIP ViT-L/14 + MLP)"),
+    "image_similarity": ("mrgrpo.rewards.similarity:ImageSimilarity",
+                         "CLIP image-image cosine of result and source (editing)"),
+    "vlm_judge": ("mrgrpo.rewards.vlm_judge:VLMJudge",
+                  "P(Yes) of a yes/no question from a VLM server's logprobs (VQAScore style)"),
+    "geneval": ("mrgrpo.rewards.geneval.reward:GenEvalReward",
+                "GenEval clauses (Mask2Former + CLIP colour), partial credit or strict"),
+})
 
 REWARDS.register_builtins(_BUILTINS)

@@ -264,15 +264,23 @@ class ChatClient:
                 self.model = r.json()["data"][0]["id"]
             return self.model
 
-    def complete(self, content: list[dict[str, Any]]) -> str:
-        """The assistant text for one user message; raises RuntimeError after the last retry."""
+    def complete_choice(self, content: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+        """The first choice (``{"message": ..., "logprobs": ...}``) for one user message; ``extra`` request fields
+        (e.g. ``logprobs``) override the defaults. Raises RuntimeError after the last retry or on a malformed reply."""
         payload = {"model": self.model_name(), "messages": [{"role": "user", "content": content}],
-                   "max_tokens": self.max_tokens, "temperature": self.temperature}
+                   "max_tokens": self.max_tokens, "temperature": self.temperature, **extra}
         r = self._with_retries(lambda: self.http.post(f"{self.base_url}/chat/completions", json=payload))
         try:
-            return r.json()["choices"][0]["message"]["content"] or ""
+            choice = r.json()["choices"][0]
+            if "content" not in choice["message"]:
+                raise KeyError("message.content")
+            return choice
         except (ValueError, KeyError, IndexError, TypeError) as exc:
             raise RuntimeError(f"judge at {self.base_url} sent a malformed completion: {r.text[:200]}") from exc
+
+    def complete(self, content: list[dict[str, Any]]) -> str:
+        """The assistant text for one user message; raises RuntimeError after the last retry."""
+        return self.complete_choice(content)["message"]["content"] or ""
 
     def close(self) -> None:
         self.http.close()
