@@ -40,8 +40,10 @@ from mrgrpo.reward_servers.protocol import TIMED_OUT
 
 log = logging.getLogger("mrgrpo.serve")
 
-#: bytes of memory one decoded RGB pixel takes in PIL (RGB is stored 4 bytes per pixel)
-BYTES_PER_PIXEL = 4
+#: requests with more pixels than this are "big": decoded in their own thread pool, kept out of the reserve
+BIG_REQUEST_PIXELS = 2**22
+#: decoded pixels kept for small requests on top of ``max_inflight_pixels`` (64 MiB)
+SMALL_RESERVE_PIXELS = 2**24
 
 
 @dataclass
@@ -55,7 +57,8 @@ class ServerLimits:
         max_request_pixels: pixels of all the images of one request (default 2**26 = 64 Mi:
             256 images of 512x512, 64 of 1024x1024 or 4 of 4096x4096; 256 MiB decoded).
         max_inflight_pixels: decoded pixels held by all requests at once (default twice
-            ``max_request_pixels``): a request waits until its images fit.
+            ``max_request_pixels``): a request waits until its images fit. Small requests (at most
+            4 Mi pixels) may use 16 Mi pixels more, so big ones never hold them up.
         max_json_values: commas, ``[`` and ``{`` in a body (bounds what parsing can allocate).
     """
 
@@ -71,15 +74,23 @@ class ServerLimits:
 
 
 class PixelBudget:
-    """First-come first-served reservation of decoded pixels (event-loop side only)."""
+    """Reservation of decoded pixels (event-loop side only).
 
-    def __init__(self, total: int):
-        self.total = int(total)
+    Requests of more than ``small`` pixels share ``total``; small ones may also use ``reserve`` more, so
+    big requests filling the budget never hold small ones up. Waiters are granted first-fit in arrival
+    order: a small request that fits is not held up behind a big one waiting for room (the big one
+    gets in as soon as enough is released)."""
+
+    def __init__(self, total: int, reserve: int = 0, small: int = 0):
+        self.total, self.reserve, self.small = int(total), int(reserve), int(small)
         self.used = 0
         self.waiters: deque[tuple[int, asyncio.Future]] = deque()
 
+    def _fits(self, n: int) -> bool:
+        return self.used + n <= self.total + (self.reserve if n <= self.small else 0)
+
     async def acquire(self, n: int) -> None:
-        if not self.waiters and self.used + n <= self.total:
+        if self._fits(n):
             self.used += n
             return
         fut = asyncio.get_running_loop().create_future()
@@ -101,9 +112,12 @@ class PixelBudget:
         self._wake()
 
     def _wake(self) -> None:
-        while self.waiters and self.used + self.waiters[0][0] <= self.total:
-            n, fut = self.waiters.popleft()
-            if not fut.done():
+        for entry in list(self.waiters):
+            n, fut = entry
+            if fut.done():
+                self.waiters.remove(entry)
+            elif self._fits(n):
+                self.waiters.remove(entry)
                 self.used += n
                 fut.set_result(None)
 
@@ -217,14 +231,17 @@ def create_app(reward: Any, *, name: str = "reward", max_batch: int = 64, token:
     """A FastAPI app serving ``reward`` (any :class:`~mrgrpo.rewards.base.Reward`)."""
     limits = limits or ServerLimits()
     scorer = BatchingScorer(reward, max_batch)
+    # parsing and small requests never wait behind the decoding of big ones
     pool = ThreadPoolExecutor(max_workers=max(1, decode_threads), thread_name_prefix="reward-decode")
-    budget = PixelBudget(limits.inflight())
+    big_pool = ThreadPoolExecutor(max_workers=max(1, decode_threads), thread_name_prefix="reward-decode-big")
+    budget = PixelBudget(limits.inflight(), reserve=SMALL_RESERVE_PIXELS, small=BIG_REQUEST_PIXELS)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI):
         yield
         scorer.close()
         pool.shutdown(wait=False, cancel_futures=True)
+        big_pool.shutdown(wait=False, cancel_futures=True)
         close = getattr(reward, "close", None)
         if callable(close):
             close()
@@ -259,7 +276,7 @@ def create_app(reward: Any, *, name: str = "reward", max_batch: int = 64, token:
         pixels = sum(im.pixels for im in opened)
         await budget.acquire(pixels)
         try:
-            decoded = await loop.run_in_executor(pool, _decode, opened)
+            decoded = await loop.run_in_executor(big_pool if pixels > BIG_REQUEST_PIXELS else pool, _decode, opened)
             del opened
             if scorer.needs_groups:  # the scorer splits requests at group boundaries: put each group's images together
                 order = sorted(range(len(decoded)), key=lambda i: (str(metadata[i].get("group_id", "")), i))

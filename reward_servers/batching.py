@@ -4,7 +4,10 @@ Concurrent requests are merged into reward calls of at most ``max_batch`` images
 is scored in chunks; a reward that compares the images of a group gets whole groups, and the
 groups of different requests are kept apart). When a merged call raises, each request of it is
 scored again on its own, so only the request whose input makes the reward fail gets the error.
-The worker holds no reference to a batch once it is answered.
+Scheduling is fair to small requests: a request is also cut into chunks of at most ``merge_pixels``
+pixels (at least one image), and the chunk with the fewest pixels goes first; a chunk that has waited
+``starvation_s`` goes next, but at most every other call. A client sending the biggest allowed
+requests thus delays a small request by about two of its chunks' scoring at most. The worker holds no reference to a batch once it is answered.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import json
 import logging
 import math
 import threading
-from collections import deque
+import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,12 +36,31 @@ class _Job:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-def group_chunks(metadata: list[dict], max_batch: int, needs_groups: bool) -> list[tuple[int, int]]:
-    """Contiguous (start, stop) chunks of at most ``max_batch`` items; whole groups when ``needs_groups``
-    (a group bigger than ``max_batch`` is one chunk). Groups must be contiguous in the request."""
+@dataclass
+class _Chunk:
+    job: _Job
+    start: int
+    stop: int
+    pixels: int
+    queued: float
+
+
+def group_chunks(metadata: list[dict], max_batch: int, needs_groups: bool, pixels: list[int] | None = None,
+                 max_pixels: int | None = None) -> list[tuple[int, int]]:
+    """Contiguous (start, stop) chunks of at most ``max_batch`` items and, when ``pixels`` (per item) and
+    ``max_pixels`` are given, at most ``max_pixels`` pixels (at least one item); whole groups when
+    ``needs_groups`` (a group bigger than ``max_batch`` is one chunk). Groups must be contiguous in the request."""
     n = len(metadata)
     if not needs_groups:
-        return [(i, min(n, i + max_batch)) for i in range(0, n, max_batch)]
+        if not pixels or not max_pixels:
+            return [(i, min(n, i + max_batch)) for i in range(0, n, max_batch)]
+        chunks, start, total = [], 0, 0
+        for i, px in enumerate(pixels):
+            if i > start and (i - start >= max_batch or total + px > max_pixels):
+                chunks.append((start, i))
+                start, total = i, 0
+            total += px
+        return chunks + [(start, n)]
     bounds = [0] + [i for i in range(1, n) if metadata[i].get("group_id") != metadata[i - 1].get("group_id")] + [n]
     chunks, start = [], 0
     for a, b in zip(bounds[:-1], bounds[1:]):
@@ -52,11 +74,13 @@ def group_chunks(metadata: list[dict], max_batch: int, needs_groups: bool) -> li
 class BatchingScorer:
     """Scores queued jobs in one worker thread, merging concurrent jobs up to ``max_batch`` images per reward call."""
 
-    def __init__(self, reward: Any, max_batch: int):
+    def __init__(self, reward: Any, max_batch: int, starvation_s: float = 10.0, merge_pixels: int = 2**22):
         self.reward = reward
         self.max_batch = max(1, int(max_batch))
         self.needs_groups = bool(getattr(reward, "needs_groups", False))
-        self.pending: deque[tuple[_Job, int, int]] = deque()
+        self.starvation_s = float(starvation_s)
+        self.merge_pixels = int(merge_pixels)
+        self.pending: list[_Chunk] = []  # in arrival order
         self.cond = threading.Condition()
         self.closed = False
         self.calls = 0
@@ -64,40 +88,56 @@ class BatchingScorer:
         self.images_scored = 0
         self.rescored = 0
         self._tags = 0
+        self._aged_last = False
         self.worker = threading.Thread(target=self._run, name="reward-scorer", daemon=True)
         self.worker.start()
 
     def submit(self, images: list[Any], prompts: list[str], metadata: list[dict]) -> Future:
         """Queue one request; the future gets ``{"scores", "valid", "details"}`` or the reward's exception."""
         fut: Future = Future()
+        sizes = [getattr(im, "size", (0, 0)) for im in images]
         with self.cond:
             self._tags += 1
             job = _Job(images, prompts, metadata, fut, tag=self._tags)
-            job.parts = group_chunks(metadata, self.max_batch, self.needs_groups)
+            px = [int(w) * int(h) for w, h in sizes]
+            job.parts = group_chunks(metadata, self.max_batch, self.needs_groups, px, self.merge_pixels)
+            now = time.monotonic()
             for start, stop in job.parts:
-                self.pending.append((job, start, stop))
+                pixels = sum(px[start:stop])
+                self.pending.append(_Chunk(job, start, stop, pixels, now))
             self.cond.notify()
         return fut
 
     def _take(self) -> list[tuple[_Job, int, int]] | None:
+        """The next reward call: the chunk with the fewest pixels first (the oldest one, every other call, once
+        it has waited ``starvation_s``), merged with other queued chunks up to ``max_batch`` images and, unless the first
+        chunk is bigger, ``merge_pixels`` pixels. Small requests thus never queue behind several big ones."""
         with self.cond:
             while True:
-                while self.pending and self.pending[0][0].future.cancelled():  # its client is gone
-                    self.pending.popleft()
+                self.pending = [c for c in self.pending if not c.job.future.cancelled()]  # their clients are gone
                 if self.pending or self.closed:
                     break
                 self.cond.wait()
             if self.closed:
                 return None
-            batch = [self.pending.popleft()]
-            size = batch[0][2] - batch[0][1]
-            while self.pending and size + (self.pending[0][2] - self.pending[0][1]) <= self.max_batch:
-                item = self.pending.popleft()
-                if item[0].future.cancelled():
-                    continue
-                batch.append(item)
-                size += item[2] - item[1]
-            return batch
+            if time.monotonic() - self.pending[0].queued > self.starvation_s and not self._aged_last:
+                order = list(self.pending)  # the oldest chunk goes now, then the smallest first again
+                self._aged_last = True
+            else:
+                self._aged_last = False
+                order = sorted(self.pending, key=lambda c: c.pixels)  # stable: ties stay in arrival order
+            first = order[0]
+            batch, size, pixels = [first], first.stop - first.start, first.pixels
+            pixel_cap = max(first.pixels, self.merge_pixels)
+            for c in order[1:]:
+                n = c.stop - c.start
+                if size + n <= self.max_batch and pixels + c.pixels <= pixel_cap:
+                    batch.append(c)
+                    size += n
+                    pixels += c.pixels
+            taken = {id(c) for c in batch}
+            self.pending = [c for c in self.pending if id(c) not in taken]
+            return [(c.job, c.start, c.stop) for c in batch]
 
     def _run(self) -> None:
         while True:

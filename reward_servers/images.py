@@ -123,9 +123,11 @@ def to_rgb(im: Any) -> Any:
 
     mode = im.mode
     if mode in _SIXTEEN_BIT:
-        arr = np.asarray(im).astype(np.int64)
-        grey = ((np.clip(arr, 0, 65535) * 255 + 32767) // 65535).astype(np.uint8)
-        return Image.fromarray(grey, mode="L").convert("RGB")
+        arr = np.clip(np.asarray(im), 0, 65535).astype(np.uint32)  # 65535 * 255 + 32767 fits in 32 bits
+        arr *= 255
+        arr += 32767
+        arr //= 65535
+        return Image.fromarray(arr.astype(np.uint8), mode="L").convert("RGB")
     if mode in _ALPHA_MODES or (mode in ("P", "L", "RGB") and "transparency" in im.info):
         return _composite(im)
     if mode == "RGB":
