@@ -119,10 +119,12 @@ def hostile_bodies(rng: random.Random, side: int = 4096) -> dict[str, tuple[byte
     big = [png_b64(Image.new("RGB", (side, side), (v, v, v)), compress_level=1) for v in (10, 90, 170, 250)]
     one = lambda **kw: json.dumps({"images": [ok], "prompts": ["a red square"], **kw})  # noqa: E731
     gif = png_b64(Image.new("RGB", (16, 16)), "GIF")
-    truncated = base64.b64encode(base64.b64decode(png_b64(Image.effect_noise((64, 64), 40).convert("RGB")))[:300]).decode()
+    noise = base64.b64decode(png_b64(Image.effect_noise((64, 64), 40).convert("RGB")))
+    truncated = base64.b64encode(noise[:300]).decode()
     bodies = {
         "deep nesting": "[" * 100_000,
-        "deep metadata": '{"images": ["%s"], "prompts": ["p"], "metadata": [{"a": %s1%s}]}' % (ok, "[" * 5000, "]" * 5000),
+        "deep metadata": '{"images": ["%s"], "prompts": ["p"], "metadata": [{"a": %s1%s}]}'
+                         % (ok, "[" * 5000, "]" * 5000),
         "huge int": '{"images": [%s], "prompts": ["p"]}' % ("9" * 5000),
         "NaN": '{"images": ["%s"], "prompts": ["p"], "metadata": [{"x": NaN}]}' % ok,
         "too many values": "[" + "0," * 1_100_000 + "0]",
@@ -137,7 +139,9 @@ def hostile_bodies(rng: random.Random, side: int = 4096) -> dict[str, tuple[byte
         "list group_id": one(metadata=[{"group_id": [1, 2]}]),
         "too many images": json.dumps({"images": [ok] * 300, "prompts": ["p"] * 300}),
     }
-    return {k: (v.encode(), AUTH) for k, v in bodies.items()} | {"wrong token": (one().encode(), {"Authorization": "Bearer x"})}
+    out = {k: (v.encode(), AUTH) for k, v in bodies.items()}
+    out["wrong token"] = (one().encode(), {"Authorization": "Bearer x"})
+    return out
 
 
 def raw_attack(host: str, port: int, kind: str, read_timeout: float) -> str:
@@ -213,11 +217,13 @@ def main(argv: list[str] | None = None) -> dict:
 
     import mrgrpo.rewards.pixel  # noqa: F401 - torch etc. imported before any clock starts
 
-    proc, url = start_server("color_match", "--token", TOKEN, "--read-timeout", str(args.read_timeout), "--max-batch", "64")
+    proc, url = start_server("color_match", "--token", TOKEN, "--read-timeout", str(args.read_timeout),
+                             "--max-batch", "64")
     stats = Stats()
     try:
         rss_start = rss_mib(proc.pid, "VmRSS")
-        bodies = hostile_bodies(random.Random(0), args.largest_side)  # built first: encoding 4096x4096 PNGs takes a while
+        # built first: encoding 4096x4096 PNGs takes a while
+        bodies = hostile_bodies(random.Random(0), args.largest_side)
         kinds = [k.strip() for k in args.kinds.split(",") if k.strip()] or list(bodies) + list(RAW_KINDS)
         unknown = set(kinds) - set(bodies) - set(RAW_KINDS)
         if unknown:
@@ -233,7 +239,8 @@ def main(argv: list[str] | None = None) -> dict:
         peak_baseline = rss_mib(proc.pid, "VmHWM")
         phase[0] = "mixed"
         hostile_stop = threading.Event()
-        hostile = [threading.Thread(target=hostile_client, args=(url, 100 + i, hostile_stop, stats, bodies, args.read_timeout, kinds))
+        hostile = [threading.Thread(target=hostile_client,
+                                    args=(url, 100 + i, hostile_stop, stats, bodies, args.read_timeout, kinds))
                    for i in range(args.hostile_clients)]
         for t in hostile:
             t.start()
@@ -281,4 +288,5 @@ def main(argv: list[str] | None = None) -> dict:
 
 if __name__ == "__main__":
     res = main()
-    sys.exit(0 if res["server_alive"] and all(f == 1.0 for f in res["valid_correct_fraction"].values() if f is not None) else 1)
+    fractions = [f for f in res["valid_correct_fraction"].values() if f is not None]
+    sys.exit(0 if res["server_alive"] and all(f == 1.0 for f in fractions) else 1)

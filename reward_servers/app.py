@@ -176,7 +176,8 @@ def parse_request(data: Any, limits: ServerLimits) -> tuple[list[Any], list[str]
     if not isinstance(metadata, list):
         raise HTTPException(400, "`metadata` must be a list of objects, one per image")
     if len(images) != len(prompts) or len(metadata) != len(images):
-        raise HTTPException(400, f"length mismatch: {len(images)} images, {len(prompts)} prompts, {len(metadata)} metadata")
+        raise HTTPException(400, f"length mismatch: {len(images)} images, {len(prompts)} prompts, "
+                                 f"{len(metadata)} metadata")
     if not images:
         raise HTTPException(400, "no images")
     if len(images) > limits.max_images:
@@ -222,7 +223,8 @@ def _in_order(result: dict, order: list[int]) -> dict:
     def reorder(seq: list) -> list:
         return [seq[p] for p in inverse]
 
-    details = {k: reorder(v) if isinstance(v, list) and len(v) == len(order) else v for k, v in result["details"].items()}
+    details = {k: reorder(v) if isinstance(v, list) and len(v) == len(order) else v
+               for k, v in result["details"].items()}
     return {"scores": reorder(result["scores"]), "valid": reorder(result["valid"]), "details": details}
 
 

@@ -7,7 +7,8 @@ scored again on its own, so only the request whose input makes the reward fail g
 Scheduling is fair to small requests: a request is also cut into chunks of at most ``merge_pixels``
 pixels (at least one image), and the chunk with the fewest pixels goes first; a chunk that has waited
 ``starvation_s`` goes next, but at most every other call. A client sending the biggest allowed
-requests thus delays a small request by about two of its chunks' scoring at most. The worker holds no reference to a batch once it is answered.
+requests thus delays a small request by about two of its chunks' scoring at most. The worker holds
+no reference to a batch once it is answered.
 """
 
 from __future__ import annotations
@@ -109,9 +110,9 @@ class BatchingScorer:
         return fut
 
     def _take(self) -> list[tuple[_Job, int, int]] | None:
-        """The next reward call: the chunk with the fewest pixels first (the oldest one, every other call, once
-        it has waited ``starvation_s``), merged with other queued chunks up to ``max_batch`` images and, unless the first
-        chunk is bigger, ``merge_pixels`` pixels. Small requests thus never queue behind several big ones."""
+        """The next reward call: the chunk with the fewest pixels first (the oldest one, every other call,
+        once it has waited ``starvation_s``), merged with other queued chunks up to ``max_batch`` images
+        and, unless the first chunk is bigger, ``merge_pixels`` pixels."""
         with self.cond:
             while True:
                 self.pending = [c for c in self.pending if not c.job.future.cancelled()]  # their clients are gone
@@ -196,7 +197,8 @@ class BatchingScorer:
         offset = 0
         for job, a, b in batch:
             n = b - a
-            part = (scores[offset:offset + n], valid[offset:offset + n], slice_details(out.details, offset, offset + n, size))
+            part = (scores[offset:offset + n], valid[offset:offset + n],
+                    slice_details(out.details, offset, offset + n, size))
             offset += n
             with job.lock:
                 job.results[a] = part

@@ -272,7 +272,8 @@ class RemoteReward(Reward):
         n = len(images)
         scores, valid = [0.0] * n, [False] * n
         details, errors, failures = [], [], 0
-        futures = [self.pool.submit(self._score_chunk, idx, images, prompts, metadata) for idx in self._chunks(metadata, images)]
+        futures = [self.pool.submit(self._score_chunk, idx, images, prompts, metadata)
+                   for idx in self._chunks(metadata, images)]
         for fut in futures:
             idx, answer, err = fut.result()  # RemoteRequestError (a 4xx) propagates
             if answer is None:
@@ -285,11 +286,13 @@ class RemoteReward(Reward):
             if bad:
                 failures += len(bad)
                 errors.append(f"{len(bad)} image(s) with {problems[bad[0]]} from the server")
-                log.warning("remote reward: %d image(s) invalid (masked): the server sent %s", len(bad), problems[bad[0]])
+                log.warning("remote reward: %d image(s) invalid (masked): the server sent %s", len(bad),
+                            problems[bad[0]])
             for k, i in enumerate(idx):
                 scores[i], valid[i] = s[k], v[k]
             details.append(d)
-        return RewardOutput(torch.tensor(scores), torch.tensor(valid), {"failures": failures, "errors": errors, "server": details})
+        return RewardOutput(torch.tensor(scores), torch.tensor(valid),
+                            {"failures": failures, "errors": errors, "server": details})
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)

@@ -30,7 +30,8 @@ def launch(*args: str) -> tuple[subprocess.Popen, str]:
     on a full pipe. The helper reward module of these tests (srv_toy_rewards) is importable in the server.
     """
     port = free_port()
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")])))
+    path = os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=path)
     proc = subprocess.Popen([sys.executable, "-m", "mrgrpo.cli", "serve", *args, "--port", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
     proc.log = []

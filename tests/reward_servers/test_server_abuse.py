@@ -56,6 +56,11 @@ def post(url: str, body, **kw) -> httpx.Response:
     return httpx.post(f"{url}/v1/score", json=body, headers=AUTH, timeout=60, **kw)
 
 
+def chunk(kind: bytes, data: bytes) -> bytes:
+    """One PNG chunk: length, type, data, CRC."""
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
 def ok_image() -> str:
     return b64(Image.new("RGB", (8, 8), (10, 20, 30)))
 
@@ -117,7 +122,8 @@ def test_health_answers_while_the_largest_request_is_decoded(servers):
     r = result["r"]
     assert r.status_code == 200, r.text[:300]
     assert r.json()["scores"] == pytest.approx([40 * k / 255 for k in range(n)], abs=1e-3)
-    print(f"\nrequest of {n} x 4096x4096 took {result['s']:.2f} s; {len(probes)} /health probes, slowest {max(probes):.3f} s")
+    print(f"\nrequest of {n} x 4096x4096 took {result['s']:.2f} s; {len(probes)} /health probes, "
+          f"slowest {max(probes):.3f} s")
     assert len(probes) >= 3
     assert max(probes) < 0.5
 
@@ -129,7 +135,6 @@ def test_pixel_budget_is_checked_from_headers_before_decoding(servers):
     def header_only_png(w: int, h: int) -> str:
         # a PNG whose header promises w x h pixels but whose data is cut off: decoding it would fail (400)
         ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
-        chunk = lambda kind, data: struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))  # noqa: E731
         raw = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 100))
         return base64.b64encode(raw).decode()
 
@@ -183,7 +188,6 @@ def _sixteen_bit_rgb_png(level16: int) -> bytes:
     w = h = 4
     ihdr = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)
     row = b"\x00" + struct.pack(">HHH", level16, level16, level16) * w
-    chunk = lambda kind, data: struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))  # noqa: E731
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(row * h)) + chunk(b"IEND", b"")
 
 
@@ -300,8 +304,8 @@ def test_docs_pages_are_off_with_a_token_and_on_without(servers):
 def test_non_loopback_address_needs_a_token_or_insecure():
     from mrgrpo.reward_servers import cli as serve_cli
 
-    run = subprocess.run([sys.executable, "-m", "mrgrpo.cli", "serve", "brightness", "--host", "0.0.0.0", "--port", "1"],
-                         capture_output=True, text=True, timeout=120)
+    cmd = [sys.executable, "-m", "mrgrpo.cli", "serve", "brightness", "--host", "0.0.0.0", "--port", "1"]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert run.returncode == 2 and "--insecure" in run.stderr and "Traceback" not in run.stderr
 
     import argparse

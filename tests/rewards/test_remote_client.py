@@ -15,7 +15,8 @@ from mrgrpo.rewards.remote import RemoteReward, check_answer
 
 
 class FakeServer:
-    """Answers /v1/score as `mode` says: ok, garbage, html, wrong_count, nan, inf, strings, list, hang, trickle, bad_valid."""
+    """Answers /v1/score as `mode` says: ok, garbage, html, wrong_count, nan, inf, strings, list, hang,
+    trickle, bad_valid."""
 
     def __init__(self, mode: str = "ok", health: dict | None = None):
         self.mode, self.health, self.sizes = mode, health or {"needs_groups": False}, []
@@ -61,7 +62,8 @@ class FakeServer:
                     return self._send(200, json.dumps(answers[mode]).encode())
                 if mode in ("nan", "inf"):  # Python's json writes NaN / Infinity literals
                     bad = float("nan") if mode == "nan" else float("inf")
-                    return self._send(200, json.dumps({"scores": [scores[0], bad] + scores[2:], "valid": [True] * n}).encode())
+                    answer = {"scores": [scores[0], bad] + scores[2:], "valid": [True] * n}
+                    return self._send(200, json.dumps(answer).encode())
                 if mode == "html":
                     return self._send(200, b"<html>proxy error</html>")
                 self._send(200, b"\x00\xff garbage")
