@@ -136,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
     kwargs = reward_kwargs(args)
     port = args.port or 8100
     sizes = (args.max_batch, args.max_images, args.max_pixels, args.max_request_pixels, args.max_body_mb, args.read_timeout,
-             args.max_inflight_pixels or 1)
+             1 if args.max_inflight_pixels is None else args.max_inflight_pixels)
     if min(sizes) <= 0:
         print("error: --max-batch, --max-images, --max-pixels, --max-request-pixels, --max-inflight-pixels, --max-body-mb "
               "and --read-timeout must be positive", file=sys.stderr)
@@ -164,7 +164,6 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from mrgrpo.reward_servers.app import ServerLimits, create_app
-
     from mrgrpo.reward_servers.protocol import protocol_with_timeout
 
     limits = ServerLimits(max_body_bytes=int(args.max_body_mb * 2**20), max_images=args.max_images, max_pixels=args.max_pixels,
