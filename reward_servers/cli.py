@@ -19,15 +19,24 @@ JUDGES = ("unifiedreward-think", "unifiedreward_think", "unifiedreward_point", "
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("reward", help="registered reward name or dotted path 'pkg.module:factory' (see `mrgrpo rewards list`)")
-    p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback; anything else exposes the server)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="bind address (default loopback; another address needs --token, or --insecure)")
     p.add_argument("--port", type=int, default=None, help="port (default 8100; 8000 for the vLLM judge)")
     p.add_argument("--max-batch", type=int, default=64, help="most images per reward call (concurrent requests are merged)")
-    p.add_argument("--token", default=None, help="require 'Authorization: Bearer TOKEN' on /v1/score")
+    p.add_argument("--token", default=None, help="require 'Authorization: Bearer TOKEN' on /v1/score (turns the docs pages off)")
+    p.add_argument("--insecure", action="store_true", help="allow binding a non-loopback --host without --token")
     p.add_argument("--kw", action="append", default=[], metavar="KEY=VALUE", help="reward keyword argument, value parsed as YAML; repeatable")
     p.add_argument("--config", default=None, help="YAML file of reward keyword arguments (a mapping, or {kwargs: {...}})")
     p.add_argument("--max-images", type=int, default=256, help="most images per request")
     p.add_argument("--max-pixels", type=int, default=4096 * 4096, help="most pixels per image")
+    p.add_argument("--max-request-pixels", type=int, default=2**26,
+                   help="most pixels of all the images of one request, checked from the headers before decoding "
+                        "(default 2**26: 256 MiB decoded)")
+    p.add_argument("--max-inflight-pixels", type=int, default=None,
+                   help="most decoded pixels held by all requests at once; others wait (default 2x --max-request-pixels)")
     p.add_argument("--max-body-mb", type=float, default=64.0, help="request body size limit (MiB)")
+    p.add_argument("--read-timeout", type=float, default=60.0,
+                   help="seconds a client has to send a whole request (headers and body); then it is disconnected")
     p.add_argument("--log-level", default="warning", help="uvicorn log level")
     g = p.add_argument_group("vLLM judge (unifiedreward-think / unifiedreward_point with --model)")
     g.add_argument("--model", default=None, help="judge weights (local path or hub id): launches `vllm serve` instead of a reward server")
@@ -126,15 +135,22 @@ def run(args: argparse.Namespace) -> int:
         return _run_judge(args)
     kwargs = reward_kwargs(args)
     port = args.port or 8100
-    if args.max_batch < 1 or args.max_images < 1 or args.max_pixels < 1 or args.max_body_mb <= 0:
-        print("error: --max-batch, --max-images, --max-pixels and --max-body-mb must be positive", file=sys.stderr)
+    sizes = (args.max_batch, args.max_images, args.max_pixels, args.max_request_pixels, args.max_body_mb, args.read_timeout,
+             1 if args.max_inflight_pixels is None else args.max_inflight_pixels)
+    if min(sizes) <= 0:
+        print("error: --max-batch, --max-images, --max-pixels, --max-request-pixels, --max-inflight-pixels, --max-body-mb "
+              "and --read-timeout must be positive", file=sys.stderr)
         return 2
+    if not _is_loopback(args.host):
+        if not args.token and not args.insecure:
+            print(f"error: --host {args.host} would expose the reward server beyond this machine without a token; "
+                  "set --token (clients send it as `token`), or pass --insecure on a network you trust", file=sys.stderr)
+            return 2
+        print(f"warning: binding {args.host} exposes the reward server beyond this machine"
+              + ("" if args.token else " with no token (--insecure)"), file=sys.stderr)
     if args.dry_run:
         print(f"would serve reward {args.reward!r} on http://{args.host}:{port} with kwargs {kwargs}")
         return 0
-    if not _is_loopback(args.host):
-        print(f"warning: binding {args.host} exposes the reward server beyond this machine"
-              + ("" if args.token else "; set --token to require a bearer token"), file=sys.stderr)
 
     from mrgrpo.registry import RegistryError
     from mrgrpo.rewards.base import build_reward
@@ -148,9 +164,28 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from mrgrpo.reward_servers.app import ServerLimits, create_app
+    from mrgrpo.reward_servers.protocol import protocol_with_timeout
 
-    limits = ServerLimits(max_body_bytes=int(args.max_body_mb * 2**20), max_images=args.max_images, max_pixels=args.max_pixels)
+    limits = ServerLimits(max_body_bytes=int(args.max_body_mb * 2**20), max_images=args.max_images, max_pixels=args.max_pixels,
+                          max_request_pixels=args.max_request_pixels, max_inflight_pixels=args.max_inflight_pixels)
+    _setup_logging(args.log_level)
     app = create_app(reward, name=args.reward, max_batch=args.max_batch, token=args.token, limits=limits)
     print(f"serving reward {args.reward!r} on http://{args.host}:{port} (POST /v1/score, GET /health)", flush=True)
-    uvicorn.run(app, host=args.host, port=port, log_level=args.log_level)
+    config = uvicorn.Config(app, host=args.host, port=port, log_level=args.log_level,
+                            http=protocol_with_timeout(args.read_timeout))
+    uvicorn.Server(config).run()
     return 0
+
+
+def _setup_logging(level: str) -> None:
+    """One line per event of the server's own log (``mrgrpo.serve``) on stderr."""
+    import logging
+
+    logger = logging.getLogger("mrgrpo.serve")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.propagate = False
+    value = logging.getLevelName(str(level).upper())
+    logger.setLevel(value if isinstance(value, int) else logging.WARNING)

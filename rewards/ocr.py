@@ -335,7 +335,7 @@ class OCRReward(Reward):
 
     def targets(self, prompt: str, meta: dict | None) -> list[str]:
         """The target segments of one image (``metadata["ocr_text"]`` first, else the quoted text)."""
-        explicit = (meta or {}).get("ocr_text")
+        explicit = meta.get("ocr_text") if isinstance(meta, dict) else None
         if isinstance(explicit, str) and explicit.strip():
             segments = [explicit]
         elif isinstance(explicit, (list, tuple)) and any(isinstance(s, str) and s.strip() for s in explicit):

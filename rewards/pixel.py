@@ -42,29 +42,41 @@ class Brightness(Reward):
 class ColorMatch(Reward):
     """``1 - |mean colour - named colour| / sqrt(3)`` for the first colour word of the prompt.
 
-    A prompt naming no known colour is invalid (masked), not 0. ``metadata[i]["color"]`` overrides.
+    A prompt naming no known colour is invalid (masked), not 0. ``metadata[i]["color"]`` (a colour
+    word, any case) overrides; a ``color`` that is not a known colour word (another word, a list, a
+    number) makes that image invalid, with the reason in ``details["invalid_reason"]``.
     """
 
     name = "color_match"
 
     def score(self, images, prompts, metadata):
-        scores, valid, targets = [], [], []
+        scores, valid, targets, reasons = [], [], [], []
         for im, prompt, meta in zip(images, prompts, metadata):
-            word = (meta or {}).get("color")
+            word, reason = _target_color(prompt, meta)
             if word is None:
-                m = _COLOR_RE.search(prompt)
-                word = m.group(1).lower() if m else None
-            if word not in COLORS:
                 scores.append(0.0)
                 valid.append(False)
                 targets.append(None)
+                reasons.append(reason)
                 continue
             mean = _rgb(im).reshape(-1, 3).mean(axis=0)
             dist = float(np.linalg.norm(mean - np.array(COLORS[word], dtype=np.float32)))
             scores.append(1.0 - dist / np.sqrt(3.0))
             valid.append(True)
             targets.append(word)
-        return RewardOutput(torch.tensor(scores), torch.tensor(valid), {"colors": targets})
+            reasons.append(None)
+        return RewardOutput(torch.tensor(scores), torch.tensor(valid), {"colors": targets, "invalid_reason": reasons})
+
+
+def _target_color(prompt: Any, meta: Any) -> tuple[str | None, str | None]:
+    """(colour word, None) or (None, why there is none) for one image."""
+    word = meta.get("color") if isinstance(meta, dict) else None
+    if word is not None:
+        if isinstance(word, str) and word.strip().lower() in COLORS:
+            return word.strip().lower(), None
+        return None, f"metadata color {str(word)[:40]!r} is not one of the known colour words"
+    m = _COLOR_RE.search(prompt) if isinstance(prompt, str) else None
+    return (m.group(1).lower(), None) if m else (None, "no colour word in the prompt")
 
 
 class JPEGCompressibility(Reward):

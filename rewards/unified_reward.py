@@ -352,7 +352,12 @@ class UnifiedRewardThink(_JudgeBase):
         urls = [self._url(im) for im in images]
         groups: dict[Any, list[int]] = {}
         for i, meta in enumerate(metadata):
-            groups.setdefault((meta or {}).get("group_id", ("prompt", prompts[i])), []).append(i)
+            key = meta.get("group_id", ("prompt", prompts[i])) if isinstance(meta, dict) else ("prompt", prompts[i])
+            try:
+                hash(key)
+            except TypeError:  # a list / object group_id from careless metadata: group by its text
+                key = ("group_id", repr(key)[:200])
+            groups.setdefault(key, []).append(i)
         jobs = {}
         for key, members in groups.items():
             for a, b in itertools.combinations(range(len(members)), 2):

@@ -26,3 +26,38 @@ def explode(images, prompts):
     if "boom" in prompts:
         raise RuntimeError("kaboom")
     return [1.0] * len(images)
+
+
+class Probe(Reward):
+    """Luminance score with the mean RGB per image in details; for abuse tests of the server.
+
+    Prompt "boom" raises; "slow:S" sleeps S seconds first. details["alive_before"] counts the images of
+    earlier calls still alive (weak references), so a test sees whether the server keeps old batches.
+    """
+
+    name = "probe"
+
+    def __init__(self):
+        import weakref
+
+        self._ref = weakref.ref
+        self._seen = []  # weak references to the images of earlier calls
+
+    def score(self, images, prompts, metadata):
+        import time
+
+        import numpy as np
+
+        self._seen = [r for r in self._seen if r() is not None]
+        alive = len(self._seen)
+        for p in prompts:
+            if p.startswith("slow:"):
+                time.sleep(float(p[5:]))
+        if "boom" in prompts:
+            raise RuntimeError("kaboom")
+        means = [np.asarray(im).reshape(-1, 3).mean(axis=0, dtype=np.float64).tolist() for im in images]
+        for im in images:
+            self._seen.append(self._ref(im))
+        lum = [(0.299 * r + 0.587 * g + 0.114 * b) / 255.0 for r, g, b in means]
+        return RewardOutput(lum, details={"mean_rgb": means, "alive_before": alive,
+                                          "modes": [im.mode for im in images]})

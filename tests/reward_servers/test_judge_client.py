@@ -269,3 +269,12 @@ def test_pointwise_mode(judge_factory):
     dead = judge_factory(fail_first=10**6)
     out = UnifiedRewardPoint(base_url=dead.url, model="m", max_retries=0)([gray(0)], ["p"])
     assert not out.valid.any() and out.details["failures"] == 1 and "HTTP 503" in out.details["errors"][0]
+
+
+def test_unhashable_group_ids_are_grouped_by_their_text(judge_factory):
+    judge = judge_factory()
+    r = UnifiedRewardThink(base_url=judge.url, template="deepgen", backoff=0.01)
+    levels = [10, 200, 100, 50, 250, 0, 150]
+    meta = [{"group_id": [0]}] * 3 + [{"group_id": {"g": 1}}] * 4  # careless metadata: a list and an object
+    out = r([gray(v) for v in levels], ["p"] * 3 + ["q"] * 4, meta)
+    assert out.scores.tolist() == pytest.approx([0.0, 1.0, 0.5, 1 / 3, 1.0, 0.0, 2 / 3]) and out.valid.all()

@@ -67,3 +67,6 @@ def test_clear_errors(capsys):
     assert serve_cli.run(parse("ocr", "--model", "/m")) == 2
     assert "--model launches the vLLM judge" in capsys.readouterr().err
     assert serve_cli.run(parse("brightness", "--max-batch", "0")) == 2
+    for flag in ("--max-request-pixels", "--max-inflight-pixels", "--read-timeout"):
+        assert serve_cli.run(parse("brightness", flag, "0")) == 2, flag
+        assert f"{flag}" in capsys.readouterr().err
