@@ -31,11 +31,10 @@ import torch
 from mrgrpo.advantages import accelerate_sum_reduce, compute_advantages
 from mrgrpo.config import RecipeError, RunConfig
 from mrgrpo.data import PromptRecord, PromptSampler, load_sources, rank_slice, reward_weight_matrix
-from mrgrpo.losses import clipped_policy_loss, mean_kl, ratio_stats, velocity_kl
+from mrgrpo.losses import StepLossStats, flow_matching_step_loss, mean_kl, mrgrpo_step_loss, velocity_kl
 from mrgrpo.rollout import (choose_train_steps, derive_seed, guided_velocity, sample_generators, sample_ode, sample_trajectories,
                             sde_step_mask)
 from mrgrpo.sde import sde_step_with_logprob, step_mean_std
-from mrgrpo.sft import flow_matching_step_loss
 from mrgrpo.trainer_base import TrainerBase, build_policy, destroy_process_group, world_size
 
 
@@ -241,8 +240,7 @@ class GRPOTrainer(TrainerBase):
         k = train_steps.shape[1]
         velocity = self._velocity_fn(self.model)
         ref_velocity = self._velocity_fn(self.policy)
-        stats: dict[str, list[float]] = {"loss/policy": [], "loss/kl": [], "ratio/mean": [], "clip_frac": [], "ratio/min": [], "ratio/max": []}
-        sft_losses: list[float] = []
+        stats = StepLossStats()
         grad_norms: list[float] = []
         for epoch in range(rl.inner_epochs):
             order = torch.from_numpy(np.random.default_rng([self.cfg.train.seed, step, epoch, 11]).permutation(n)).to(self.device)
@@ -263,10 +261,7 @@ class GRPOTrainer(TrainerBase):
                         step_out = sde_step_with_logprob(x_t, v.float(), s, s_next, sampler=rl.sampler, noise_level=rl.noise_level,
                                                          prev_sample=x_next, sigma_max=float(traj.sigmas[1]), cps_logprob=rl.cps_logprob)
                         old_lp = traj.log_probs[idx, t_idx]
-                        loss = clipped_policy_loss(step_out.log_prob, old_lp, adv[idx], rl.clip_range)
-                        stats["loss/policy"].append(loss.item())
-                        for key, val in ratio_stats(step_out.log_prob, old_lp, rl.clip_range).items():
-                            stats[key].append(val)
+                        kl = None
                         if rl.beta > 0:
                             with torch.no_grad(), self.policy.reference(), self.autocast():
                                 v_ref = guided_velocity(ref_velocity, x_t, s, cond_mb, uncond_mb, rl.cfg_scale).float()
@@ -275,26 +270,19 @@ class GRPOTrainer(TrainerBase):
                             else:
                                 ref_mean, _ = step_mean_std(x_t, v_ref, s, s_next, sampler=rl.sampler, noise_level=rl.noise_level, sigma_max=float(traj.sigmas[1]))
                                 kl = mean_kl(step_out.mean, ref_mean, step_out.std)
-                            loss = loss + rl.beta * kl.mean()
-                            stats["loss/kl"].append(kl.mean().item())
-                        if rl.sft_aux_coef > 0:
-                            loss = (1 - rl.sft_aux_coef) * loss
-                            if first and self.sft_stream is not None and step % rl.sft_aux_every == 0:
-                                sft_batch = next(self.sft_stream)
-                                gen = torch.Generator().manual_seed(derive_seed(self.cfg.train.seed, 6, step, epoch, self.accelerator.process_index))
-                                with self.autocast():
-                                    l_sft = flow_matching_step_loss(self.model, sft_batch, generator=gen)
-                                # accelerate divides every micro-batch loss by the accumulation count;
-                                # scaling by it makes the SFT term contribute exactly lambda * grad(L_sft).
-                                loss = loss + rl.sft_aux_coef * self.accum * l_sft
-                                sft_losses.append(l_sft.item())
+                        l_sft = None
+                        if rl.sft_aux_coef > 0 and first and self.sft_stream is not None and step % rl.sft_aux_every == 0:
+                            sft_batch = next(self.sft_stream)
+                            gen = torch.Generator().manual_seed(derive_seed(self.cfg.train.seed, 6, step, epoch, self.accelerator.process_index))
+                            with self.autocast():
+                                l_sft = flow_matching_step_loss(self.model, sft_batch, generator=gen)
                         first = False
+                        out = mrgrpo_step_loss(step_out.log_prob, old_lp, adv[idx], clip_range=rl.clip_range, kl=kl, beta=rl.beta,
+                                               sft_loss=l_sft, sft_coef=rl.sft_aux_coef, accumulation_steps=self.accum)
+                        stats.add(out)
+                        loss = out.loss
                         self.backward_and_maybe_step(loss, grad_norms)
-        out = {key: float(np.mean(v)) for key, v in stats.items() if v}
-        out["ratio/min"] = float(np.min(stats["ratio/min"]))
-        out["ratio/max"] = float(np.max(stats["ratio/max"]))
-        if sft_losses:
-            out["loss/sft"] = float(np.mean(sft_losses))
+        out = stats.metrics()
         if grad_norms:
             out["grad_norm"] = float(np.mean(grad_norms))
         return out

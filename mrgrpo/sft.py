@@ -3,7 +3,7 @@
 The loss is the policy's :meth:`~mrgrpo.policies.base.DiffusionPolicy.flow_matching_loss`
 (``x_s = (1 - s) x0 + s eps``, target ``eps - x0``, per-image mean then batch mean, ``s`` from
 the shift-3 law), the same function MR-GRPO adds as its auxiliary SFT term
-(:func:`flow_matching_step_loss` is called by both trainers). Batches come from
+(:func:`mrgrpo.losses.flow_matching_step_loss` is called by both trainers). Batches come from
 :func:`mrgrpo.image_data.build_sft_stream`: text-to-image and editing batches mixed in
 ``sft.t2i_edit_ratio``, caption dropout on text-to-image, sized to ``sft.pixel_budget``.
 Stage freezing is the policy's (``pretrain``: think tokens + projectors + connector; ``sft``:
@@ -19,14 +19,10 @@ import numpy as np
 import torch
 
 from mrgrpo.config import RecipeError, RunConfig
+from mrgrpo.losses import flow_matching_step_loss
 from mrgrpo.rollout import derive_seed, sample_ode
 from mrgrpo.tracking import plot_curves
 from mrgrpo.trainer_base import TrainerBase, build_policy, destroy_process_group, world_size
-
-
-def flow_matching_step_loss(model, batch: dict[str, Any], generator: torch.Generator | None = None) -> torch.Tensor:
-    """The SFT loss of one batch through the (possibly wrapped) policy; shared by SFT and MR-GRPO."""
-    return model("flow_matching_loss", batch, generator=generator)
 
 
 class SFTTrainer(TrainerBase):

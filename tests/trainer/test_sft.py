@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from mrgrpo.config import RecipeError, load_recipe
-from mrgrpo.sft import SFTTrainer, flow_matching_step_loss
+from mrgrpo.losses import flow_matching_step_loss
+from mrgrpo.sft import SFTTrainer
 from mrgrpo.synth import synthesize
 from mrgrpo.tracking import read_metrics
 
