@@ -25,9 +25,9 @@ import torch
 def bare_compute_seconds(trainer, batch) -> float:
     """Seconds of the denoiser passes a step needs, with none of the toolkit around them."""
     policy, rl = trainer.policy, trainer.cfg.rl
-    traj = batch["traj"]
+    traj = batch.traj
     n = traj.latents.shape[0]
-    cond = batch["cond"]
+    cond = batch.cond
     t0 = time.perf_counter()
     with torch.no_grad(), trainer.autocast():
         for t in range(rl.num_steps):

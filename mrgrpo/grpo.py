@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import math
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -30,33 +28,16 @@ import torch
 
 from mrgrpo.advantages import accelerate_sum_reduce, compute_advantages
 from mrgrpo.config import RecipeError, RunConfig
-from mrgrpo.data import PromptRecord, PromptSampler, load_sources, rank_slice, reward_weight_matrix
+from mrgrpo.data import PromptRecord, PromptSampler, load_sources, rank_slice
 from mrgrpo.losses import StepLossStats, flow_matching_step_loss, mean_kl, mrgrpo_step_loss, velocity_kl
-from mrgrpo.rollout import (choose_train_steps, derive_seed, guided_velocity, sample_generators, sample_ode, sample_trajectories,
-                            sde_step_mask)
+from mrgrpo.reward_mixture import RewardFailure, RewardMixture, ScoredRewards
+from mrgrpo.rollout import (RolloutBatch, choose_train_steps, derive_seed, guided_velocity, sample_generators, sample_ode,
+                            sample_trajectories, sde_step_mask)
 from mrgrpo.sde import sde_step_with_logprob, step_mean_std
 from mrgrpo.trainer_base import TrainerBase, build_policy, destroy_process_group, world_size
 
 
-class RewardFailure(RuntimeError):
-    """A reward could not score images and ``rl.reward_failure`` is ``stop``."""
-
-
-@dataclass
-class ScoredRewards:
-    """Rewards of the N local images: scores/valid per reward name (sorted), and the weights."""
-
-    scores: dict[str, torch.Tensor]
-    valid: dict[str, torch.Tensor]
-    weights: torch.Tensor  # [N, R]
-    failures: dict[str, int]
-
-
-def build_rewards(cfg: RunConfig) -> dict[str, Any]:
-    """``{name: Reward}`` for every reward the recipe defines."""
-    from mrgrpo.rewards.base import build_reward
-
-    return {key: build_reward(spec.name or key, spec.kwargs, label=key) for key, spec in sorted(cfg.rewards.items())}
+__all__ = ["GRPOTrainer", "RewardFailure", "ScoredRewards", "train"]
 
 
 class GRPOTrainer(TrainerBase):
@@ -71,21 +52,22 @@ class GRPOTrainer(TrainerBase):
     def __init__(self, cfg: RunConfig, *, policy=None, rewards: dict[str, Any] | None = None):
         self.cfg = cfg
         rl, train = cfg.rl, cfg.train
+        self.G = rl.group_size  # read once: images per prompt (one group)
         self.out = Path(cfg.output_dir)
         self.sources = load_sources(cfg.data.sources, cfg.resolve_path)
         self.sampler = PromptSampler(self.sources, seed=train.seed, sampling=cfg.data.source_sampling, shuffle=cfg.data.shuffle)
         self.eval_sources = load_sources(cfg.data.eval_sources, cfg.resolve_path) if cfg.data.eval_sources else []
-        used = sorted({k for s in self.sources for k, w in s.rewards.items() if w > 0} |
-                      {k for s in self.eval_sources for k, w in s.rewards.items() if w > 0})
-        self.reward_names = used
+        self.mixtures = {s.name: s.rewards for s in self.sources}
+        self.eval_mixtures = {s.name: s.rewards for s in self.eval_sources}
+        used = {k for mix in (*self.mixtures.values(), *self.eval_mixtures.values()) for k, w in mix.items() if w > 0}
 
         # -- layout: prompts per process, micro-batches, accumulation ------------------------------
         world = world_size()
         n_prompts = cfg.prompts_per_step
         if n_prompts % world:
-            raise RecipeError(f"train.images_per_step={train.images_per_step} gives {n_prompts} prompts a step, not divisible by {world} processes. Fix: use a multiple of {rl.group_size * world}.")
+            raise RecipeError(f"train.images_per_step={train.images_per_step} gives {n_prompts} prompts a step, not divisible by {world} processes. Fix: use a multiple of {self.G * world}.")
         self.local_prompts = n_prompts // world
-        self.local_images = self.local_prompts * rl.group_size
+        self.local_images = self.local_prompts * self.G
         self.micro = min(train.micro_batch_size, self.local_images)
         if self.local_images % self.micro:
             raise RecipeError(f"train.micro_batch_size={train.micro_batch_size} does not divide the {self.local_images} images each process trains on. Fix: use a divisor of {self.local_images}.")
@@ -102,11 +84,8 @@ class GRPOTrainer(TrainerBase):
         self.setup_model(policy if policy is not None else build_policy(cfg), "rl", reference=rl.beta > 0)
         self.policy.eval()  # no dropout: the recomputed log-prob must match the rollout's
 
-        self.rewards = rewards if rewards is not None else build_rewards(cfg)
-        missing = [k for k in self.reward_names if k not in self.rewards]
-        if missing:
-            raise RecipeError(f"rewards {missing} are used by the mixtures but were not built. Fix: define them under `rewards:`.")
-        self._reward_pool = ThreadPoolExecutor(max_workers=max(1, len(self.rewards)))
+        self.rewards = RewardMixture.from_config(cfg, sorted(used), rewards)
+        self.reward_names = self.rewards.names
 
     # ---------------------------------------------------------------------------------------
     def _build_sft_stream(self):
@@ -127,10 +106,11 @@ class GRPOTrainer(TrainerBase):
         return records[sl], sl.start
 
     # -- 1-3: encode + rollout ---------------------------------------------------------------
-    def rollout(self, step: int) -> dict[str, Any]:
+    def rollout(self, step: int) -> RolloutBatch:
+        """Encode this process's prompts once, sample G trajectories each, decode (steps 1-3)."""
         rl = self.cfg.rl
         records, offset = self._local_records(step)
-        G = rl.group_size
+        G = self.G
         t0 = time.perf_counter()
         with torch.no_grad(), self.autocast():
             images = self._load_ref_images(records)
@@ -159,9 +139,8 @@ class GRPOTrainer(TrainerBase):
             pixels = torch.cat([self.policy.decode(traj.final[i:i + self.micro]).float() for i in range(0, traj.final.shape[0], self.micro)])
         t3 = time.perf_counter()
         group_ids = torch.tensor([offset + i for i in range(len(records)) for _ in range(G)], dtype=torch.long)
-        return {"records": records, "cond": cond, "uncond": uncond, "traj": traj, "pixels": pixels.cpu(),
-                "group_ids": group_ids, "sample_ids": sample_ids,
-                "time": {"time/encode": t_encode, "time/rollout": t2 - t1, "time/decode": t3 - t2}}
+        return RolloutBatch(records, G, cond, uncond, traj, pixels.cpu(), group_ids, sample_ids,
+                            {"time/encode": t_encode, "time/rollout": t2 - t1, "time/decode": t3 - t2})
 
     def _load_ref_images(self, records: Sequence[PromptRecord]):
         if not any(r.images for r in records):
@@ -171,54 +150,14 @@ class GRPOTrainer(TrainerBase):
         return [[Image.open(p).convert("RGB") for p in r.images] for r in records]
 
     # -- 4: rewards -------------------------------------------------------------------------------
-    def score(self, pixels: torch.Tensor, records: Sequence[PromptRecord], group_ids: torch.Tensor,
-              sources: Sequence[Any] | None = None, per_prompt: int | None = None) -> ScoredRewards:
-        """Score ``pixels [N, 3, H, W]`` (``per_prompt`` consecutive images per record, default G)."""
+    def score(self, pixels: torch.Tensor, records: Sequence[PromptRecord], group_ids: torch.Tensor, *,
+              mixtures: dict[str, dict[str, float]] | None = None, per_prompt: int | None = None) -> ScoredRewards:
+        """Score ``pixels [N, 3, H, W]`` (``per_prompt`` consecutive images per record, default G) with
+        the reward mixture of each record's source (``mixtures``: source -> mixture, default the training ones)."""
         from mrgrpo.policies.base import tensor_to_images
 
-        G = self.cfg.rl.group_size if per_prompt is None else per_prompt
-        images = tensor_to_images(pixels)
-        prompts = [r.prompt for r in records for _ in range(G)]
-        meta = [dict(r.fields, group_id=int(g), source=r.source, prompt=r.prompt)
-                for r, g in zip([r for r in records for _ in range(G)], group_ids.tolist())]
-        names = self.reward_names
-        weights = torch.from_numpy(np.repeat(reward_weight_matrix(records, sources or self.sources, names), G, axis=0))
-        n = len(images)
-
-        def run_one(j: int, name: str):
-            idx = [i for i in range(n) if weights[i, j] > 0]
-            scores = torch.zeros(n)
-            valid = torch.zeros(n, dtype=torch.bool)
-            failures = 0
-            if idx:
-                reward = self.rewards[name]
-                bs = self.cfg.rewards[name].batch_size if name in self.cfg.rewards else 64
-                if getattr(reward, "needs_groups", False):
-                    bs = max(bs, G) // G * G  # keep groups whole: a group-wise reward sees all G images
-                for start in range(0, len(idx), bs):
-                    chunk = idx[start:start + bs]
-                    try:
-                        out = reward([images[i] for i in chunk], [prompts[i] for i in chunk], [meta[i] for i in chunk])
-                    except Exception as exc:  # a failed call masks its images (or stops the run)
-                        if self.cfg.rl.reward_failure == "stop":
-                            raise RewardFailure(f"reward {name!r} failed: {exc}. Set rl.reward_failure: mask to continue without it.") from exc
-                        failures += len(chunk)
-                        continue
-                    scores[chunk] = out.scores.float()
-                    valid[chunk] = out.valid
-                    failures += int(out.details.get("failures", 0)) if isinstance(out.details, dict) else 0
-            if failures and self.cfg.rl.reward_failure == "stop":
-                raise RewardFailure(f"reward {name!r} could not score {failures} image(s). Set rl.reward_failure: mask to continue without them.")
-            return name, scores, valid, failures
-
-        remote = [j for j, k in enumerate(names) if getattr(self.rewards[k], "is_remote", False)]
-        local = [j for j in range(len(names)) if j not in remote]
-        futures = [self._reward_pool.submit(run_one, j, names[j]) for j in remote]
-        results = [run_one(j, names[j]) for j in local] + [f.result() for f in futures]
-        scores, valid, failures = {}, {}, {}
-        for name, s, v, f in results:
-            scores[name], valid[name], failures[name] = s, v, f
-        return ScoredRewards(scores, valid, weights, failures)
+        return self.rewards.score(tensor_to_images(pixels), records, group_ids, self.mixtures if mixtures is None else mixtures,
+                                  self.G if per_prompt is None else per_prompt)
 
     # -- 5: advantages ---------------------------------------------------------------------------
     def advantages(self, scored: ScoredRewards, group_ids: torch.Tensor) -> torch.Tensor:
@@ -230,12 +169,12 @@ class GRPOTrainer(TrainerBase):
         return -adv if rl.flip_advantage_sign else adv
 
     # -- 6: training --------------------------------------------------------------------------------
-    def train_on(self, step: int, batch: dict[str, Any], adv: torch.Tensor) -> dict[str, float]:
+    def train_on(self, step: int, batch: RolloutBatch, adv: torch.Tensor) -> dict[str, float]:
         rl = self.cfg.rl
-        traj = batch["traj"]
+        traj = batch.traj
         n = traj.latents.shape[0]
         adv = adv.to(self.device)
-        sample_seeds = [derive_seed(self.cfg.train.seed, 3, step, sid) for sid in batch["sample_ids"]]
+        sample_seeds = [derive_seed(self.cfg.train.seed, 3, step, sid) for sid in batch.sample_ids]
         train_steps = choose_train_steps(traj.sde_steps, rl.timestep_fraction, sample_seeds).to(self.device)
         k = train_steps.shape[1]
         velocity = self._velocity_fn(self.model)
@@ -247,8 +186,8 @@ class GRPOTrainer(TrainerBase):
             first = True
             for mb_start in range(0, n, self.micro):
                 idx = order[mb_start:mb_start + self.micro]
-                cond_mb = batch["cond"].select(idx.cpu())
-                uncond_mb = batch["uncond"].select(idx.cpu()) if batch["uncond"] is not None else None
+                cond_mb = batch.cond.select(idx.cpu())
+                uncond_mb = batch.uncond.select(idx.cpu()) if batch.uncond is not None else None
                 for j in range(k):
                     with self.accelerator.accumulate(self.model):
                         t_idx = train_steps[idx, j]
@@ -292,7 +231,7 @@ class GRPOTrainer(TrainerBase):
         """Global (all-process) means: per reward over its valid images, ``<prefix>/mean`` = the mean over
         images of each image's mixture-weighted reward (over its valid rewards), invalid fractions, advantage std."""
         acc = self.accelerator
-        names = sorted(scored.scores)
+        names = scored.names
         w = scored.weights
         rows = []
         for j, name in enumerate(names):
@@ -327,13 +266,13 @@ class GRPOTrainer(TrainerBase):
             metrics["advantage/std"] = math.sqrt(max(0.0, (asq - an * mean * mean) / (an - 1)))
         return metrics
 
-    def _maybe_dump(self, step: int, batch: dict[str, Any], scored: ScoredRewards, adv: torch.Tensor) -> None:
+    def _maybe_dump(self, step: int, batch: RolloutBatch, scored: ScoredRewards, adv: torch.Tensor) -> None:
         if not self.cfg.logging.dump_rollouts:
             return
         d = self.out / "rollouts"
         d.mkdir(parents=True, exist_ok=True)
-        torch.save({"sample_ids": batch["sample_ids"], "group_ids": batch["group_ids"], "prompts": [r.prompt for r in batch["records"]],
-                    "scores": scored.scores, "valid": scored.valid, "advantages": adv.cpu(), "log_probs": batch["traj"].log_probs.cpu()},
+        torch.save({"sample_ids": batch.sample_ids, "group_ids": batch.group_ids, "prompts": [r.prompt for r in batch.records],
+                    "scores": scored.scores, "valid": scored.valid, "advantages": adv.cpu(), "log_probs": batch.traj.log_probs.cpu()},
                    d / f"step-{step:06d}.rank-{self.accelerator.process_index}.pt")
 
     # -- evaluation --------------------------------------------------------------------------------
@@ -355,7 +294,7 @@ class GRPOTrainer(TrainerBase):
                            uncond=enc.uncond, cfg_scale=rl.eval_cfg_scale, autocast=self.autocast)
         with torch.no_grad(), self.autocast():
             pixels = self.policy.decode(final).float().cpu()
-        scored = self.score(pixels, records, torch.arange(sl.start, sl.start + len(records)), sources=self.eval_sources, per_prompt=1)
+        scored = self.score(pixels, records, torch.arange(sl.start, sl.start + len(records)), mixtures=self.eval_mixtures, per_prompt=1)
         if self.tracker is not None:
             self.tracker.save_samples(step, pixels, nrow=min(8, len(records)), captions=[r.prompt for r in records], name="eval")
         return self._global_reward_metrics(scored, torch.zeros(len(records)), prefix="eval")
@@ -371,7 +310,7 @@ class GRPOTrainer(TrainerBase):
             self.sft_stream.load_state_dict(state["sft_stream"])
 
     # -- the loop -----------------------------------------------------------------------------------
-    def run_phases(self, step: int) -> tuple[dict[str, Any], ScoredRewards, torch.Tensor, dict[str, float]]:
+    def run_phases(self, step: int) -> tuple[RolloutBatch, ScoredRewards, torch.Tensor, dict[str, float]]:
         """Rollout, rewards, advantages and training of one step, timed.
 
         Returns the rollout batch, the scores, the advantages ``[N]`` and the training metrics with
@@ -380,12 +319,12 @@ class GRPOTrainer(TrainerBase):
         t0 = time.perf_counter()
         batch = self.rollout(step)
         t1 = time.perf_counter()
-        scored = self.score(batch["pixels"], batch["records"], batch["group_ids"])
-        adv = self.advantages(scored, batch["group_ids"])
+        scored = self.score(batch.pixels, batch.records, batch.group_ids)
+        adv = self.advantages(scored, batch.group_ids)
         t2 = time.perf_counter()
         metrics = self.train_on(step, batch, adv)
         t3 = time.perf_counter()
-        metrics.update(batch["time"])
+        metrics.update(batch.times)
         metrics.update({"time/reward": t2 - t1, "time/train": t3 - t2, "time/step": t3 - t0})
         return batch, scored, adv, metrics
 
@@ -403,9 +342,9 @@ class GRPOTrainer(TrainerBase):
         if step % cfg.logging.eval_every == 0 or step == cfg.train.max_steps:
             metrics.update(self.evaluate(step))
         if step % cfg.logging.sample_every == 0 or step == 1:
-            G = cfg.rl.group_size
-            self.tracker.save_samples(step, batch["pixels"][: min(4, len(batch["records"])) * G], nrow=G,
-                                      captions=[r.prompt for r in batch["records"][:4]])
+            G = self.G
+            self.tracker.save_samples(step, batch.pixels[: min(4, len(batch.records)) * G], nrow=G,
+                                      captions=[r.prompt for r in batch.records[:4]])
         return metrics
 
     def fit(self) -> list[dict[str, float]]:
@@ -417,7 +356,8 @@ class GRPOTrainer(TrainerBase):
         self.tracker.plot()
 
     def close(self) -> None:
-        self._reward_pool.shutdown(wait=False)
+        """Release the rewards (their thread pool and clients); called when the run ends."""
+        self.rewards.close()
 
 
 def train(cfg: RunConfig) -> int:

@@ -12,8 +12,8 @@ so a sample's trajectory does not depend on how samples are split across process
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
-from typing import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -44,6 +44,36 @@ class Trajectories:
     def final(self) -> torch.Tensor:
         """Final latents ``[N, C, h, w]``."""
         return self.latents[:, -1]
+
+
+@dataclass
+class RolloutBatch:
+    """What one process's rollout of one step hands to scoring and training.
+
+    Attributes:
+        records: the B prompt records of this process (each carries ``prompt``, ``source``, ``fields``).
+        group_size: G, images per record; sample ``i`` belongs to record ``i // G``.
+        cond: conditioning of the N = B*G samples (each record's encoding repeated G times).
+        uncond: the negative conditioning for CFG, or ``None``.
+        traj: the sampled :class:`Trajectories`.
+        pixels: ``[N, 3, H, W]`` float32 decoded images in ``[0, 1]`` (CPU).
+        group_ids: ``[N]`` long global group index (one group per prompt, never across processes).
+        sample_ids: ``[N]`` global sample indices (seed the per-sample noise).
+        times: seconds of the rollout's phases (``time/encode``, ``time/rollout``, ``time/decode``).
+    """
+
+    records: list[Any]
+    group_size: int
+    cond: Conditioning
+    uncond: Conditioning | None
+    traj: Trajectories
+    pixels: torch.Tensor
+    group_ids: torch.Tensor
+    sample_ids: list[int]
+    times: dict[str, float] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.sample_ids)
 
 
 def derive_seed(*parts: int) -> int:

@@ -34,6 +34,8 @@ from typing import Any
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 
+from mrgrpo.rewards.base import group_chunks
+
 
 @dataclass
 class ServerLimits:
@@ -58,18 +60,15 @@ class _Job:
 
 def _group_chunks(metadata: list[dict], max_batch: int, needs_groups: bool) -> list[tuple[int, int]]:
     """Contiguous (start, stop) chunks of at most ``max_batch`` items; whole groups when ``needs_groups``
-    (a group bigger than ``max_batch`` is one chunk). Groups must be contiguous in the request."""
+    (a group bigger than ``max_batch`` is one chunk). A group is a run of consecutive items with the
+    same ``group_id`` (groups must be contiguous in the request)."""
     n = len(metadata)
-    if not needs_groups:
-        return [(i, min(n, i + max_batch)) for i in range(0, n, max_batch)]
-    bounds = [0] + [i for i in range(1, n) if metadata[i].get("group_id") != metadata[i - 1].get("group_id")] + [n]
-    chunks, start = [], 0
-    for a, b in zip(bounds[:-1], bounds[1:]):
-        if b - start > max_batch and a > start:
-            chunks.append((start, a))
-            start = a
-    chunks.append((start, n))
-    return chunks
+    runs = None
+    if needs_groups:  # number the runs, so a group id that comes back later is a new group
+        runs = [0] * n
+        for i in range(1, n):
+            runs[i] = runs[i - 1] + (metadata[i].get("group_id") != metadata[i - 1].get("group_id"))
+    return [(c[0], c[-1] + 1) for c in group_chunks(runs, max_batch, n)]
 
 
 class BatchingScorer:

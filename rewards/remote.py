@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 import torch
 
-from mrgrpo.rewards.base import Reward, RewardOutput
+from mrgrpo.rewards.base import Reward, RewardOutput, group_chunks
 
 
 def encode_png(image: Any) -> str:
@@ -124,19 +124,8 @@ class RemoteReward(Reward):
         raise ConnectionError(f"reward servers {self.urls} failed after {self.max_retries + 1} attempts: {last}")
 
     def _chunks(self, metadata: list[dict]) -> list[list[int]]:
-        n = len(metadata)
-        if not self.needs_groups:
-            return [list(range(i, min(n, i + self.batch_size))) for i in range(0, n, self.batch_size)]
-        groups: dict[Any, list[int]] = {}
-        for i, m in enumerate(metadata):
-            groups.setdefault((m or {}).get("group_id", i), []).append(i)
-        chunks, cur = [], []
-        for members in groups.values():  # whole groups; a group bigger than batch_size goes alone
-            if cur and len(cur) + len(members) > self.batch_size:
-                chunks.append(cur)
-                cur = []
-            cur = cur + members
-        return chunks + ([cur] if cur else [])
+        ids = [(m or {}).get("group_id", i) for i, m in enumerate(metadata)] if self.needs_groups else None
+        return group_chunks(ids, self.batch_size, len(metadata))
 
     def _score_chunk(self, idx: list[int], images, prompts, metadata) -> tuple[list[int], dict | None, str | None]:
         body = {"images": [encode_png(images[i]) for i in idx], "prompts": [prompts[i] for i in idx],

@@ -227,3 +227,40 @@ def test_ema_tracks_trained_weights(toy_recipe):
     trained = dict(tr.policy.net.state_dict())
     assert torch.equal(trained[key], final[key])  # the live weights are restored after the EMA save
     assert (Path(out) / "checkpoints" / "step-000002" / "ema.pt").exists()
+
+
+class _Closing:
+    """A reward that counts its close() calls."""
+
+    name = "closing"
+
+    def __init__(self):
+        self.closed = 0
+
+    def __call__(self, images, prompts, metadata=None):
+        from mrgrpo.rewards.base import RewardOutput
+
+        return RewardOutput(torch.linspace(0, 1, len(images)))
+
+    def close(self):
+        self.closed += 1
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_rewards_are_closed_when_the_run_ends(toy_recipe, fails):
+    """The trainer closes every reward (clients, pools) once at the end of a run, also when it fails."""
+    from mrgrpo.rewards.base import as_reward
+
+    toy_recipe["train"]["max_steps"] = 1
+    bright, red = _Closing(), _Closing()
+    tr = _trainer(toy_recipe, rewards={"bright": bright, "red": red})
+    if fails:
+        tr.rewards.rewards["red"] = as_reward(lambda images, prompts: 1 / 0)
+        tr.rewards.failure = "stop"
+        with pytest.raises(RewardFailure):
+            tr.fit()
+        assert bright.closed == 1
+    else:
+        tr.fit()
+        assert bright.closed == 1 and red.closed == 1
+    assert tr.rewards.closed and tr.rewards._pool._shutdown

@@ -17,10 +17,10 @@ def test_sde_window_shared_noise_and_cfg(toy_recipe):
     toy_recipe["rl"].update(num_steps=8, sde_window=[2, 5], shared_noise=True, cfg_scale=3.0)
     tr = GRPOTrainer(load_recipe(data=toy_recipe))
     batch = tr.rollout(1)
-    traj = batch["traj"]
+    traj = batch.traj
     assert traj.sde_steps.tolist() == [False, False, True, True, True, False, False, False]
     assert (traj.log_probs[:, 2:5] != 0).all() and (traj.log_probs[:, [0, 1, 5, 6, 7]] == 0).all()
-    assert batch["uncond"] is not None  # CFG > 1 encodes the negative prompt in the same call
+    assert batch.uncond is not None  # CFG > 1 encodes the negative prompt in the same call
     x0 = traj.latents[:, 0]
     assert torch.equal(x0[0], x0[3]) and not torch.equal(x0[0], x0[4])  # one noise per group of 4
     assert not torch.equal(traj.latents[0, 4], traj.latents[1, 4])  # the SDE steps still diverge
@@ -37,7 +37,7 @@ def test_deepgen_tiny_trains_on_editing_prompts(tmp_path, monkeypatch):
         "data.eval_sources=[]", "train.checkpoint_every=100"])
     tr = GRPOTrainer(cfg)
     batch = tr.rollout(1)
-    refs = batch["cond"].items["ref_latents"]
+    refs = batch.cond.items["ref_latents"]
     assert len(refs) == 16 and all(len(r) == 1 and tuple(r[0].shape) == (16, 8, 8) for r in refs)
     hist = tr.fit()
     assert len(hist) == 2 and hist[0]["ratio/mean"] == pytest.approx(1.0, abs=1e-5)
