@@ -31,8 +31,9 @@ from mrgrpo.config import RecipeError, RunConfig
 from mrgrpo.data import PromptRecord, PromptSampler, load_sources, rank_slice
 from mrgrpo.losses import StepLossStats, flow_matching_step_loss, mean_kl, mrgrpo_step_loss, velocity_kl
 from mrgrpo.reward_mixture import RewardFailure, RewardMixture, ScoredRewards
-from mrgrpo.rollout import (RolloutBatch, choose_train_steps, derive_seed, guided_velocity, sample_generators, sample_ode,
-                            sample_trajectories, sde_step_mask)
+from mrgrpo.rollout import (RolloutBatch, choose_train_steps, guided_velocity, sample_generators, sample_ode, sample_trajectories,
+                            sde_step_mask)
+from mrgrpo.seeding import SeedStream, derive_seed, process_seed, train_order_rng
 from mrgrpo.sde import sde_step_with_logprob, step_mean_std
 from mrgrpo.trainer_base import TrainerBase, build_policy, destroy_process_group, world_size
 
@@ -80,7 +81,7 @@ class GRPOTrainer(TrainerBase):
         super().__init__(cfg, self.accum)
         # data before models: a missing data set fails in seconds, not after loading 5B parameters
         self.sft_stream = self._build_sft_stream() if rl.sft_aux_coef > 0 else None
-        torch.manual_seed(derive_seed(train.seed, self.accelerator.process_index) % (2**63))
+        torch.manual_seed(process_seed(train.seed, self.accelerator.process_index))
         self.setup_model(policy if policy is not None else build_policy(cfg), "rl", reference=rl.beta > 0)
         self.policy.eval()  # no dropout: the recomputed log-prob must match the rollout's
 
@@ -121,9 +122,10 @@ class GRPOTrainer(TrainerBase):
         t_encode = time.perf_counter() - t0
 
         sample_ids = [(offset + i) * G + j for i in range(len(records)) for j in range(G)]
-        gens = sample_generators(self.cfg.train.seed, step, sample_ids, device=self.device, stream=1)
+        gens = sample_generators(self.cfg.train.seed, step, sample_ids, device=self.device, stream=SeedStream.ROLLOUT_NOISE)
         if rl.shared_noise:
-            group_gens = sample_generators(self.cfg.train.seed, step, [offset + i for i in range(len(records))], device=self.device, stream=2)
+            group_gens = sample_generators(self.cfg.train.seed, step, [offset + i for i in range(len(records))], device=self.device,
+                                           stream=SeedStream.GROUP_NOISE)
             noise = torch.cat([self.policy.init_noise(1, rl.height, rl.width, g).repeat(G, 1, 1, 1) for g in group_gens])
         else:
             noise = torch.cat([self.policy.init_noise(1, rl.height, rl.width, g) for g in gens])
@@ -174,7 +176,7 @@ class GRPOTrainer(TrainerBase):
         traj = batch.traj
         n = traj.latents.shape[0]
         adv = adv.to(self.device)
-        sample_seeds = [derive_seed(self.cfg.train.seed, 3, step, sid) for sid in batch.sample_ids]
+        sample_seeds = [derive_seed(self.cfg.train.seed, SeedStream.TRAIN_TIMESTEPS, step, sid) for sid in batch.sample_ids]
         train_steps = choose_train_steps(traj.sde_steps, rl.timestep_fraction, sample_seeds).to(self.device)
         k = train_steps.shape[1]
         velocity = self._velocity_fn(self.model)
@@ -182,7 +184,7 @@ class GRPOTrainer(TrainerBase):
         stats = StepLossStats()
         grad_norms: list[float] = []
         for epoch in range(rl.inner_epochs):
-            order = torch.from_numpy(np.random.default_rng([self.cfg.train.seed, step, epoch, 11]).permutation(n)).to(self.device)
+            order = torch.from_numpy(train_order_rng(self.cfg.train.seed, step, epoch).permutation(n)).to(self.device)
             first = True
             for mb_start in range(0, n, self.micro):
                 idx = order[mb_start:mb_start + self.micro]
@@ -212,7 +214,8 @@ class GRPOTrainer(TrainerBase):
                         l_sft = None
                         if rl.sft_aux_coef > 0 and first and self.sft_stream is not None and step % rl.sft_aux_every == 0:
                             sft_batch = next(self.sft_stream)
-                            gen = torch.Generator().manual_seed(derive_seed(self.cfg.train.seed, 6, step, epoch, self.accelerator.process_index))
+                            gen = torch.Generator().manual_seed(derive_seed(self.cfg.train.seed, SeedStream.SFT_NOISE, step, epoch,
+                                                                                  self.accelerator.process_index))
                             with self.autocast():
                                 l_sft = flow_matching_step_loss(self.model, sft_batch, generator=gen)
                         first = False
@@ -288,7 +291,8 @@ class GRPOTrainer(TrainerBase):
         with torch.no_grad(), self.autocast():
             enc = self.policy.encode([r.prompt for r in records], self._load_ref_images(records),
                                      negative_prompt=rl.negative_prompt if rl.eval_cfg_scale > 1 else None)
-        gens = sample_generators(self.cfg.train.seed, 0, range(sl.start, sl.start + len(records)), device=self.device, stream=4)
+        gens = sample_generators(self.cfg.train.seed, 0, range(sl.start, sl.start + len(records)), device=self.device,
+                                 stream=SeedStream.EVAL_NOISE)
         noise = torch.cat([self.policy.init_noise(1, rl.height, rl.width, g) for g in gens]).to(self.device)
         final = sample_ode(self._velocity_fn(self.policy), noise, self.policy.sigmas(rl.eval_num_steps).to(self.device), enc.cond,
                            uncond=enc.uncond, cfg_scale=rl.eval_cfg_scale, autocast=self.autocast)

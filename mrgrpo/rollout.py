@@ -5,7 +5,8 @@ all B*G samples of a process go through the denoiser as one batch (CFG doubles i
 call). Every step stores ``x_t`` and float32 log-probs; steps outside the SDE window (and the
 last step, whose ``cps`` std is 0 and which is never trained) are ODE steps with no log-prob.
 
-Noise comes from one generator per sample, seeded from ``(seed, step, global sample index)``,
+Noise comes from one generator per sample, seeded from ``(seed, stream, step, global sample index)``
+(:mod:`mrgrpo.seeding`),
 so a sample's trajectory does not depend on how samples are split across processes or batches.
 """
 
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 
 from mrgrpo.sde import SAMPLERS, sde_step_with_logprob
+from mrgrpo.seeding import SeedStream, derive_seed
 from mrgrpo.policies.base import Conditioning
 
 VelocityFn = Callable[[torch.Tensor, torch.Tensor, Conditioning], torch.Tensor]
@@ -76,13 +78,9 @@ class RolloutBatch:
         return len(self.sample_ids)
 
 
-def derive_seed(*parts: int) -> int:
-    """A 63-bit seed from integers (stable across processes and runs)."""
-    return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(2, dtype=np.uint32).astype(np.uint64) @ np.array([1 << 31, 1], dtype=np.uint64)) & ((1 << 63) - 1)
-
-
-def sample_generators(seed: int, step: int, sample_ids: Sequence[int], device: torch.device | str = "cpu", stream: int = 0) -> list[torch.Generator]:
-    """One generator per sample id, seeded from ``(seed, stream, step, sample id)``."""
+def sample_generators(seed: int, step: int, sample_ids: Sequence[int], device: torch.device | str = "cpu", *,
+                      stream: SeedStream) -> list[torch.Generator]:
+    """One generator per sample id, seeded from ``derive_seed(seed, stream, step, sample id)``."""
     gens = []
     for sid in sample_ids:
         g = torch.Generator(device=device)

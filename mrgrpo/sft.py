@@ -20,7 +20,8 @@ import torch
 
 from mrgrpo.config import RecipeError, RunConfig
 from mrgrpo.losses import flow_matching_step_loss
-from mrgrpo.rollout import derive_seed, sample_ode
+from mrgrpo.rollout import sample_ode
+from mrgrpo.seeding import SeedStream, derive_seed
 from mrgrpo.tracking import plot_curves
 from mrgrpo.trainer_base import TrainerBase, build_policy, destroy_process_group, world_size
 
@@ -47,7 +48,7 @@ class SFTTrainer(TrainerBase):
         self.stream = build_sft_stream(cfg.data.sft_sources, cfg.sft, train.micro_batch_size, train.seed,
                                        resolve_path=cfg.resolve_path, rank=rank, world_size=self.accelerator.num_processes,
                                        allow_empty=False)
-        torch.manual_seed(derive_seed(train.seed, 5, rank) % (2**63))
+        torch.manual_seed(derive_seed(train.seed, SeedStream.SFT_PROCESS, rank))
         self.setup_model(policy if policy is not None else build_policy(cfg), cfg.stage, reference=False)
         self.policy.train()
         self._sample_prompts: list[str] | None = None
@@ -74,7 +75,7 @@ class SFTTrainer(TrainerBase):
             batch = next(self.stream)
             if self._sample_prompts is None:
                 self._sample_prompts = [p for p in batch["prompts"] if p][:4] or ["a photo"]
-            gen = torch.Generator().manual_seed(derive_seed(self.cfg.train.seed, 6, step, micro, self.accelerator.process_index))
+            gen = torch.Generator().manual_seed(derive_seed(self.cfg.train.seed, SeedStream.SFT_NOISE, step, micro, self.accelerator.process_index))
             with self.accelerator.accumulate(self.model):
                 with self.autocast():
                     loss = flow_matching_step_loss(self.model, batch, generator=gen)
