@@ -81,7 +81,7 @@ def main(argv=None) -> int:
         "rl": {"num_steps": args.num_steps, "group_size": 8, "sampler": "cps", "beta": 5e-7, "sft_aux_coef": 0.0},
         "train": {"images_per_step": 8, "micro_batch_size": args.micro, "max_steps": args.steps, "gradient_checkpointing": True,
                   "checkpoint_every": 10**6, "mixed_precision": "bf16"},
-        "logging": {"progress_bar": False, "tensorboard": False, "sample_every": 10**6, "eval_every": 10**6}})
+        "logging": {"progress_bar": False, "tensorboard": False, "sample_every": 10**6}, "eval": {"every": 10**6}})
     trainer = GRPOTrainer(cfg, policy=policy)
     rows = []
     for step in range(1, args.steps + 1):

@@ -59,7 +59,7 @@ def main(argv=None) -> int:
     from mrgrpo.grpo import GRPOTrainer
 
     overrides = ["logging.progress_bar=false", "logging.tensorboard=false", f"output_dir=/tmp/mrgrpo-bench-{int(time.time())}",
-                 "train.checkpoint_every=100000", "logging.sample_every=100000", "logging.eval_every=100000", *args.set]
+                 "train.checkpoint_every=100000", "logging.sample_every=100000", "eval.every=100000", *args.set]
     cfg = load_recipe(args.recipe, overrides)
     trainer = GRPOTrainer(cfg)
     rows = []

@@ -72,7 +72,6 @@ class SFTSource(_Strict):
 class DataConfig(_Strict):
     sources: list[PromptSource] = Field(default_factory=list, description="RL prompt sources, each with its reward mixture.")
     source_sampling: Literal["prompts_x_weight", "weight"] = Field("prompts_x_weight", description="Source probability proportional to (number of prompts x weight), as in the paper, or to weight only.")
-    eval_sources: list[PromptSource] = Field(default_factory=list, description="Held-out prompt sources for periodic evaluation (ODE sampler, eval CFG, fixed seeds).")
     sft_sources: list[SFTSource] = Field(default_factory=list, description="Image datasets for the pretrain/SFT stages and for the auxiliary SFT loss of MR-GRPO.")
     shuffle: bool = Field(True, description="Shuffle prompts within each source (seeded).")
 
@@ -92,8 +91,6 @@ class RLConfig(_Strict):
     sde_window: tuple[int, int] | None = Field(None, description="[start, end) step indices that use the SDE; ODE outside (Flow-GRPO-Fast). null: every step.")
     shared_noise: bool = Field(False, description="Start all G samples of a group from the same initial noise.")
     cfg_scale: float = Field(0.0, ge=0, description="Classifier-free guidance during rollouts (paper: 0, i.e. off).")
-    eval_cfg_scale: float = Field(4.0, ge=0, description="CFG for evaluation and sample grids.")
-    eval_num_steps: int = Field(50, ge=2, description="ODE steps for evaluation and sample grids.")
     negative_prompt: str = Field("", description="Negative prompt for CFG (empty prompt through the template for T2I).")
     clip_range: float | tuple[float, float] = Field(1e-4, description="Policy ratio clip e, or [e_low, e_high].")
     beta: float = Field(5e-7, ge=0, description="KL coefficient; 0 builds no reference.")
@@ -122,6 +119,14 @@ class SFTConfig(_Strict):
     pixel_budget: int = Field(512, ge=32, description="Images resized to about budget^2 pixels keeping aspect, sides multiples of 32.")
     timestep_shift: float = Field(3.0, gt=0, description="Shift k of the training noise law s = k u / (1 + (k - 1) u).")
     num_workers: int = Field(0, ge=0, description="DataLoader workers for image decoding.")
+
+
+class EvalConfig(_Strict):
+    sources: list[PromptSource] = Field(default_factory=list, description="Held-out prompt sources (MR-GRPO): each prompt is sampled once with the ODE sampler from fixed noise and scored with its source's reward mixture (`eval/<reward>`, `eval/mean`).")
+    every: int = Field(100, ge=1, description="Evaluate every N steps (and at the last step); MR-GRPO only.")
+    prompts: int = Field(16, ge=1, description="Held-out prompts per evaluation: the first N of `eval.sources`, in file order, split over the processes.")
+    num_steps: int = Field(50, ge=2, description="ODE denoising steps of evaluation images and of the sample grids of both trainers.")
+    cfg_scale: float = Field(4.0, ge=0, description="CFG scale of evaluation images and sample grids (paper: 4.0); <= 1 disables CFG (no negative prompt is encoded).")
 
 
 class EMAConfig(_Strict):
@@ -167,8 +172,6 @@ class DistributedConfig(_Strict):
 class LoggingConfig(_Strict):
     log_every: int = Field(1, ge=1, description="Write metrics every N steps.")
     sample_every: int = Field(50, ge=1, description="Write a sample grid PNG every N steps.")
-    eval_every: int = Field(100, ge=1, description="Evaluate on eval_sources every N steps.")
-    eval_prompts: int = Field(16, ge=1, description="Prompts evaluated per evaluation.")
     tensorboard: bool = Field(True, description="Also write TensorBoard event files.")
     wandb: bool = Field(False, description="Also log to Weights & Biases (needs `wandb` installed).")
     wandb_project: str = Field("mrgrpo", description="W&B project name.")
@@ -188,7 +191,8 @@ class RunConfig(_Strict):
     sft: SFTConfig = Field(default_factory=SFTConfig, description="Flow-matching (pretrain/SFT and auxiliary) settings.")
     train: TrainConfig = Field(default_factory=TrainConfig, description="Optimisation and checkpointing.")
     distributed: DistributedConfig = Field(default_factory=DistributedConfig, description="Multi-process launch.")
-    logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Metrics, samples and evaluation.")
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="Periodic evaluation on held-out prompts and the sample grids' sampler.")
+    logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Metrics and sample grids.")
 
     # filled by load_recipe, not part of the schema
     _recipe_path: Path | None = None
@@ -322,6 +326,7 @@ def load_recipe(
         raise RecipeError(f"{source}: the top level must be a mapping of sections (policy, rewards, data, rl, train, ...).")
     data = copy.deepcopy(dict(data or {}))  # overrides must not write into the caller's dict
     apply_overrides(data, list(overrides or []))
+    check_moved_fields(data, source)
     try:
         cfg = RunConfig.model_validate(data)
     except ValidationError as err:
@@ -329,6 +334,28 @@ def load_recipe(
     cfg._recipe_path = recipe_path.resolve() if recipe_path else None
     check_recipe(cfg, check_files=check_files, source=source)
     return cfg
+
+
+# fields that moved to another section: old location -> new location
+MOVED_FIELDS = {
+    ("data", "eval_sources"): "eval.sources",
+    ("rl", "eval_cfg_scale"): "eval.cfg_scale",
+    ("rl", "eval_num_steps"): "eval.num_steps",
+    ("logging", "eval_every"): "eval.every",
+    ("logging", "eval_prompts"): "eval.prompts",
+}
+
+
+def check_moved_fields(data: dict[str, Any], source: str = "<recipe>") -> None:
+    """Raise a :class:`RecipeError` naming the new place of every field that moved (e.g. ``rl.eval_cfg_scale``)."""
+    problems = []
+    for (section, key), new in MOVED_FIELDS.items():
+        node = data.get(section)
+        if isinstance(node, dict) and key in node:
+            problems.append(f"  - field `{section}.{key}`: moved to `{new}`. Fix: write it as `{new}: {node[key]!r}` "
+                            f"(section `{new.split('.')[0]}:`).")
+    if problems:
+        raise RecipeError(f"{source}: {len(problems)} problem(s):\n" + "\n".join(problems))
 
 
 def check_recipe(cfg: RunConfig, *, check_files: bool = True, source: str = "<recipe>") -> None:
@@ -355,8 +382,8 @@ def check_recipe(cfg: RunConfig, *, check_files: bool = True, source: str = "<re
             bad("rl.sde_window", list(rl.sde_window), f"ends after rl.num_steps={rl.num_steps}", f"use an end <= {rl.num_steps}")
         if isinstance(rl.clip_range, tuple) and min(rl.clip_range) < 0 or not isinstance(rl.clip_range, tuple) and rl.clip_range < 0:
             bad("rl.clip_range", rl.clip_range, "is negative", "use a small positive value such as 1e-4")
-    for i, src in enumerate(cfg.data.sources + cfg.data.eval_sources):
-        section = "data.sources" if i < len(cfg.data.sources) else "data.eval_sources"
+    for i, src in enumerate(cfg.data.sources + cfg.eval.sources):
+        section = "data.sources" if i < len(cfg.data.sources) else "eval.sources"
         j = i if i < len(cfg.data.sources) else i - len(cfg.data.sources)
         field = f"{section}.{j}"
         unknown = sorted(set(src.rewards) - set(cfg.rewards))
@@ -416,11 +443,13 @@ def _with_absolute_paths(cfg: RunConfig) -> dict[str, Any]:
             return  # e.g. a hub id for policy.checkpoint
         node[key] = str(p)
 
-    for section in ("sources", "eval_sources", "sft_sources"):
+    for section in ("sources", "sft_sources"):
         for src in data["data"][section]:
             fix(src, "path")
             if section == "sft_sources":
                 fix(src, "image_root")
+    for src in data["eval"]["sources"]:
+        fix(src, "path")
     fix(data["policy"], "checkpoint", only_if_exists=True)
     fix(data["distributed"], "accelerate_config")
     return data

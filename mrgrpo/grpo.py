@@ -57,7 +57,7 @@ class GRPOTrainer(TrainerBase):
         self.out = Path(cfg.output_dir)
         self.sources = load_sources(cfg.data.sources, cfg.resolve_path)
         self.sampler = PromptSampler(self.sources, seed=train.seed, sampling=cfg.data.source_sampling, shuffle=cfg.data.shuffle)
-        self.eval_sources = load_sources(cfg.data.eval_sources, cfg.resolve_path) if cfg.data.eval_sources else []
+        self.eval_sources = load_sources(cfg.eval.sources, cfg.resolve_path) if cfg.eval.sources else []
         self.mixtures = {s.name: s.rewards for s in self.sources}
         self.eval_mixtures = {s.name: s.rewards for s in self.eval_sources}
         used = {k for mix in (*self.mixtures.values(), *self.eval_mixtures.values()) for k, w in mix.items() if w > 0}
@@ -283,19 +283,20 @@ class GRPOTrainer(TrainerBase):
         if not self.eval_sources:
             return {}
         rl = self.cfg.rl
-        all_records = [r for s in self.eval_sources for r in s.records][: self.cfg.logging.eval_prompts]
+        ev = self.cfg.eval
+        all_records = [r for s in self.eval_sources for r in s.records][: ev.prompts]
         sl = rank_slice(len(all_records), self.accelerator.process_index, self.accelerator.num_processes)
         records = all_records[sl]
         if not records:
             return {}
         with torch.no_grad(), self.autocast():
             enc = self.policy.encode([r.prompt for r in records], self._load_ref_images(records),
-                                     negative_prompt=rl.negative_prompt if rl.eval_cfg_scale > 1 else None)
+                                     negative_prompt=rl.negative_prompt if ev.cfg_scale > 1 else None)
         gens = sample_generators(self.cfg.train.seed, 0, range(sl.start, sl.start + len(records)), device=self.device,
                                  stream=SeedStream.EVAL_NOISE)
         noise = torch.cat([self.policy.init_noise(1, rl.height, rl.width, g) for g in gens]).to(self.device)
-        final = sample_ode(self._velocity_fn(self.policy), noise, self.policy.sigmas(rl.eval_num_steps).to(self.device), enc.cond,
-                           uncond=enc.uncond, cfg_scale=rl.eval_cfg_scale, autocast=self.autocast)
+        final = sample_ode(self._velocity_fn(self.policy), noise, self.policy.sigmas(ev.num_steps).to(self.device), enc.cond,
+                           uncond=enc.uncond, cfg_scale=ev.cfg_scale, autocast=self.autocast)
         with torch.no_grad(), self.autocast():
             pixels = self.policy.decode(final).float().cpu()
         scored = self.score(pixels, records, torch.arange(sl.start, sl.start + len(records)), mixtures=self.eval_mixtures, per_prompt=1)
@@ -343,7 +344,7 @@ class GRPOTrainer(TrainerBase):
             if f:
                 metrics[f"reward/{name}/failures"] = f
         self._maybe_dump(step, batch, scored, adv)
-        if step % cfg.logging.eval_every == 0 or step == cfg.train.max_steps:
+        if step % cfg.eval.every == 0 or step == cfg.train.max_steps:
             metrics.update(self.evaluate(step))
         if step % cfg.logging.sample_every == 0 or step == 1:
             G = self.G

@@ -97,17 +97,17 @@ class SFTTrainer(TrainerBase):
         """ODE samples of a few fixed prompts (eval CFG and steps) as ``samples/step-N.png``."""
         if not self.is_main or not self._sample_prompts:
             return
-        rl = self.cfg.rl
+        rl, ev = self.cfg.rl, self.cfg.eval
         prompts = self._sample_prompts
         was_training = self.policy.training
         self.policy.eval()
         side = max(32, min(rl.height, (self.cfg.sft.pixel_budget // 32) * 32))
         with self.autocast():
-            enc = self.policy.encode(prompts, negative_prompt=rl.negative_prompt if rl.eval_cfg_scale > 1 else None)
+            enc = self.policy.encode(prompts, negative_prompt=rl.negative_prompt if ev.cfg_scale > 1 else None)
         gens = [torch.Generator().manual_seed(i) for i in range(len(prompts))]
         noise = torch.cat([self.policy.init_noise(1, side, side, g) for g in gens]).to(self.device)
-        final = sample_ode(lambda x, s, c: self.policy.velocity(x, s, c), noise, self.policy.sigmas(rl.eval_num_steps).to(self.device),
-                           enc.cond, uncond=enc.uncond, cfg_scale=rl.eval_cfg_scale, autocast=self.autocast)
+        final = sample_ode(lambda x, s, c: self.policy.velocity(x, s, c), noise, self.policy.sigmas(ev.num_steps).to(self.device),
+                           enc.cond, uncond=enc.uncond, cfg_scale=ev.cfg_scale, autocast=self.autocast)
         with self.autocast():
             pixels = self.policy.decode(final).float()
         self.tracker.save_samples(step, pixels, nrow=len(prompts), captions=prompts)

@@ -196,12 +196,11 @@ def test_toy_learning_direction(toy_recipe, flip):
 
 
 def test_periodic_evaluation_is_deterministic(toy_recipe, tmp_path):
-    """eval/<reward> is logged every eval_every steps with fixed seeds: at lr=0 it never changes."""
+    """eval/<reward> is logged every eval.every steps with fixed seeds: at lr=0 it never changes."""
     evals = tmp_path / "eval.txt"
     evals.write_text("held out one\nheld out two\nheld out three\n")
-    toy_recipe["data"]["eval_sources"] = [{"name": "heldout", "path": str(evals), "rewards": {"bright": 1.0}}]
-    toy_recipe["logging"].update(eval_every=1, eval_prompts=2)
-    toy_recipe["rl"]["eval_num_steps"] = 4
+    toy_recipe["eval"] = {"sources": [{"name": "heldout", "path": str(evals), "rewards": {"bright": 1.0}}],
+                          "every": 1, "prompts": 2, "num_steps": 4}
     toy_recipe["train"]["max_steps"] = 2
     toy_recipe["train"]["lr"] = 1e-12
     hist = _trainer(toy_recipe).fit()

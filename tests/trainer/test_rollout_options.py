@@ -34,7 +34,7 @@ def test_deepgen_tiny_trains_on_editing_prompts(tmp_path, monkeypatch):
     cfg = load_recipe(REPO / "recipes" / "quickstart.yaml", [
         f"output_dir={tmp_path}/run", "train.max_steps=2", "logging.progress_bar=false", "logging.tensorboard=false",
         "data.sources.0.path=prompts/edit_sample.jsonl", "data.sources.0.kind=edit", "data.sources.1.weight=0",
-        "data.eval_sources=[]", "train.checkpoint_every=100"])
+        "eval.sources=[]", "train.checkpoint_every=100"])
     tr = GRPOTrainer(cfg)
     batch = tr.rollout(1)
     refs = batch.cond.items["ref_latents"]
@@ -58,7 +58,7 @@ def test_sft_checkpoint_is_the_rl_starting_point(tmp_path, monkeypatch):
     assert any("lora_" in n for n in trained) and any(n.startswith("transformer.") for n in trained)
     rl_cfg = load_recipe(REPO / "recipes" / "quickstart.yaml", [
         f"output_dir={tmp_path}/rl", f"policy.checkpoint={tmp_path}/sft/final", "train.max_steps=1", "logging.progress_bar=false",
-        "logging.tensorboard=false", "data.eval_sources=[]"])
+        "logging.tensorboard=false", "eval.sources=[]"])
     rl = GRPOTrainer(rl_cfg)
     params = dict(rl.policy.named_parameters())
     for name, value in trained.items():
