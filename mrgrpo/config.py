@@ -99,9 +99,9 @@ class RLConfig(_Strict):
     adv_eps: float = Field(1e-4, gt=0, description="eps added to every std in the advantages.")
     adv_clip: float = Field(5.0, gt=0, description="Advantages clipped to [-c, c].")
     sft_aux_coef: float = Field(1e-4, ge=0, lt=1, description="lambda: L = (1 - lambda) L_grpo + lambda L_sft; 0 disables the auxiliary SFT loss.")
-    sft_aux_every: int = Field(1, ge=1, description="Add the auxiliary SFT loss every k optimizer steps.")
+    sft_aux_every: int = Field(1, ge=1, description="Add the auxiliary SFT loss every k rollout steps (one SFT batch per optimizer step of those rollouts).")
     sft_aux_batch_size: int = Field(8, ge=1, description="Images in each auxiliary SFT batch (per process).")
-    inner_epochs: int = Field(1, ge=1, description="Passes over each rollout batch; each pass is ONE optimizer step.")
+    inner_epochs: int = Field(1, ge=1, description="Passes over each rollout batch; each pass takes train.updates_per_rollout optimizer steps.")
     reward_failure: Literal["mask", "stop"] = Field("mask", description="When a reward cannot score images: mask them (logged) or stop the run with an error.")
     flip_advantage_sign: bool = Field(False, description="Debug: negate advantages (the reward must then fall); never use for real runs.")
 
@@ -143,15 +143,23 @@ class LoRAConfig(_Strict):
 
 
 class TrainConfig(_Strict):
+    @field_validator("updates_per_rollout")
+    @classmethod
+    def _positive_updates(cls, v):
+        if isinstance(v, int) and v < 1:
+            raise ValueError(f"updates_per_rollout must be a positive integer or 'per_timestep', got {v}")
+        return v
+
     lr: float = Field(2e-6, gt=0, description="Peak learning rate (paper RL: 2e-6; pretrain 1e-4; SFT 5e-5).")
     betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay (applied to matrices only).")
     schedule: Literal["constant_with_warmup", "cosine"] = Field("constant_with_warmup", description="LR schedule after the linear warm-up.")
-    warmup_steps: int = Field(20, ge=0, description="Linear warm-up optimizer steps.")
+    warmup_steps: int = Field(20, ge=0, description="Linear warm-up steps (RL: rollouts, whatever updates_per_rollout; SFT: optimizer steps).")
     warmup_ratio: float | None = Field(None, ge=0, lt=1, description="Warm-up as a fraction of max_steps (overrides warmup_steps when set).")
-    images_per_step: int = Field(256, ge=1, description="Global images per optimizer step (RL: prompts x G over all processes; SFT: images).")
+    images_per_step: int = Field(256, ge=1, description="Global images per step (RL: prompts x G of one rollout over all processes; SFT: images per optimizer step).")
+    updates_per_rollout: int | Literal["per_timestep"] = Field(1, description="RL optimizer steps per pass over a rollout: 1 (all samples and trained timesteps accumulate into one step; the ratio stays 1), k (the groups split into k steps, groups kept whole) or `per_timestep` (one step per trained timestep over the whole batch: the released DeepGen-RL schedule). See docs/training.md.")
     micro_batch_size: int = Field(8, ge=1, description="Images per forward/backward on one process (gradients accumulate).")
-    max_steps: int = Field(1500, ge=1, description="Optimizer steps of the run.")
+    max_steps: int = Field(1500, ge=1, description="Steps of the run (RL: rollouts; SFT: optimizer steps). The LR schedule and warm-up count these steps.")
     grad_clip: float | None = Field(1.0, gt=0, description="Max global gradient norm; null disables.")
     mixed_precision: Literal["no", "bf16", "fp16"] = Field("bf16", description="Model dtype for forward passes; log-probs stay float32.")
     seed: int = Field(42, description="Base seed; each process derives its own.")
@@ -380,6 +388,10 @@ def check_recipe(cfg: RunConfig, *, check_files: bool = True, source: str = "<re
                 bad(f"rl.{h_name}", v, "is not a multiple of 16", f"use {((v + 15) // 16) * 16}")
         if rl.sde_window is not None and rl.sde_window[1] > rl.num_steps:
             bad("rl.sde_window", list(rl.sde_window), f"ends after rl.num_steps={rl.num_steps}", f"use an end <= {rl.num_steps}")
+        upr = train.updates_per_rollout
+        if isinstance(upr, int) and cfg.prompts_per_step % upr:
+            bad("train.updates_per_rollout", upr, f"does not divide the {cfg.prompts_per_step} prompts (groups) of a step",
+                f"use a divisor of {cfg.prompts_per_step} (groups are kept whole), or per_timestep")
         if isinstance(rl.clip_range, tuple) and min(rl.clip_range) < 0 or not isinstance(rl.clip_range, tuple) and rl.clip_range < 0:
             bad("rl.clip_range", rl.clip_range, "is negative", "use a small positive value such as 1e-4")
     for i, src in enumerate(cfg.data.sources + cfg.eval.sources):

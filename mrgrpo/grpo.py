@@ -36,6 +36,7 @@ from mrgrpo.rollout import (RolloutBatch, choose_train_steps, guided_velocity, s
 from mrgrpo.seeding import SeedStream, derive_seed, process_seed, train_order_rng
 from mrgrpo.sde import sde_step_with_logprob, step_mean_std
 from mrgrpo.trainer_base import TrainerBase, build_policy, destroy_process_group, world_size
+from mrgrpo.updates import plan_updates, update_layout
 
 
 __all__ = ["GRPOTrainer", "RewardFailure", "ScoredRewards", "train"]
@@ -69,14 +70,17 @@ class GRPOTrainer(TrainerBase):
             raise RecipeError(f"train.images_per_step={train.images_per_step} gives {n_prompts} prompts a step, not divisible by {world} processes. Fix: use a multiple of {self.G * world}.")
         self.local_prompts = n_prompts // world
         self.local_images = self.local_prompts * self.G
-        self.micro = min(train.micro_batch_size, self.local_images)
-        if self.local_images % self.micro:
-            raise RecipeError(f"train.micro_batch_size={train.micro_batch_size} does not divide the {self.local_images} images each process trains on. Fix: use a divisor of {self.local_images}.")
         n_sde = int(sde_step_mask(rl.num_steps, rl.sde_window).sum())
         if n_sde == 0:
             raise RecipeError(f"rl.sde_window={rl.sde_window} leaves no trainable SDE step among rl.num_steps={rl.num_steps} (the last step is never trained). Fix: widen the window.")
         self.train_steps_per_sample = max(1, int(round(rl.timestep_fraction * n_sde)))
-        self.accum = (self.local_images // self.micro) * self.train_steps_per_sample
+        try:
+            self.layout = update_layout(train.updates_per_rollout, prompts=self.local_prompts, group_size=self.G,
+                                        timesteps=self.train_steps_per_sample, micro_batch_size=train.micro_batch_size)
+        except ValueError as exc:
+            raise RecipeError(str(exc)) from None
+        self.micro = self.layout.micro
+        self.accum = self.layout.accumulation  # backward passes per optimizer step
 
         super().__init__(cfg, self.accum)
         # data before models: a missing data set fails in seconds, not after loading 5B parameters
@@ -172,27 +176,30 @@ class GRPOTrainer(TrainerBase):
 
     # -- 6: training --------------------------------------------------------------------------------
     def train_on(self, step: int, batch: RolloutBatch, adv: torch.Tensor) -> dict[str, float]:
+        """Train on the rollout (step 6): ``rl.inner_epochs`` passes, each of ``train.updates_per_rollout``
+        optimizer steps (:mod:`mrgrpo.updates`); the LR schedule then steps once."""
         rl = self.cfg.rl
         traj = batch.traj
-        n = traj.latents.shape[0]
         adv = adv.to(self.device)
         sample_seeds = [derive_seed(self.cfg.train.seed, SeedStream.TRAIN_TIMESTEPS, step, sid) for sid in batch.sample_ids]
         train_steps = choose_train_steps(traj.sde_steps, rl.timestep_fraction, sample_seeds).to(self.device)
-        k = train_steps.shape[1]
         velocity = self._velocity_fn(self.model)
         ref_velocity = self._velocity_fn(self.policy)
+        sigma_max = float(traj.sigmas[1])
         stats = StepLossStats()
         grad_norms: list[float] = []
         for epoch in range(rl.inner_epochs):
-            order = torch.from_numpy(train_order_rng(self.cfg.train.seed, step, epoch).permutation(n)).to(self.device)
-            first = True
-            for mb_start in range(0, n, self.micro):
-                idx = order[mb_start:mb_start + self.micro]
-                cond_mb = batch.cond.select(idx.cpu())
-                uncond_mb = batch.uncond.select(idx.cpu()) if batch.uncond is not None else None
-                for j in range(k):
+            plan = plan_updates(self.cfg.train.updates_per_rollout, self.layout, self.G, train_order_rng(self.cfg.train.seed, step, epoch))
+            conds: dict[int, tuple] = {}
+            for u, passes in enumerate(plan):
+                for p_i, tp in enumerate(passes):
+                    idx = torch.from_numpy(tp.samples).to(self.device)
+                    if tp.micro_batch not in conds:
+                        conds = {tp.micro_batch: (batch.cond.select(idx.cpu()),
+                                                  batch.uncond.select(idx.cpu()) if batch.uncond is not None else None)}
+                    cond_mb, uncond_mb = conds[tp.micro_batch]
                     with self.accelerator.accumulate(self.model):
-                        t_idx = train_steps[idx, j]
+                        t_idx = train_steps[idx, tp.column]
                         x_t = traj.latents[idx, t_idx]
                         x_next = traj.latents[idx, t_idx + 1]
                         s = traj.sigmas[t_idx]
@@ -200,8 +207,7 @@ class GRPOTrainer(TrainerBase):
                         with self.autocast():
                             v = guided_velocity(velocity, x_t, s, cond_mb, uncond_mb, rl.cfg_scale)
                         step_out = sde_step_with_logprob(x_t, v.float(), s, s_next, sampler=rl.sampler, noise_level=rl.noise_level,
-                                                         prev_sample=x_next, sigma_max=float(traj.sigmas[1]), cps_logprob=rl.cps_logprob)
-                        old_lp = traj.log_probs[idx, t_idx]
+                                                         prev_sample=x_next, sigma_max=sigma_max, cps_logprob=rl.cps_logprob)
                         kl = None
                         if rl.beta > 0:
                             with torch.no_grad(), self.policy.reference(), self.autocast():
@@ -209,25 +215,30 @@ class GRPOTrainer(TrainerBase):
                             if rl.kl_type == "velocity":
                                 kl = velocity_kl(v.float(), v_ref, step_out.std)
                             else:
-                                ref_mean, _ = step_mean_std(x_t, v_ref, s, s_next, sampler=rl.sampler, noise_level=rl.noise_level, sigma_max=float(traj.sigmas[1]))
+                                ref_mean, _ = step_mean_std(x_t, v_ref, s, s_next, sampler=rl.sampler, noise_level=rl.noise_level,
+                                                            sigma_max=sigma_max)
                                 kl = mean_kl(step_out.mean, ref_mean, step_out.std)
                         l_sft = None
-                        if rl.sft_aux_coef > 0 and first and self.sft_stream is not None and step % rl.sft_aux_every == 0:
-                            sft_batch = next(self.sft_stream)
-                            gen = torch.Generator().manual_seed(derive_seed(self.cfg.train.seed, SeedStream.SFT_NOISE, step, epoch,
-                                                                                  self.accelerator.process_index))
-                            with self.autocast():
-                                l_sft = flow_matching_step_loss(self.model, sft_batch, generator=gen)
-                        first = False
-                        out = mrgrpo_step_loss(step_out.log_prob, old_lp, adv[idx], clip_range=rl.clip_range, kl=kl, beta=rl.beta,
-                                               sft_loss=l_sft, sft_coef=rl.sft_aux_coef, accumulation_steps=self.accum)
+                        if rl.sft_aux_coef > 0 and p_i == 0 and self.sft_stream is not None and step % rl.sft_aux_every == 0:
+                            l_sft = self._sft_loss(step, epoch * len(plan) + u)
+                        out = mrgrpo_step_loss(step_out.log_prob, traj.log_probs[idx, t_idx], adv[idx], clip_range=rl.clip_range,
+                                               kl=kl, beta=rl.beta, sft_loss=l_sft, sft_coef=rl.sft_aux_coef,
+                                               accumulation_steps=self.accum)
                         stats.add(out)
-                        loss = out.loss
-                        self.backward_and_maybe_step(loss, grad_norms)
+                        self.backward_and_maybe_step(out.loss, grad_norms, step_scheduler=False)
+        self.lr_scheduler.step()  # once per rollout: the schedule counts steps (rollouts), not updates
         out = stats.metrics()
         if grad_norms:
             out["grad_norm"] = float(np.mean(grad_norms))
         return out
+
+    def _sft_loss(self, step: int, update: int) -> torch.Tensor:
+        """The auxiliary flow-matching loss of the next SFT batch (noise from ``(seed, step, update, rank)``)."""
+        sft_batch = next(self.sft_stream)
+        gen = torch.Generator().manual_seed(derive_seed(self.cfg.train.seed, SeedStream.SFT_NOISE, step, update,
+                                                        self.accelerator.process_index))
+        with self.autocast():
+            return flow_matching_step_loss(self.model, sft_batch, generator=gen)
 
     # -- metrics -----------------------------------------------------------------------------------
     def _global_reward_metrics(self, scored: ScoredRewards, adv: torch.Tensor, prefix: str = "reward") -> dict[str, float]:
