@@ -42,6 +42,19 @@ from mrgrpo.updates import plan_updates, update_layout
 __all__ = ["GRPOTrainer", "RewardFailure", "ScoredRewards", "train"]
 
 
+def _zero_std_counts(values: torch.Tensor, valid: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
+    """``[groups whose valid values are all equal (or fewer than 2 valid), groups with a valid value, 0]`` float64."""
+    zero = total = 0
+    for g in torch.unique(group_ids):
+        members = (group_ids == g) & valid
+        if not bool(members.any()):
+            continue
+        total += 1
+        vals = values[members]
+        zero += int(vals.numel() < 2 or bool(vals.max() == vals.min()))
+    return torch.tensor([float(zero), float(total), 0.0], dtype=torch.float64)
+
+
 class GRPOTrainer(TrainerBase):
     """MR-GRPO on any :class:`~mrgrpo.policies.base.DiffusionPolicy` with any rewards.
 
@@ -241,9 +254,12 @@ class GRPOTrainer(TrainerBase):
             return flow_matching_step_loss(self.model, sft_batch, generator=gen)
 
     # -- metrics -----------------------------------------------------------------------------------
-    def _global_reward_metrics(self, scored: ScoredRewards, adv: torch.Tensor, prefix: str = "reward") -> dict[str, float]:
+    def _global_reward_metrics(self, scored: ScoredRewards, adv: torch.Tensor, prefix: str = "reward",
+                               group_ids: torch.Tensor | None = None) -> dict[str, float]:
         """Global (all-process) means: per reward over its valid images, ``<prefix>/mean`` = the mean over
-        images of each image's mixture-weighted reward (over its valid rewards), invalid fractions, advantage std."""
+        images of each image's mixture-weighted reward (over its valid rewards), invalid fractions, advantage std;
+        with ``group_ids``, ``zero_std_frac`` (groups whose weighted rewards are all equal: no learning signal)
+        and ``<prefix>/<name>/zero_std_frac`` (the same for each reward, over the groups it scores)."""
         acc = self.accelerator
         names = scored.names
         w = scored.weights
@@ -260,6 +276,10 @@ class GRPOTrainer(TrainerBase):
         rows.append(torch.stack([per_image.sum(), has.sum().double(), torch.tensor(0.0, dtype=torch.float64)]))
         a = adv.detach().double().cpu()
         rows.append(torch.stack([a.sum(), torch.tensor(float(a.numel()), dtype=torch.float64), (a * a).sum()]))
+        if group_ids is not None:  # [zero-std groups, groups] of the weighted reward, then of each reward
+            rows.append(_zero_std_counts(per_image, has, group_ids))
+            for j, name in enumerate(names):
+                rows.append(_zero_std_counts(scored.scores[name].double(), scored.valid[name] & (w[:, j] > 0), group_ids))
         total = torch.stack(rows)
         if acc.num_processes > 1:
             total = acc.reduce(total.to(acc.device), reduction="sum").cpu()
@@ -270,14 +290,23 @@ class GRPOTrainer(TrainerBase):
                 metrics[f"{prefix}/{name}"] = ssum / nvalid
             if nconsidered > 0:
                 metrics[f"{prefix}/{name}/invalid_frac"] = 1.0 - nvalid / nconsidered
-        msum, mcount, _ = total[-2].tolist()
+        base = len(names)
+        msum, mcount, _ = total[base].tolist()
         if mcount > 0:
             metrics[f"{prefix}/mean"] = msum / mcount
-        asum, an, asq = total[-1].tolist()
+        asum, an, asq = total[base + 1].tolist()
         if prefix == "reward" and an > 1:
             mean = asum / an
             metrics["advantage/mean"] = mean
             metrics["advantage/std"] = math.sqrt(max(0.0, (asq - an * mean * mean) / (an - 1)))
+        if group_ids is not None:
+            zero, groups, _ = total[base + 2].tolist()
+            if groups > 0:
+                metrics["zero_std_frac"] = zero / groups
+            for i, name in enumerate(names):
+                zero, groups, _ = total[base + 3 + i].tolist()
+                if groups > 0:
+                    metrics[f"{prefix}/{name}/zero_std_frac"] = zero / groups
         return metrics
 
     def _maybe_dump(self, step: int, batch: RolloutBatch, scored: ScoredRewards, adv: torch.Tensor) -> None:
@@ -342,13 +371,15 @@ class GRPOTrainer(TrainerBase):
         t3 = time.perf_counter()
         metrics.update(batch.times)
         metrics.update({"time/reward": t2 - t1, "time/train": t3 - t2, "time/step": t3 - t0})
+        for key in ("encode", "rollout", "decode", "reward", "train", "step"):  # this process's images
+            metrics[f"ms_per_image/{key}"] = 1000.0 * metrics[f"time/{key}"] / len(batch)
         return batch, scored, adv, metrics
 
     def step_once(self, step: int) -> dict[str, float]:
         """One MR-GRPO step: :meth:`run_phases`, metrics; evaluation and sample grids when due."""
         cfg = self.cfg
         batch, scored, adv, train_metrics = self.run_phases(step)
-        metrics = self._global_reward_metrics(scored, adv)
+        metrics = self._global_reward_metrics(scored, adv, group_ids=batch.group_ids)
         metrics.update(train_metrics)
         metrics.update({"lr": self.lr_scheduler.get_last_lr()[0], "optimizer_steps": self.optimizer_steps})
         for name, f in scored.failures.items():

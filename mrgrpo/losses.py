@@ -184,14 +184,17 @@ class StepLossStats:
     """Collects :class:`StepLoss` outputs of the backward passes of one rollout into metrics.
 
     ``metrics()`` gives ``loss/policy``, ``loss/kl``, ``loss/sft`` (means over the passes that had
-    them), ``ratio/mean`` (mean of the per-pass means), ``ratio/min`` / ``ratio/max`` (over all
-    samples) and ``clip_frac`` (mean of the per-pass fractions).
+    them), ``ratio/mean`` (mean of the per-pass means), ``ratio/std`` (over every sample of every
+    pass), ``ratio/min`` / ``ratio/max`` (over all samples), ``clip_frac`` and its two sides
+    ``clip_frac/low`` (ratio < 1 - e_low) and ``clip_frac/high`` (ratio > 1 + e_high) (means of
+    the per-pass fractions).
     """
 
     def __init__(self) -> None:
         self._values: dict[str, list[float]] = {}
         self._min = math.inf
         self._max = -math.inf
+        self._moments = torch.zeros(3, dtype=torch.float64)  # count, sum, sum of squares of the ratios
 
     def _put(self, key: str, value: float) -> None:
         self._values.setdefault(key, []).append(value)
@@ -207,6 +210,10 @@ class StepLossStats:
         self._min = min(self._min, out.ratio.min().item())
         self._max = max(self._max, out.ratio.max().item())
         self._put("clip_frac", out.clip_frac)
+        self._put("clip_frac/low", out.clipped_low.float().mean().item())
+        self._put("clip_frac/high", out.clipped_high.float().mean().item())
+        r = out.ratio.detach().double().cpu()
+        self._moments += torch.stack([torch.tensor(float(r.numel()), dtype=torch.float64), r.sum(), (r * r).sum()])
 
     def metrics(self) -> dict[str, float]:
         """The collected means (empty when nothing was recorded)."""
@@ -214,4 +221,8 @@ class StepLossStats:
         if self._values:
             out["ratio/min"] = self._min
             out["ratio/max"] = self._max
+            n, s, sq = self._moments.tolist()
+            if n > 1:
+                mean = s / n
+                out["ratio/std"] = math.sqrt(max(0.0, (sq - n * mean * mean) / (n - 1)))
         return out

@@ -239,3 +239,6 @@ def test_step_loss_stats_collect_means_and_extremes():
     assert m["ratio/mean"] == pytest.approx((1.1 + 0.75) / 2) and m["ratio/min"] == pytest.approx(0.5)
     assert m["ratio/max"] == pytest.approx(1.2) and m["clip_frac"] == pytest.approx(0.5)
     assert m["loss/kl"] == pytest.approx(1.0) and "loss/sft" not in m
+    # 1.2 is above 1 + 0.1, 0.5 below 1 - 0.1: one of two samples each pass, one on each side
+    assert m["clip_frac/high"] == pytest.approx(0.25) and m["clip_frac/low"] == pytest.approx(0.25)
+    assert m["ratio/std"] == pytest.approx(torch.tensor([1.0, 1.2, 0.5, 1.0], dtype=torch.float64).std().item(), rel=1e-6)

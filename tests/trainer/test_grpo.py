@@ -333,3 +333,26 @@ def test_updates_per_rollout_that_splits_groups_is_refused(toy_recipe):
     toy_recipe["train"]["updates_per_rollout"] = 3  # 4 prompts a step
     with pytest.raises(RecipeError, match=r"train.updates_per_rollout.*does not divide the 4 prompts"):
         load_recipe(data=toy_recipe)
+
+
+def test_diagnostics_zero_std_frac_ratio_spread_and_ms_per_image(toy_recipe):
+    """zero_std_frac counts the groups whose rewards are all equal; per-phase ms per image; ratio spread."""
+    from mrgrpo.rewards.base import as_reward
+
+    def per_prompt(images, prompts):  # the same value for every image of a prompt: no signal in any group
+        return [float(len(p)) / 20 for p in prompts]
+
+    toy_recipe["train"].update(max_steps=2, updates_per_rollout=2)
+    tr = _trainer(toy_recipe, rewards={"bright": as_reward(per_prompt), "red": as_reward(lambda im, p: [0.5] * len(im))})
+    hist = tr.fit()
+    assert hist[0]["zero_std_frac"] == 1.0 and hist[0]["reward/bright/zero_std_frac"] == 1.0
+    toy_recipe["output_dir"] += "-b"
+    hist = _trainer(toy_recipe).fit()
+    h = hist[1]
+    assert h["zero_std_frac"] == 0.0 and h["reward/bright/zero_std_frac"] == 0.0
+    for phase in ("encode", "rollout", "decode", "reward", "train", "step"):
+        assert h[f"ms_per_image/{phase}"] == pytest.approx(1000 * h[f"time/{phase}"] / 16)
+    assert h["ratio/std"] > 0 and h["clip_frac"] == pytest.approx(h["clip_frac/low"] + h["clip_frac/high"])
+    records = read_metrics(Path(toy_recipe["output_dir"]) / "metrics.jsonl")
+    for key in ("zero_std_frac", "ratio/std", "clip_frac/low", "clip_frac/high", "ms_per_image/train"):
+        assert key in records[-1], key
