@@ -3,7 +3,7 @@
 ``gdpo`` (MR-GRPO, default): every reward is z-scored within its group on its own, the
 z-scores are mixed with per-sample weights, the mix is normalised over the global batch (all
 processes) and clipped. ``grpo``: the weighted reward sum is z-scored within its group.
-See ``shared/MATH.md`` (Advantages) for the formulas.
+See ``docs/training.md`` (Advantages) for the formulas.
 
 Groups never span processes, so group statistics are local; batch statistics are summed across
 processes through ``reduce_fn`` (an all-reduce SUM of a small tensor), e.g.

@@ -1,6 +1,6 @@
 """Typed recipes: one pydantic schema for a whole run, YAML loading, ``--set a.b=c`` overrides.
 
-Every field has a default matching the DeepGen paper's RL stage (``shared/MATH.md``) and a
+Every field has a default matching the DeepGen paper's RL stage (``docs/training.md``) and a
 one-line description (``mrgrpo recipes schema`` prints them as a table). Loading checks, before
 any model is built: unknown keys, wrong types, and impossible combinations (a mixture naming an
 undefined reward, a batch not divisible by the group size, all-zero weights, missing files).

@@ -1,17 +1,20 @@
 """The MR-GRPO trainer (``mrgrpo train`` for ``stage: rl``).
 
-One step (``shared/DESIGN.md`` section 2):
+One step (``docs/training.md``):
 
 1. the step's global prompt list is drawn (same on every process) and each rank takes its slice;
 2. the policy encodes each prompt once and repeats the conditioning G times;
 3. B*G trajectories are sampled in one batch, storing latents and float32 log-probs;
-4. images are decoded and every reward of the union of the mixtures scores the images whose
-   source weighs it (remote rewards run concurrently);
+4. images are decoded and the :class:`~mrgrpo.reward_mixture.RewardMixture` scores each image with
+   the rewards its source weighs (remote rewards run concurrently);
 5. masked MR-GRPO advantages with batch statistics all-reduced over processes;
-6. training on a random subset of the SDE steps per sample: recomputed velocity, clipped
-   ratio, ``beta * KL`` against ``policy.reference()``, the auxiliary SFT loss every k steps;
-   gradients accumulate so there is exactly ONE optimizer step per pass over the rollout;
-7. log, sample grid, evaluation, atomic checkpoint.
+6. training on a random subset of the SDE steps per sample: recomputed velocity and float32
+   log-prob, then :func:`~mrgrpo.losses.mrgrpo_step_loss` (clipped ratio, ``beta * KL`` against
+   ``policy.reference()``, the auxiliary SFT term); gradients accumulate into
+   ``train.updates_per_rollout`` optimizer steps per pass over the rollout (:mod:`mrgrpo.updates`),
+   and the LR schedule steps once per rollout;
+7. log (with diagnostics: ``zero_std_frac``, ratio spread, clip sides, ms per image), sample grid,
+   evaluation, atomic checkpoint.
 
 Model-specific code lives in the policy (:class:`mrgrpo.policies.base.DiffusionPolicy`).
 """
@@ -31,8 +34,8 @@ from mrgrpo.config import RecipeError, RunConfig
 from mrgrpo.data import PromptRecord, PromptSampler, load_sources, rank_slice
 from mrgrpo.losses import StepLossStats, flow_matching_step_loss, mean_kl, mrgrpo_step_loss, velocity_kl
 from mrgrpo.reward_mixture import RewardFailure, RewardMixture, ScoredRewards
-from mrgrpo.rollout import (RolloutBatch, choose_train_steps, guided_velocity, sample_generators, sample_ode, sample_trajectories,
-                            sde_step_mask)
+from mrgrpo.rollout import (RolloutBatch, choose_train_steps, guided_velocity, sample_generators, sample_ode,
+                            sample_trajectories, sde_step_mask)
 from mrgrpo.seeding import SeedStream, derive_seed, process_seed, train_order_rng
 from mrgrpo.sde import sde_step_with_logprob, step_mean_std
 from mrgrpo.trainer_base import TrainerBase, build_policy, destroy_process_group, world_size
@@ -139,7 +142,8 @@ class GRPOTrainer(TrainerBase):
         t_encode = time.perf_counter() - t0
 
         sample_ids = [(offset + i) * G + j for i in range(len(records)) for j in range(G)]
-        gens = sample_generators(self.cfg.train.seed, step, sample_ids, device=self.device, stream=SeedStream.ROLLOUT_NOISE)
+        gens = sample_generators(self.cfg.train.seed, step, sample_ids, device=self.device,
+                                 stream=SeedStream.ROLLOUT_NOISE)
         if rl.shared_noise:
             group_gens = sample_generators(self.cfg.train.seed, step, [offset + i for i in range(len(records))], device=self.device,
                                            stream=SeedStream.GROUP_NOISE)
@@ -175,7 +179,8 @@ class GRPOTrainer(TrainerBase):
         the reward mixture of each record's source (``mixtures``: source -> mixture, default the training ones)."""
         from mrgrpo.policies.base import tensor_to_images
 
-        return self.rewards.score(tensor_to_images(pixels), records, group_ids, self.mixtures if mixtures is None else mixtures,
+        mixtures = self.mixtures if mixtures is None else mixtures
+        return self.rewards.score(tensor_to_images(pixels), records, group_ids, mixtures,
                                   self.G if per_prompt is None else per_prompt)
 
     # -- 5: advantages ---------------------------------------------------------------------------
@@ -194,7 +199,8 @@ class GRPOTrainer(TrainerBase):
         rl = self.cfg.rl
         traj = batch.traj
         adv = adv.to(self.device)
-        sample_seeds = [derive_seed(self.cfg.train.seed, SeedStream.TRAIN_TIMESTEPS, step, sid) for sid in batch.sample_ids]
+        seed = self.cfg.train.seed
+        sample_seeds = [derive_seed(seed, SeedStream.TRAIN_TIMESTEPS, step, sid) for sid in batch.sample_ids]
         train_steps = choose_train_steps(traj.sde_steps, rl.timestep_fraction, sample_seeds).to(self.device)
         velocity = self._velocity_fn(self.model)
         ref_velocity = self._velocity_fn(self.policy)
@@ -202,7 +208,7 @@ class GRPOTrainer(TrainerBase):
         stats = StepLossStats()
         grad_norms: list[float] = []
         for epoch in range(rl.inner_epochs):
-            plan = plan_updates(self.cfg.train.updates_per_rollout, self.layout, self.G, train_order_rng(self.cfg.train.seed, step, epoch))
+            plan = plan_updates(self.cfg.train.updates_per_rollout, self.layout, self.G, train_order_rng(seed, step, epoch))
             conds: dict[int, tuple] = {}
             for u, passes in enumerate(plan):
                 for p_i, tp in enumerate(passes):
@@ -232,11 +238,12 @@ class GRPOTrainer(TrainerBase):
                                                             sigma_max=sigma_max)
                                 kl = mean_kl(step_out.mean, ref_mean, step_out.std)
                         l_sft = None
-                        if rl.sft_aux_coef > 0 and p_i == 0 and self.sft_stream is not None and step % rl.sft_aux_every == 0:
+                        sft_due = self.sft_stream is not None and step % rl.sft_aux_every == 0
+                        if rl.sft_aux_coef > 0 and p_i == 0 and sft_due:
                             l_sft = self._sft_loss(step, epoch * len(plan) + u)
-                        out = mrgrpo_step_loss(step_out.log_prob, traj.log_probs[idx, t_idx], adv[idx], clip_range=rl.clip_range,
-                                               kl=kl, beta=rl.beta, sft_loss=l_sft, sft_coef=rl.sft_aux_coef,
-                                               accumulation_steps=self.accum)
+                        out = mrgrpo_step_loss(step_out.log_prob, traj.log_probs[idx, t_idx], adv[idx],
+                                               clip_range=rl.clip_range, kl=kl, beta=rl.beta, sft_loss=l_sft,
+                                               sft_coef=rl.sft_aux_coef, accumulation_steps=self.accum)
                         stats.add(out)
                         self.backward_and_maybe_step(out.loss, grad_norms, step_scheduler=False)
         self.lr_scheduler.step()  # once per rollout: the schedule counts steps (rollouts), not updates
@@ -279,7 +286,8 @@ class GRPOTrainer(TrainerBase):
         if group_ids is not None:  # [zero-std groups, groups] of the weighted reward, then of each reward
             rows.append(_zero_std_counts(per_image, has, group_ids))
             for j, name in enumerate(names):
-                rows.append(_zero_std_counts(scored.scores[name].double(), scored.valid[name] & (w[:, j] > 0), group_ids))
+                scored_here = scored.valid[name] & (w[:, j] > 0)
+                rows.append(_zero_std_counts(scored.scores[name].double(), scored_here, group_ids))
         total = torch.stack(rows)
         if acc.num_processes > 1:
             total = acc.reduce(total.to(acc.device), reduction="sum").cpu()
@@ -339,7 +347,8 @@ class GRPOTrainer(TrainerBase):
                            uncond=enc.uncond, cfg_scale=ev.cfg_scale, autocast=self.autocast)
         with torch.no_grad(), self.autocast():
             pixels = self.policy.decode(final).float().cpu()
-        scored = self.score(pixels, records, torch.arange(sl.start, sl.start + len(records)), mixtures=self.eval_mixtures, per_prompt=1)
+        scored = self.score(pixels, records, torch.arange(sl.start, sl.start + len(records)), mixtures=self.eval_mixtures,
+                            per_prompt=1)
         if self.tracker is not None:
             self.tracker.save_samples(step, pixels, nrow=min(8, len(records)), captions=[r.prompt for r in records], name="eval")
         return self._global_reward_metrics(scored, torch.zeros(len(records)), prefix="eval")

@@ -64,12 +64,20 @@ class RewardMixture:
         failure: ``"mask"`` (failed images are invalid and counted) or ``"stop"`` (raise :class:`RewardFailure`).
     """
 
-    def __init__(self, rewards: Mapping[str, Any], names: Sequence[str], *, batch_sizes: Mapping[str, int] | None = None,
-                 failure: str = "mask"):
+    def __init__(
+        self,
+        rewards: Mapping[str, Any],
+        names: Sequence[str],
+        *,
+        batch_sizes: Mapping[str, int] | None = None,
+        failure: str = "mask",
+    ):
         self.names = sorted(set(names))
         missing = [k for k in self.names if k not in rewards]
         if missing:
-            raise RecipeError(f"rewards {missing} are used by the mixtures but were not built. Fix: define them under `rewards:`.")
+            raise RecipeError(
+                f"rewards {missing} are used by the mixtures but were not built. Fix: define them under `rewards:`."
+            )
         self.rewards = dict(rewards)
         self.batch_sizes = dict(batch_sizes or {})
         self.failure = failure
@@ -77,21 +85,37 @@ class RewardMixture:
         self.closed = False
 
     @classmethod
-    def from_config(cls, cfg: RunConfig, names: Sequence[str], rewards: Mapping[str, Any] | None = None) -> "RewardMixture":
+    def from_config(
+        cls, cfg: RunConfig, names: Sequence[str], rewards: Mapping[str, Any] | None = None
+    ) -> "RewardMixture":
         """Build every reward the recipe defines (unless ``rewards`` are given) and wrap them."""
         if rewards is None:
             from mrgrpo.rewards.base import build_reward
 
-            rewards = {key: build_reward(spec.name or key, spec.kwargs, label=key) for key, spec in sorted(cfg.rewards.items())}
-        return cls(rewards, names, batch_sizes={k: spec.batch_size for k, spec in cfg.rewards.items()},
-                   failure=cfg.rl.reward_failure)
+            rewards = {
+                key: build_reward(spec.name or key, spec.kwargs, label=key) for key, spec in sorted(cfg.rewards.items())
+            }
+        return cls(
+            rewards,
+            names,
+            batch_sizes={k: spec.batch_size for k, spec in cfg.rewards.items()},
+            failure=cfg.rl.reward_failure,
+        )
 
-    def weights(self, records: Sequence[_Record], mixtures: Mapping[str, Mapping[str, float]], per_prompt: int) -> torch.Tensor:
+    def weights(
+        self, records: Sequence[_Record], mixtures: Mapping[str, Mapping[str, float]], per_prompt: int
+    ) -> torch.Tensor:
         """``[N, R]`` weights of ``per_prompt`` consecutive images per record (``mixtures``: source -> mixture)."""
         return mixture_weights([mixtures[r.source] for r in records for _ in range(per_prompt)], self.names)
 
-    def score(self, images: Sequence[Any], records: Sequence[_Record], group_ids: torch.Tensor,
-              mixtures: Mapping[str, Mapping[str, float]], per_prompt: int) -> ScoredRewards:
+    def score(
+        self,
+        images: Sequence[Any],
+        records: Sequence[_Record],
+        group_ids: torch.Tensor,
+        mixtures: Mapping[str, Mapping[str, float]],
+        per_prompt: int,
+    ) -> ScoredRewards:
         """Score ``images`` (PIL, ``per_prompt`` consecutive images per record, ``group_ids [N]``).
 
         Each image is scored by the rewards its record's source weighs; metadata carries the
@@ -99,8 +123,10 @@ class RewardMixture:
         """
         weights = self.weights(records, mixtures, per_prompt)
         prompts = [r.prompt for r in records for _ in range(per_prompt)]
-        meta = [dict(r.fields, group_id=int(g), source=r.source, prompt=r.prompt)
-                for r, g in zip([r for r in records for _ in range(per_prompt)], group_ids.tolist())]
+        meta = [
+            dict(r.fields, group_id=int(g), source=r.source, prompt=r.prompt)
+            for r, g in zip([r for r in records for _ in range(per_prompt)], group_ids.tolist())
+        ]
         n = len(images)
         if weights.shape[0] != n:
             raise ValueError(f"{n} images for {len(records)} records x {per_prompt} per prompt")
@@ -120,14 +146,18 @@ class RewardMixture:
                     out = reward([images[i] for i in chunk], [prompts[i] for i in chunk], [meta[i] for i in chunk])
                 except Exception as exc:  # a failed call masks its images (or stops the run)
                     if self.failure == "stop":
-                        raise RewardFailure(f"reward {name!r} failed: {exc}. Set rl.reward_failure: mask to continue without it.") from exc
+                        raise RewardFailure(
+                            f"reward {name!r} failed: {exc}. Set rl.reward_failure: mask to continue without it."
+                        ) from exc
                     failures += len(chunk)
                     continue
                 scores[chunk] = out.scores.float()
                 valid[chunk] = out.valid
                 failures += int(out.details.get("failures", 0)) if isinstance(out.details, dict) else 0
             if failures and self.failure == "stop":
-                raise RewardFailure(f"reward {name!r} could not score {failures} image(s). Set rl.reward_failure: mask to continue without them.")
+                raise RewardFailure(
+                    f"reward {name!r} could not score {failures} image(s). Set rl.reward_failure: mask to continue without them."
+                )
             return name, scores, valid, failures
 
         remote = [j for j, k in enumerate(self.names) if getattr(self.rewards[k], "is_remote", False)]
@@ -149,4 +179,3 @@ class RewardMixture:
             close = getattr(reward, "close", None)
             if callable(close):
                 close()
-

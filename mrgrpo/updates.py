@@ -62,7 +62,9 @@ class UpdateLayout:
     accumulation: int
 
 
-def update_layout(setting: UpdatesPerRollout, *, prompts: int, group_size: int, timesteps: int, micro_batch_size: int) -> UpdateLayout:
+def update_layout(
+    setting: UpdatesPerRollout, *, prompts: int, group_size: int, timesteps: int, micro_batch_size: int
+) -> UpdateLayout:
     """The :class:`UpdateLayout` of ``setting`` for ``prompts`` groups of ``group_size`` on one process.
 
     Raises ``ValueError`` (the message names the field and the fix) when the groups or the
@@ -74,17 +76,23 @@ def update_layout(setting: UpdatesPerRollout, *, prompts: int, group_size: int, 
     else:
         k = int(setting)
         if k < 1 or prompts % k:
-            raise ValueError(f"train.updates_per_rollout={setting} must divide the {prompts} prompts (groups) each process "
-                             f"trains on (groups are kept whole). Fix: use a divisor of {prompts}, or per_timestep.")
+            raise ValueError(
+                f"train.updates_per_rollout={setting} must divide the {prompts} prompts (groups) each process "
+                f"trains on (groups are kept whole). Fix: use a divisor of {prompts}, or per_timestep."
+            )
         updates, images, steps = k, n // k, timesteps
     micro = min(micro_batch_size, images)
     if images % micro:
-        raise ValueError(f"train.micro_batch_size={micro_batch_size} does not divide the {images} images of each optimizer step "
-                         f"(train.updates_per_rollout={setting}). Fix: use a divisor of {images}.")
+        raise ValueError(
+            f"train.micro_batch_size={micro_batch_size} does not divide the {images} images of each optimizer step "
+            f"(train.updates_per_rollout={setting}). Fix: use a divisor of {images}."
+        )
     return UpdateLayout(updates, images, steps, micro, (images // micro) * steps)
 
 
-def plan_updates(setting: UpdatesPerRollout, layout: UpdateLayout, group_size: int, rng: np.random.Generator) -> list[list[TrainPass]]:
+def plan_updates(
+    setting: UpdatesPerRollout, layout: UpdateLayout, group_size: int, rng: np.random.Generator
+) -> list[list[TrainPass]]:
     """The backward passes of one pass over a rollout, grouped by optimizer step.
 
     ``rng`` orders the samples (``1`` and ``per_timestep``: a permutation of the samples; ``k``: a
@@ -96,7 +104,7 @@ def plan_updates(setting: UpdatesPerRollout, layout: UpdateLayout, group_size: i
     micro = layout.micro
     if setting == "per_timestep" or int(setting) == 1:
         order = rng.permutation(n)
-        batches = [order[i:i + micro] for i in range(0, n, micro)]
+        batches = [order[i : i + micro] for i in range(0, n, micro)]
         if setting == "per_timestep":
             return [[TrainPass(m, mb, j) for m, mb in enumerate(batches)] for j in range(layout.updates)]
         return [[TrainPass(m, mb, j) for m, mb in enumerate(batches) for j in range(layout.timesteps)]]
@@ -104,11 +112,11 @@ def plan_updates(setting: UpdatesPerRollout, layout: UpdateLayout, group_size: i
     per_update = len(groups) // layout.updates
     plan, m = [], 0
     for u in range(layout.updates):
-        part = groups[u * per_update:(u + 1) * per_update]
+        part = groups[u * per_update : (u + 1) * per_update]
         samples = (part[:, None] * group_size + np.arange(group_size)[None, :]).reshape(-1)
         passes = []
         for i in range(0, len(samples), micro):
-            passes += [TrainPass(m, samples[i:i + micro], j) for j in range(layout.timesteps)]
+            passes += [TrainPass(m, samples[i : i + micro], j) for j in range(layout.timesteps)]
             m += 1
         plan.append(passes)
     return plan

@@ -56,8 +56,16 @@ def test_guided_velocity_is_one_batched_call_with_the_cfg_formula():
 def test_stored_log_probs_rescore_exactly_and_only_sde_steps_have_them():
     x0 = torch.randn(N, C, H, W, generator=torch.Generator().manual_seed(0))
     gens = sample_generators(0, 1, range(N), stream=SeedStream.ROLLOUT_NOISE)
-    traj = sample_trajectories(velocity, x0, _sigmas(), _cond([1.0, -1.0, 0.5, 0.0]), sampler="sde", noise_level=0.7,
-                               sde_window=(1, 4), generators=gens)
+    traj = sample_trajectories(
+        velocity,
+        x0,
+        _sigmas(),
+        _cond([1.0, -1.0, 0.5, 0.0]),
+        sampler="sde",
+        noise_level=0.7,
+        sde_window=(1, 4),
+        generators=gens,
+    )
     assert traj.latents.shape == (N, 7, C, H, W) and traj.log_probs.shape == (N, 6)
     assert traj.sde_steps.tolist() == [False, True, True, True, False, False]
     assert (traj.log_probs[:, [0, 4, 5]] == 0).all() and (traj.log_probs[:, 1:4] != 0).all()
@@ -65,8 +73,16 @@ def test_stored_log_probs_rescore_exactly_and_only_sde_steps_have_them():
     # re-scoring a stored transition with the same weights gives the stored log-prob bit for bit
     for t in (1, 2, 3):
         v = velocity(traj.latents[:, t], torch.full((N,), float(traj.sigmas[t])), _cond([1.0, -1.0, 0.5, 0.0]))
-        again = sde_step_with_logprob(traj.latents[:, t], v, traj.sigmas[t].expand(N), traj.sigmas[t + 1].expand(N), sampler="sde",
-                                      noise_level=0.7, prev_sample=traj.latents[:, t + 1], sigma_max=float(traj.sigmas[1]))
+        again = sde_step_with_logprob(
+            traj.latents[:, t],
+            v,
+            traj.sigmas[t].expand(N),
+            traj.sigmas[t + 1].expand(N),
+            sampler="sde",
+            noise_level=0.7,
+            prev_sample=traj.latents[:, t + 1],
+            sigma_max=float(traj.sigmas[1]),
+        )
         assert torch.equal(again.log_prob, traj.log_probs[:, t])
     # the ODE steps follow the Euler update exactly
     s0, s1 = float(traj.sigmas[0]), float(traj.sigmas[1])
@@ -77,14 +93,35 @@ def test_stored_log_probs_rescore_exactly_and_only_sde_steps_have_them():
 def test_zero_noise_rollout_is_the_ode_sampler_and_samples_do_not_depend_on_the_batch():
     x0 = torch.randn(N, C, H, W, generator=torch.Generator().manual_seed(1))
     cond = _cond([1.0, 2.0, 0.0, -1.0])
-    traj = sample_trajectories(velocity, x0, _sigmas(), cond, sampler="sde", noise_level=0.0,
-                               generators=sample_generators(0, 1, range(N), stream=SeedStream.ROLLOUT_NOISE))
+    traj = sample_trajectories(
+        velocity,
+        x0,
+        _sigmas(),
+        cond,
+        sampler="sde",
+        noise_level=0.0,
+        generators=sample_generators(0, 1, range(N), stream=SeedStream.ROLLOUT_NOISE),
+    )
     torch.testing.assert_close(traj.final, sample_ode(velocity, x0, _sigmas(), cond), rtol=1e-5, atol=1e-6)
     # sample 2 generated alone (as on another process) is the same trajectory as inside the batch
-    full = sample_trajectories(velocity, x0, _sigmas(), cond, sampler="sde", noise_level=0.7,
-                               generators=sample_generators(0, 1, range(N), stream=SeedStream.ROLLOUT_NOISE))
-    alone = sample_trajectories(velocity, x0[2:3], _sigmas(), cond.select([2]), sampler="sde", noise_level=0.7,
-                                generators=sample_generators(0, 1, [2], stream=SeedStream.ROLLOUT_NOISE))
+    full = sample_trajectories(
+        velocity,
+        x0,
+        _sigmas(),
+        cond,
+        sampler="sde",
+        noise_level=0.7,
+        generators=sample_generators(0, 1, range(N), stream=SeedStream.ROLLOUT_NOISE),
+    )
+    alone = sample_trajectories(
+        velocity,
+        x0[2:3],
+        _sigmas(),
+        cond.select([2]),
+        sampler="sde",
+        noise_level=0.7,
+        generators=sample_generators(0, 1, [2], stream=SeedStream.ROLLOUT_NOISE),
+    )
     torch.testing.assert_close(alone.latents[0], full.latents[2], rtol=0, atol=1e-6)
     torch.testing.assert_close(alone.log_probs[0], full.log_probs[2], rtol=0, atol=1e-5)
     with pytest.raises(ValueError, match="rollout sampler"):

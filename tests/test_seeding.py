@@ -13,8 +13,14 @@ def test_stream_numbers_and_seed_values_are_fixed():
     # the numbers are part of the reproducibility contract: runs recorded before the enum existed
     # used exactly these (seed, stream, ids) -> seed values
     assert {s.name: int(s) for s in SeedStream} == {
-        "ROLLOUT_NOISE": 1, "GROUP_NOISE": 2, "TRAIN_TIMESTEPS": 3, "EVAL_NOISE": 4, "SFT_PROCESS": 5, "SFT_NOISE": 6,
-        "TRAIN_ORDER": 11}
+        "ROLLOUT_NOISE": 1,
+        "GROUP_NOISE": 2,
+        "TRAIN_TIMESTEPS": 3,
+        "EVAL_NOISE": 4,
+        "SFT_PROCESS": 5,
+        "SFT_NOISE": 6,
+        "TRAIN_ORDER": 11,
+    }
     assert derive_seed(42, SeedStream.ROLLOUT_NOISE, 7, 3) == 4003781499642181200
     assert derive_seed(0, SeedStream.TRAIN_TIMESTEPS, 1, 5) == 2849933990365200350
     assert derive_seed(0, SeedStream.SFT_NOISE, 2, 0, 1) == 8033059063525990863

@@ -16,7 +16,10 @@ def test_log_writes_one_record_per_step_with_numbers_only(tmp_path):
     tr.log(2, {"reward/mean": 0.75})
     tr.close()
     recs = read_metrics(tmp_path / "metrics.jsonl")
-    assert recs == [{"step": 1, "reward/mean": 0.5, "loss": 2.0, "optimizer_steps": 3.0}, {"step": 2, "reward/mean": 0.75}]
+    assert recs == [
+        {"step": 1, "reward/mean": 0.5, "loss": 2.0, "optimizer_steps": 3.0},
+        {"step": 2, "reward/mean": 0.75},
+    ]
 
 
 def test_resume_truncates_to_the_resumed_step_and_a_fresh_run_starts_empty(tmp_path):
@@ -25,14 +28,21 @@ def test_resume_truncates_to_the_resumed_step_and_a_fresh_run_starts_empty(tmp_p
         tr.log(step, {"x": float(step)})
     # resumed from the step-3 checkpoint: steps 4 and 5 are logged again by the resumed run
     Tracker(tmp_path, tensorboard=False, resume_step=3).log(4, {"x": 40.0})
-    assert [(r["step"], r["x"]) for r in read_metrics(tmp_path / "metrics.jsonl")] == [(1, 1.0), (2, 2.0), (3, 3.0), (4, 40.0)]
+    assert [(r["step"], r["x"]) for r in read_metrics(tmp_path / "metrics.jsonl")] == [
+        (1, 1.0),
+        (2, 2.0),
+        (3, 3.0),
+        (4, 40.0),
+    ]
     Tracker(tmp_path, tensorboard=False)  # not a resume: the old file goes
     assert read_metrics(tmp_path / "metrics.jsonl") == []
 
 
 def test_torn_last_line_is_ignored_and_truncate_keeps_earlier_steps(tmp_path):
     path = tmp_path / "metrics.jsonl"
-    path.write_text(json.dumps({"step": 1, "a": 1.0}) + "\n" + json.dumps({"step": 2, "a": 2.0}) + "\n" + '{"step": 3, "a"')
+    path.write_text(
+        json.dumps({"step": 1, "a": 1.0}) + "\n" + json.dumps({"step": 2, "a": 2.0}) + "\n" + '{"step": 3, "a"'
+    )
     assert [r["step"] for r in read_metrics(path)] == [1, 2]
     truncate_metrics(path, 1)
     assert read_metrics(path) == [{"step": 1, "a": 1.0}]

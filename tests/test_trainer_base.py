@@ -14,11 +14,22 @@ from mrgrpo.trainer_base import TrainerBase, build_lr_lambda, build_optimizer
 
 
 def _cfg(tmp_path, **train):
-    base = {"stage": "sft", "output_dir": str(tmp_path / "run"),
-            "data": {"sft_sources": [{"name": "s", "path": "none.jsonl", "required": False}]},
-            "train": {"lr": 0.1, "max_steps": 10, "warmup_steps": 2, "mixed_precision": "no", "images_per_step": 8,
-                      "micro_batch_size": 4, "grad_clip": None, **train},
-            "logging": {"tensorboard": False, "progress_bar": False}}
+    base = {
+        "stage": "sft",
+        "output_dir": str(tmp_path / "run"),
+        "data": {"sft_sources": [{"name": "s", "path": "none.jsonl", "required": False}]},
+        "train": {
+            "lr": 0.1,
+            "max_steps": 10,
+            "warmup_steps": 2,
+            "mixed_precision": "no",
+            "images_per_step": 8,
+            "micro_batch_size": 4,
+            "grad_clip": None,
+            **train,
+        },
+        "logging": {"tensorboard": False, "progress_bar": False},
+    }
     return load_recipe(data=base, check_files=False)
 
 

@@ -50,13 +50,15 @@ def test_one_update_is_the_historical_order():
     layout = update_layout(1, prompts=4, group_size=4, timesteps=3, micro_batch_size=8)
     (update,) = plan_updates(1, layout, 4, np.random.default_rng([0, 1, 0, 11]))
     order = np.random.default_rng([0, 1, 0, 11]).permutation(16)
-    expected = [(tuple(order[i:i + 8]), j) for i in (0, 8) for j in range(3)]
+    expected = [(tuple(order[i : i + 8]), j) for i in (0, 8) for j in range(3)]
     assert [(tuple(tp.samples), tp.column) for tp in update] == expected
     assert layout.accumulation == 6
 
 
 def test_layout_errors_name_the_field_and_the_fix():
-    with pytest.raises(ValueError, match=r"train.updates_per_rollout=3 must divide the 4 prompts .* Fix: use a divisor of 4"):
+    with pytest.raises(
+        ValueError, match=r"train.updates_per_rollout=3 must divide the 4 prompts .* Fix: use a divisor of 4"
+    ):
         update_layout(3, prompts=4, group_size=4, timesteps=2, micro_batch_size=4)
     with pytest.raises(ValueError, match=r"train.micro_batch_size=3 does not divide the 8 images"):
         update_layout(2, prompts=4, group_size=4, timesteps=2, micro_batch_size=3)
