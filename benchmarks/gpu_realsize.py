@@ -105,7 +105,7 @@ def main(argv=None) -> int:
         "rl": {"num_steps": args.num_steps, "group_size": 8, "sampler": "cps", "beta": args.beta, "sft_aux_coef": 0.0,
                "cfg_scale": 0.0, **({"height": 64, "width": 64} if args.tiny else {})},
         "train": train,
-        "logging": {"progress_bar": False, "tensorboard": False, "sample_every": 10**6, "eval_every": 10**6}})
+        "logging": {"progress_bar": False, "tensorboard": False, "sample_every": 10**6}, "eval": {"every": 10**6}})
     trainer = GRPOTrainer(cfg, policy=policy)
     gpu_name = torch.cuda.get_device_name() if cuda else "cpu"
     peak_spec = spec_peak_tflops(gpu_name)

@@ -25,9 +25,9 @@ import torch
 def bare_compute_seconds(trainer, batch) -> float:
     """Seconds of the denoiser passes a step needs, with none of the toolkit around them."""
     policy, rl = trainer.policy, trainer.cfg.rl
-    traj = batch["traj"]
+    traj = batch.traj
     n = traj.latents.shape[0]
-    cond = batch["cond"]
+    cond = batch.cond
     t0 = time.perf_counter()
     with torch.no_grad(), trainer.autocast():
         for t in range(rl.num_steps):
@@ -59,7 +59,7 @@ def main(argv=None) -> int:
     from mrgrpo.grpo import GRPOTrainer
 
     overrides = ["logging.progress_bar=false", "logging.tensorboard=false", f"output_dir=/tmp/mrgrpo-bench-{int(time.time())}",
-                 "train.checkpoint_every=100000", "logging.sample_every=100000", "logging.eval_every=100000", *args.set]
+                 "train.checkpoint_every=100000", "logging.sample_every=100000", "eval.every=100000", *args.set]
     cfg = load_recipe(args.recipe, overrides)
     trainer = GRPOTrainer(cfg)
     rows = []

@@ -3,7 +3,7 @@
 ``gdpo`` (MR-GRPO, default): every reward is z-scored within its group on its own, the
 z-scores are mixed with per-sample weights, the mix is normalised over the global batch (all
 processes) and clipped. ``grpo``: the weighted reward sum is z-scored within its group.
-See ``shared/MATH.md`` (Advantages) for the formulas.
+See ``docs/training.md`` (Advantages) for the formulas.
 
 Groups never span processes, so group statistics are local; batch statistics are summed across
 processes through ``reduce_fn`` (an all-reduce SUM of a small tensor), e.g.
@@ -12,7 +12,7 @@ processes through ``reduce_fn`` (an all-reduce SUM of a small tensor), e.g.
 
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 import torch
 
@@ -20,14 +20,31 @@ ReduceFn = Callable[[torch.Tensor], torch.Tensor]
 ADVANTAGE_MODES = ("gdpo", "grpo")
 
 
-def weight_matrix(weights: torch.Tensor | Mapping[str, float], names: list[str], n: int) -> torch.Tensor:
-    """Per-sample weights ``[N, R]`` with columns in ``names`` order (``names`` is sorted)."""
-    if isinstance(weights, Mapping):
-        unknown = sorted(set(weights) - set(names))
+def mixture_weights(mixtures: Sequence[Mapping[str, float]], names: Sequence[str]) -> torch.Tensor:
+    """THE reward weight matrix: ``[N, R]`` float32, row i = ``mixtures[i]``, column j = reward ``names[j]``.
+
+    ``names`` is given explicitly and fixes the column order; a reward a mixture does not name
+    weighs 0, and a mixture naming a reward outside ``names`` is an error (its scores would be lost).
+    """
+    names = list(names)
+    rows = []
+    for i, mix in enumerate(mixtures):
+        unknown = sorted(set(mix) - set(names))
         if unknown:
-            raise ValueError(f"weights name rewards {unknown} that have no scores; rewards scored: {names}")
-        row = torch.tensor([float(weights.get(k, 0.0)) for k in names], dtype=torch.float32)
-        return row.expand(n, len(names)).clone()
+            raise ValueError(f"mixture {i} weighs rewards {unknown} that are not scored; rewards scored: {names}")
+        rows.append([float(mix.get(k, 0.0)) for k in names])
+    return torch.tensor(rows, dtype=torch.float32).reshape(len(rows), len(names))
+
+
+def weight_matrix(weights: torch.Tensor | Mapping[str, float], names: list[str], n: int) -> torch.Tensor:
+    """Per-sample weights ``[N, R]`` with columns in ``names`` order: one mixture for every sample
+    (through :func:`mixture_weights`), or an ``[N, R]`` tensor checked for its shape."""
+    if isinstance(weights, Mapping):
+        try:
+            return mixture_weights([weights] * n, names)
+        except ValueError:
+            unknown = sorted(set(weights) - set(names))
+            raise ValueError(f"weights name rewards {unknown} that have no scores; rewards scored: {names}") from None
     w = torch.as_tensor(weights, dtype=torch.float32)
     if w.shape != (n, len(names)):
         raise ValueError(f"weights must be [N, R] = [{n}, {len(names)}] (columns {names}), got {tuple(w.shape)}")

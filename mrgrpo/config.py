@@ -1,6 +1,6 @@
 """Typed recipes: one pydantic schema for a whole run, YAML loading, ``--set a.b=c`` overrides.
 
-Every field has a default matching the DeepGen paper's RL stage (``shared/MATH.md``) and a
+Every field has a default matching the DeepGen paper's RL stage (``docs/training.md``) and a
 one-line description (``mrgrpo recipes schema`` prints them as a table). Loading checks, before
 any model is built: unknown keys, wrong types, and impossible combinations (a mixture naming an
 undefined reward, a batch not divisible by the group size, all-zero weights, missing files).
@@ -74,7 +74,6 @@ class SFTSource(_Strict):
 class DataConfig(_Strict):
     sources: list[PromptSource] = Field(default_factory=list, description="RL prompt sources, each with its reward mixture.")
     source_sampling: Literal["prompts_x_weight", "weight"] = Field("prompts_x_weight", description="Source probability proportional to (number of prompts x weight), as in the paper, or to weight only.")
-    eval_sources: list[PromptSource] = Field(default_factory=list, description="Held-out prompt sources for periodic evaluation (ODE sampler, eval CFG, fixed seeds).")
     sft_sources: list[SFTSource] = Field(default_factory=list, description="Image datasets for the pretrain/SFT stages and for the auxiliary SFT loss of MR-GRPO.")
     shuffle: bool = Field(True, description="Shuffle prompts within each source (seeded).")
 
@@ -94,8 +93,6 @@ class RLConfig(_Strict):
     sde_window: tuple[int, int] | None = Field(None, description="[start, end) step indices that use the SDE; ODE outside (Flow-GRPO-Fast). null: every step.")
     shared_noise: bool = Field(False, description="Start all G samples of a group from the same initial noise.")
     cfg_scale: float = Field(0.0, ge=0, description="Classifier-free guidance during rollouts (paper: 0, i.e. off).")
-    eval_cfg_scale: float = Field(4.0, ge=0, description="CFG for evaluation and sample grids.")
-    eval_num_steps: int = Field(50, ge=2, description="ODE steps for evaluation and sample grids.")
     negative_prompt: str = Field("", description="Negative prompt for CFG (empty prompt through the template for T2I).")
     clip_range: float | tuple[float, float] = Field(1e-4, description="Policy ratio clip e, or [e_low, e_high].")
     beta: float = Field(5e-7, ge=0, description="KL coefficient; 0 builds no reference.")
@@ -104,9 +101,9 @@ class RLConfig(_Strict):
     adv_eps: float = Field(1e-4, gt=0, description="eps added to every std in the advantages.")
     adv_clip: float = Field(5.0, gt=0, description="Advantages clipped to [-c, c].")
     sft_aux_coef: float = Field(1e-4, ge=0, lt=1, description="lambda: L = (1 - lambda) L_grpo + lambda L_sft; 0 disables the auxiliary SFT loss.")
-    sft_aux_every: int = Field(1, ge=1, description="Add the auxiliary SFT loss every k optimizer steps.")
+    sft_aux_every: int = Field(1, ge=1, description="Add the auxiliary SFT loss every k rollout steps (one SFT batch per optimizer step of those rollouts).")
     sft_aux_batch_size: int = Field(8, ge=1, description="Images in each auxiliary SFT batch (per process).")
-    inner_epochs: int = Field(1, ge=1, description="Passes over each rollout batch; each pass is ONE optimizer step.")
+    inner_epochs: int = Field(1, ge=1, description="Passes over each rollout batch; each pass takes train.updates_per_rollout optimizer steps.")
     reward_failure: Literal["mask", "stop"] = Field("mask", description="When a reward cannot score images: mask them (logged) or stop the run with an error.")
     flip_advantage_sign: bool = Field(False, description="Debug: negate advantages (the reward must then fall); never use for real runs.")
 
@@ -126,6 +123,14 @@ class SFTConfig(_Strict):
     num_workers: int = Field(0, ge=0, description="DataLoader workers for image decoding.")
 
 
+class EvalConfig(_Strict):
+    sources: list[PromptSource] = Field(default_factory=list, description="Held-out prompt sources (MR-GRPO): each prompt is sampled once with the ODE sampler from fixed noise and scored with its source's reward mixture (`eval/<reward>`, `eval/mean`).")
+    every: int = Field(100, ge=1, description="Evaluate every N steps (and at the last step); MR-GRPO only.")
+    prompts: int = Field(16, ge=1, description="Held-out prompts per evaluation: the first N of `eval.sources`, in file order, split over the processes.")
+    num_steps: int = Field(50, ge=2, description="ODE denoising steps of evaluation images and of the sample grids of both trainers.")
+    cfg_scale: float = Field(4.0, ge=0, description="CFG scale of evaluation images and sample grids (paper: 4.0); <= 1 disables CFG (no negative prompt is encoded).")
+
+
 class EMAConfig(_Strict):
     enabled: bool = Field(False, description="Keep an exponential moving average of the trained weights.")
     decay: float = Field(0.9, gt=0, lt=1, description="EMA decay per optimizer step.")
@@ -140,15 +145,23 @@ class LoRAConfig(_Strict):
 
 
 class TrainConfig(_Strict):
+    @field_validator("updates_per_rollout")
+    @classmethod
+    def _positive_updates(cls, v):
+        if isinstance(v, int) and v < 1:
+            raise ValueError(f"updates_per_rollout must be a positive integer or 'per_timestep', got {v}")
+        return v
+
     lr: float = Field(2e-6, gt=0, description="Peak learning rate (paper RL: 2e-6; pretrain 1e-4; SFT 5e-5).")
     betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay (applied to matrices only).")
     schedule: Literal["constant_with_warmup", "cosine"] = Field("constant_with_warmup", description="LR schedule after the linear warm-up.")
-    warmup_steps: int = Field(20, ge=0, description="Linear warm-up optimizer steps.")
+    warmup_steps: int = Field(20, ge=0, description="Linear warm-up steps (RL: rollouts, whatever updates_per_rollout; SFT: optimizer steps).")
     warmup_ratio: float | None = Field(None, ge=0, lt=1, description="Warm-up as a fraction of max_steps (overrides warmup_steps when set).")
-    images_per_step: int = Field(256, ge=1, description="Global images per optimizer step (RL: prompts x G over all processes; SFT: images).")
+    images_per_step: int = Field(256, ge=1, description="Global images per step (RL: prompts x G of one rollout over all processes; SFT: images per optimizer step).")
+    updates_per_rollout: int | Literal["per_timestep"] = Field(1, description="RL optimizer steps per pass over a rollout: 1 (all samples and trained timesteps accumulate into one step; the ratio stays 1), k (the groups split into k steps, groups kept whole) or `per_timestep` (one step per trained timestep over the whole batch: the released DeepGen-RL schedule). See docs/training.md.")
     micro_batch_size: int = Field(8, ge=1, description="Images per forward/backward on one process (gradients accumulate).")
-    max_steps: int = Field(1500, ge=1, description="Optimizer steps of the run.")
+    max_steps: int = Field(1500, ge=1, description="Steps of the run (RL: rollouts; SFT: optimizer steps). The LR schedule and warm-up count these steps.")
     grad_clip: float | None = Field(1.0, gt=0, description="Max global gradient norm; null disables.")
     mixed_precision: Literal["no", "bf16", "fp16"] = Field("bf16", description="Model dtype for forward passes; log-probs stay float32.")
     seed: int = Field(42, ge=0, le=2**63 - 1, description="Base seed (>= 0); each process derives its own.")
@@ -182,8 +195,6 @@ class DistributedConfig(_Strict):
 class LoggingConfig(_Strict):
     log_every: int = Field(1, ge=1, description="Write metrics every N steps.")
     sample_every: int = Field(50, ge=1, description="Write a sample grid PNG every N steps.")
-    eval_every: int = Field(100, ge=1, description="Evaluate on eval_sources every N steps.")
-    eval_prompts: int = Field(16, ge=1, description="Prompts evaluated per evaluation.")
     tensorboard: bool = Field(True, description="Also write TensorBoard event files.")
     wandb: bool = Field(False, description="Also log to Weights & Biases (needs `wandb` installed).")
     wandb_project: str = Field("mrgrpo", description="W&B project name.")
@@ -203,7 +214,8 @@ class RunConfig(_Strict):
     sft: SFTConfig = Field(default_factory=SFTConfig, description="Flow-matching (pretrain/SFT and auxiliary) settings.")
     train: TrainConfig = Field(default_factory=TrainConfig, description="Optimisation and checkpointing.")
     distributed: DistributedConfig = Field(default_factory=DistributedConfig, description="Multi-process launch.")
-    logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Metrics, samples and evaluation.")
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="Periodic evaluation on held-out prompts and the sample grids' sampler.")
+    logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Metrics and sample grids.")
 
     # filled by load_recipe, not part of the schema
     _recipe_path: Path | None = None
@@ -355,6 +367,7 @@ def load_recipe(
         raise RecipeError(f"{source}: the top level must be a mapping of sections (policy, rewards, data, rl, train, ...).")
     data = copy.deepcopy(dict(data or {}))  # overrides must not write into the caller's dict
     apply_overrides(data, list(overrides or []))
+    check_moved_fields(data, source)
     try:
         cfg = RunConfig.model_validate(data)
     except ValidationError as err:
@@ -411,6 +424,28 @@ def read_text_file(path: str | os.PathLike, what: str, fix: str, *, error: type[
     return text.removeprefix("\ufeff")
 
 
+# fields that moved to another section: old location -> new location
+MOVED_FIELDS = {
+    ("data", "eval_sources"): "eval.sources",
+    ("rl", "eval_cfg_scale"): "eval.cfg_scale",
+    ("rl", "eval_num_steps"): "eval.num_steps",
+    ("logging", "eval_every"): "eval.every",
+    ("logging", "eval_prompts"): "eval.prompts",
+}
+
+
+def check_moved_fields(data: dict[str, Any], source: str = "<recipe>") -> None:
+    """Raise a :class:`RecipeError` naming the new place of every field that moved (e.g. ``rl.eval_cfg_scale``)."""
+    problems = []
+    for (section, key), new in MOVED_FIELDS.items():
+        node = data.get(section)
+        if isinstance(node, dict) and key in node:
+            problems.append(f"  - field `{section}.{key}`: moved to `{new}`. Fix: write it as `{new}: {node[key]!r}` "
+                            f"(section `{new.split('.')[0]}:`).")
+    if problems:
+        raise RecipeError(f"{source}: {len(problems)} problem(s):\n" + "\n".join(problems))
+
+
 def check_recipe(cfg: RunConfig, *, check_files: bool = True, source: str = "<recipe>") -> None:
     """Cross-field checks that a schema alone cannot express; raises :class:`RecipeError`."""
     problems: list[str] = []
@@ -445,10 +480,14 @@ def check_recipe(cfg: RunConfig, *, check_files: bool = True, source: str = "<re
                 bad(f"rl.{h_name}", v, "is not a multiple of 16", f"use {((v + 15) // 16) * 16}")
         if rl.sde_window is not None and rl.sde_window[1] > rl.num_steps:
             bad("rl.sde_window", list(rl.sde_window), f"ends after rl.num_steps={rl.num_steps}", f"use an end <= {rl.num_steps}")
+        upr = train.updates_per_rollout
+        if isinstance(upr, int) and cfg.prompts_per_step % upr:
+            bad("train.updates_per_rollout", upr, f"does not divide the {cfg.prompts_per_step} prompts (groups) of a step",
+                f"use a divisor of {cfg.prompts_per_step} (groups are kept whole), or per_timestep")
         if isinstance(rl.clip_range, tuple) and min(rl.clip_range) < 0 or not isinstance(rl.clip_range, tuple) and rl.clip_range < 0:
             bad("rl.clip_range", rl.clip_range, "is negative", "use a small positive value such as 1e-4")
-    for i, src in enumerate(cfg.data.sources + cfg.data.eval_sources):
-        section = "data.sources" if i < len(cfg.data.sources) else "data.eval_sources"
+    for i, src in enumerate(cfg.data.sources + cfg.eval.sources):
+        section = "data.sources" if i < len(cfg.data.sources) else "eval.sources"
         j = i if i < len(cfg.data.sources) else i - len(cfg.data.sources)
         field = f"{section}.{j}"
         unknown = sorted(set(src.rewards) - set(cfg.rewards))
@@ -567,11 +606,13 @@ def _with_absolute_paths(cfg: RunConfig) -> dict[str, Any]:
             return  # e.g. a hub id for policy.checkpoint
         node[key] = str(p)
 
-    for section in ("sources", "eval_sources", "sft_sources"):
+    for section in ("sources", "sft_sources"):
         for src in data["data"][section]:
             fix(src, "path")
             if section == "sft_sources":
                 fix(src, "image_root")
+    for src in data["eval"]["sources"]:
+        fix(src, "path")
     fix(data["policy"], "checkpoint", only_if_exists=True)
     fix(data["distributed"], "accelerate_config")
     return data

@@ -1,17 +1,20 @@
 """The MR-GRPO trainer (``mrgrpo train`` for ``stage: rl``).
 
-One step (``shared/DESIGN.md`` section 2):
+One step (``docs/training.md``):
 
 1. the step's global prompt list is drawn (same on every process) and each rank takes its slice;
 2. the policy encodes each prompt once and repeats the conditioning G times;
 3. B*G trajectories are sampled in one batch, storing latents and float32 log-probs;
-4. images are decoded and every reward of the union of the mixtures scores the images whose
-   source weighs it (remote rewards run concurrently);
+4. images are decoded and the :class:`~mrgrpo.reward_mixture.RewardMixture` scores each image with
+   the rewards its source weighs (remote rewards run concurrently);
 5. masked MR-GRPO advantages with batch statistics all-reduced over processes;
-6. training on a random subset of the SDE steps per sample: recomputed velocity, clipped
-   ratio, ``beta * KL`` against ``policy.reference()``, the auxiliary SFT loss every k steps;
-   gradients accumulate so there is exactly ONE optimizer step per pass over the rollout;
-7. log, sample grid, evaluation, atomic checkpoint.
+6. training on a random subset of the SDE steps per sample: recomputed velocity and float32
+   log-prob, then :func:`~mrgrpo.losses.mrgrpo_step_loss` (clipped ratio, ``beta * KL`` against
+   ``policy.reference()``, the auxiliary SFT term); gradients accumulate into
+   ``train.updates_per_rollout`` optimizer steps per pass over the rollout (:mod:`mrgrpo.updates`),
+   and the LR schedule steps once per rollout;
+7. log (with diagnostics: ``zero_std_frac``, ratio spread, clip sides, ms per image), sample grid,
+   evaluation, atomic checkpoint.
 
 Model-specific code lives in the policy (:class:`mrgrpo.policies.base.DiffusionPolicy`).
 """
@@ -21,8 +24,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -31,43 +32,33 @@ import torch
 
 from mrgrpo.advantages import accelerate_sum_reduce, compute_advantages
 from mrgrpo.config import RecipeError, RunConfig
-from mrgrpo.prompts import PromptRecord, PromptSampler, load_sources, rank_slice, reward_weight_matrix
-from mrgrpo.errors import MrgrpoError
-from mrgrpo.losses import clipped_policy_loss, mean_kl, ratio_stats, velocity_kl
-from mrgrpo.rollout import (choose_train_steps, derive_seed, guided_velocity, sample_generators, sample_ode, sample_trajectories,
-                            sde_step_mask)
+from mrgrpo.prompts import PromptRecord, PromptSampler, load_sources, rank_slice
+from mrgrpo.losses import StepLossStats, flow_matching_step_loss, mean_kl, mrgrpo_step_loss, velocity_kl
+from mrgrpo.reward_mixture import RewardFailure, RewardMixture, ScoredRewards
+from mrgrpo.rollout import (RolloutBatch, choose_train_steps, guided_velocity, sample_generators, sample_ode,
+                            sample_trajectories, sde_step_mask)
+from mrgrpo.seeding import SeedStream, derive_seed, process_seed, train_order_rng
 from mrgrpo.sde import sde_step_with_logprob, step_mean_std
-from mrgrpo.sft import flow_matching_step_loss
 from mrgrpo.trainer_base import TrainerBase, build_policy, destroy_process_group, world_size
+from mrgrpo.updates import plan_updates, update_layout
 
 
 log = logging.getLogger(__name__)
 
-
-class RewardFailure(MrgrpoError, RuntimeError):
-    """A reward could not score images and ``rl.reward_failure`` is ``stop``."""
+__all__ = ["GRPOTrainer", "RewardFailure", "ScoredRewards", "train"]
 
 
-@dataclass
-class ScoredRewards:
-    """Rewards of the N local images: scores/valid per reward name (sorted), and the weights."""
-
-    scores: dict[str, torch.Tensor]
-    valid: dict[str, torch.Tensor]
-    weights: torch.Tensor  # [N, R]
-    failures: dict[str, int]
-
-
-def build_rewards(cfg: RunConfig, device: torch.device | str | None = None) -> dict[str, Any]:
-    """``{name: Reward}`` for every reward the recipe defines; model-based rewards on ``device`` unless set."""
-    from mrgrpo.preflight import built_from
-    from mrgrpo.rewards.base import build_reward
-
-    def build(key: str, spec: Any) -> Any:
-        return built_from(f"rewards.{key}", f"the reward {spec.name or key!r}",
-                          lambda: build_reward(spec.name or key, spec.kwargs, label=key, device=device), spec.kwargs)
-
-    return {key: build(key, spec) for key, spec in sorted(cfg.rewards.items())}
+def _zero_std_counts(values: torch.Tensor, valid: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
+    """``[groups whose valid values are all equal (or fewer than 2 valid), groups with a valid value, 0]`` float64."""
+    zero = total = 0
+    for g in torch.unique(group_ids):
+        members = (group_ids == g) & valid
+        if not bool(members.any()):
+            continue
+        total += 1
+        vals = values[members]
+        zero += int(vals.numel() < 2 or bool(vals.max() == vals.min()))
+    return torch.tensor([float(zero), float(total), 0.0], dtype=torch.float64)
 
 
 class GRPOTrainer(TrainerBase):
@@ -82,42 +73,43 @@ class GRPOTrainer(TrainerBase):
     def __init__(self, cfg: RunConfig, *, policy=None, rewards: dict[str, Any] | None = None):
         self.cfg = cfg
         rl, train = cfg.rl, cfg.train
+        self.G = rl.group_size  # read once: images per prompt (one group)
         self.out = Path(cfg.output_dir)
         self.sources = load_sources(cfg.data.sources, cfg.resolve_path)
         self.sampler = PromptSampler(self.sources, seed=train.seed, sampling=cfg.data.source_sampling, shuffle=cfg.data.shuffle)
-        self.eval_sources = load_sources(cfg.data.eval_sources, cfg.resolve_path) if cfg.data.eval_sources else []
-        used = sorted({k for s in self.sources for k, w in s.rewards.items() if w > 0} |
-                      {k for s in self.eval_sources for k, w in s.rewards.items() if w > 0})
-        self.reward_names = used
+        self.eval_sources = load_sources(cfg.eval.sources, cfg.resolve_path) if cfg.eval.sources else []
+        self.mixtures = {s.name: s.rewards for s in self.sources}
+        self.eval_mixtures = {s.name: s.rewards for s in self.eval_sources}
+        used = {k for mix in (*self.mixtures.values(), *self.eval_mixtures.values()) for k, w in mix.items() if w > 0}
 
         # -- layout: prompts per process, micro-batches, accumulation ------------------------------
         world = world_size()
         n_prompts = cfg.prompts_per_step
         if n_prompts % world:
-            raise RecipeError(f"train.images_per_step={train.images_per_step} gives {n_prompts} prompts a step, not divisible by {world} processes. Fix: use a multiple of {rl.group_size * world}.")
+            raise RecipeError(f"train.images_per_step={train.images_per_step} gives {n_prompts} prompts a step, not divisible by {world} processes. Fix: use a multiple of {self.G * world}.")
         self.local_prompts = n_prompts // world
-        self.local_images = self.local_prompts * rl.group_size
-        self.micro = min(train.micro_batch_size, self.local_images)
-        if self.local_images % self.micro:
-            raise RecipeError(f"train.micro_batch_size={train.micro_batch_size} does not divide the {self.local_images} images each process trains on. Fix: use a divisor of {self.local_images}.")
+        self.local_images = self.local_prompts * self.G
         n_sde = int(sde_step_mask(rl.num_steps, rl.sde_window).sum())
         if n_sde == 0:
             raise RecipeError(f"rl.sde_window={rl.sde_window} leaves no trainable SDE step among rl.num_steps={rl.num_steps} (the last step is never trained). Fix: widen the window.")
         self.train_steps_per_sample = max(1, int(round(rl.timestep_fraction * n_sde)))
-        self.accum = (self.local_images // self.micro) * self.train_steps_per_sample
+        try:
+            self.layout = update_layout(train.updates_per_rollout, prompts=self.local_prompts, group_size=self.G,
+                                        timesteps=self.train_steps_per_sample, micro_batch_size=train.micro_batch_size)
+        except ValueError as exc:
+            raise RecipeError(str(exc)) from None
+        self.micro = self.layout.micro
+        self.accum = self.layout.accumulation  # backward passes per optimizer step
 
         super().__init__(cfg, self.accum)
         # data before models: a missing data set fails in seconds, not after loading 5B parameters
         self.sft_stream = self._build_sft_stream() if rl.sft_aux_coef > 0 else None
-        torch.manual_seed(derive_seed(train.seed, self.accelerator.process_index) % (2**63))
+        torch.manual_seed(process_seed(train.seed, self.accelerator.process_index))
         self.setup_model(policy if policy is not None else build_policy(cfg), "rl", reference=rl.beta > 0)
         self.policy.eval()  # no dropout: the recomputed log-prob must match the rollout's
 
-        self.rewards = rewards if rewards is not None else build_rewards(cfg, self.device)
-        missing = [k for k in self.reward_names if k not in self.rewards]
-        if missing:
-            raise RecipeError(f"rewards {missing} are used by the mixtures but were not built. Fix: define them under `rewards:`.")
-        self._reward_pool = ThreadPoolExecutor(max_workers=max(1, len(self.rewards)))
+        self.rewards = RewardMixture.from_config(cfg, sorted(used), rewards, device=self.device)
+        self.reward_names = self.rewards.names
 
     # ---------------------------------------------------------------------------------------
     def _build_sft_stream(self):
@@ -138,10 +130,11 @@ class GRPOTrainer(TrainerBase):
         return records[sl], sl.start
 
     # -- 1-3: encode + rollout ---------------------------------------------------------------
-    def rollout(self, step: int) -> dict[str, Any]:
+    def rollout(self, step: int) -> RolloutBatch:
+        """Encode this process's prompts once, sample G trajectories each, decode (steps 1-3)."""
         rl = self.cfg.rl
         records, offset = self._local_records(step)
-        G = rl.group_size
+        G = self.G
         t0 = time.perf_counter()
         prompts, n_cut = self._fit_prompts(records)
         with torch.no_grad(), self.autocast():
@@ -153,9 +146,11 @@ class GRPOTrainer(TrainerBase):
         t_encode = time.perf_counter() - t0
 
         sample_ids = [(offset + i) * G + j for i in range(len(records)) for j in range(G)]
-        gens = sample_generators(self.cfg.train.seed, step, sample_ids, device=self.device, stream=1)
+        gens = sample_generators(self.cfg.train.seed, step, sample_ids, device=self.device,
+                                 stream=SeedStream.ROLLOUT_NOISE)
         if rl.shared_noise:
-            group_gens = sample_generators(self.cfg.train.seed, step, [offset + i for i in range(len(records))], device=self.device, stream=2)
+            group_gens = sample_generators(self.cfg.train.seed, step, [offset + i for i in range(len(records))], device=self.device,
+                                           stream=SeedStream.GROUP_NOISE)
             noise = torch.cat([self.policy.init_noise(1, rl.height, rl.width, g).repeat(G, 1, 1, 1) for g in group_gens])
         else:
             noise = torch.cat([self.policy.init_noise(1, rl.height, rl.width, g) for g in gens])
@@ -171,9 +166,9 @@ class GRPOTrainer(TrainerBase):
             pixels = torch.cat([self.policy.decode(traj.final[i:i + self.micro]).float() for i in range(0, traj.final.shape[0], self.micro)])
         t3 = time.perf_counter()
         group_ids = torch.tensor([offset + i for i in range(len(records)) for _ in range(G)], dtype=torch.long)
-        return {"records": records, "cond": cond, "uncond": uncond, "traj": traj, "pixels": pixels.cpu(),
-                "group_ids": group_ids, "sample_ids": sample_ids, "prompts_truncated": n_cut,
-                "time": {"time/encode": t_encode, "time/rollout": t2 - t1, "time/decode": t3 - t2}}
+        return RolloutBatch(records, G, cond, uncond, traj, pixels.cpu(), group_ids, sample_ids,
+                            {"time/encode": t_encode, "time/rollout": t2 - t1, "time/decode": t3 - t2},
+                            prompts_truncated=n_cut)
 
     def _fit_prompts(self, records: Sequence[PromptRecord]) -> tuple[list[str], int]:
         """Prompt texts cut to the policy's ``max_prompt_tokens`` (warned about), and how many were cut."""
@@ -187,59 +182,20 @@ class GRPOTrainer(TrainerBase):
     def _load_ref_images(self, records: Sequence[PromptRecord]):
         if not any(r.images for r in records):
             return None
-        from PIL import Image
+        from mrgrpo.imaging import load_image
 
-        return [[Image.open(p).convert("RGB") for p in r.images] for r in records]
+        return [[load_image(p).convert("RGB") for p in r.images] for r in records]
 
     # -- 4: rewards -------------------------------------------------------------------------------
-    def score(self, pixels: torch.Tensor, records: Sequence[PromptRecord], group_ids: torch.Tensor,
-              sources: Sequence[Any] | None = None, per_prompt: int | None = None) -> ScoredRewards:
-        """Score ``pixels [N, 3, H, W]`` (``per_prompt`` consecutive images per record, default G)."""
+    def score(self, pixels: torch.Tensor, records: Sequence[PromptRecord], group_ids: torch.Tensor, *,
+              mixtures: dict[str, dict[str, float]] | None = None, per_prompt: int | None = None) -> ScoredRewards:
+        """Score ``pixels [N, 3, H, W]`` (``per_prompt`` consecutive images per record, default G) with
+        the reward mixture of each record's source (``mixtures``: source -> mixture, default the training ones)."""
         from mrgrpo.policies.base import tensor_to_images
 
-        G = self.cfg.rl.group_size if per_prompt is None else per_prompt
-        images = tensor_to_images(pixels)
-        prompts = [r.prompt for r in records for _ in range(G)]
-        meta = [dict(r.fields, group_id=int(g), source=r.source, prompt=r.prompt)
-                for r, g in zip([r for r in records for _ in range(G)], group_ids.tolist())]
-        names = self.reward_names
-        weights = torch.from_numpy(np.repeat(reward_weight_matrix(records, sources or self.sources, names), G, axis=0))
-        n = len(images)
-
-        def run_one(j: int, name: str):
-            idx = [i for i in range(n) if weights[i, j] > 0]
-            scores = torch.zeros(n)
-            valid = torch.zeros(n, dtype=torch.bool)
-            failures = 0
-            if idx:
-                reward = self.rewards[name]
-                bs = self.cfg.rewards[name].batch_size if name in self.cfg.rewards else 64
-                if getattr(reward, "needs_groups", False):
-                    bs = max(bs, G) // G * G  # keep groups whole: a group-wise reward sees all G images
-                for start in range(0, len(idx), bs):
-                    chunk = idx[start:start + bs]
-                    try:
-                        out = reward([images[i] for i in chunk], [prompts[i] for i in chunk], [meta[i] for i in chunk])
-                    except Exception as exc:  # a failed call masks its images (or stops the run)
-                        if self.cfg.rl.reward_failure == "stop":
-                            raise RewardFailure(f"reward {name!r} failed: {exc}. Set rl.reward_failure: mask to continue without it.") from exc
-                        failures += len(chunk)
-                        continue
-                    scores[chunk] = out.scores.float()
-                    valid[chunk] = out.valid
-                    failures += int(out.details.get("failures", 0)) if isinstance(out.details, dict) else 0
-            if failures and self.cfg.rl.reward_failure == "stop":
-                raise RewardFailure(f"reward {name!r} could not score {failures} image(s). Set rl.reward_failure: mask to continue without them.")
-            return name, scores, valid, failures
-
-        remote = [j for j, k in enumerate(names) if getattr(self.rewards[k], "is_remote", False)]
-        local = [j for j in range(len(names)) if j not in remote]
-        futures = [self._reward_pool.submit(run_one, j, names[j]) for j in remote]
-        results = [run_one(j, names[j]) for j in local] + [f.result() for f in futures]
-        scores, valid, failures = {}, {}, {}
-        for name, s, v, f in results:
-            scores[name], valid[name], failures[name] = s, v, f
-        return ScoredRewards(scores, valid, weights, failures)
+        mixtures = self.mixtures if mixtures is None else mixtures
+        return self.rewards.score(tensor_to_images(pixels), records, group_ids, mixtures,
+                                  self.G if per_prompt is None else per_prompt)
 
     # -- 5: advantages ---------------------------------------------------------------------------
     def advantages(self, scored: ScoredRewards, group_ids: torch.Tensor) -> torch.Tensor:
@@ -251,29 +207,32 @@ class GRPOTrainer(TrainerBase):
         return -adv if rl.flip_advantage_sign else adv
 
     # -- 6: training --------------------------------------------------------------------------------
-    def train_on(self, step: int, batch: dict[str, Any], adv: torch.Tensor) -> dict[str, float]:
+    def train_on(self, step: int, batch: RolloutBatch, adv: torch.Tensor) -> dict[str, float]:
+        """Train on the rollout (step 6): ``rl.inner_epochs`` passes, each of ``train.updates_per_rollout``
+        optimizer steps (:mod:`mrgrpo.updates`); the LR schedule then steps once."""
         rl = self.cfg.rl
-        traj = batch["traj"]
-        n = traj.latents.shape[0]
+        traj = batch.traj
         adv = adv.to(self.device)
-        sample_seeds = [derive_seed(self.cfg.train.seed, 3, step, sid) for sid in batch["sample_ids"]]
+        seed = self.cfg.train.seed
+        sample_seeds = [derive_seed(seed, SeedStream.TRAIN_TIMESTEPS, step, sid) for sid in batch.sample_ids]
         train_steps = choose_train_steps(traj.sde_steps, rl.timestep_fraction, sample_seeds).to(self.device)
-        k = train_steps.shape[1]
         velocity = self._velocity_fn(self.model)
         ref_velocity = self._velocity_fn(self.policy)
-        stats: dict[str, list[float]] = {"loss/policy": [], "loss/kl": [], "ratio/mean": [], "clip_frac": [], "ratio/min": [], "ratio/max": []}
-        sft_losses: list[float] = []
+        sigma_max = float(traj.sigmas[1])
+        stats = StepLossStats()
         grad_norms: list[float] = []
         for epoch in range(rl.inner_epochs):
-            order = torch.from_numpy(np.random.default_rng([self.cfg.train.seed, step, epoch, 11]).permutation(n)).to(self.device)
-            first = True
-            for mb_start in range(0, n, self.micro):
-                idx = order[mb_start:mb_start + self.micro]
-                cond_mb = batch["cond"].select(idx.cpu())
-                uncond_mb = batch["uncond"].select(idx.cpu()) if batch["uncond"] is not None else None
-                for j in range(k):
+            plan = plan_updates(self.cfg.train.updates_per_rollout, self.layout, self.G, train_order_rng(seed, step, epoch))
+            conds: dict[int, tuple] = {}
+            for u, passes in enumerate(plan):
+                for p_i, tp in enumerate(passes):
+                    idx = torch.from_numpy(tp.samples).to(self.device)
+                    if tp.micro_batch not in conds:
+                        conds = {tp.micro_batch: (batch.cond.select(idx.cpu()),
+                                                  batch.uncond.select(idx.cpu()) if batch.uncond is not None else None)}
+                    cond_mb, uncond_mb = conds[tp.micro_batch]
                     with self.accelerator.accumulate(self.model):
-                        t_idx = train_steps[idx, j]
+                        t_idx = train_steps[idx, tp.column]
                         x_t = traj.latents[idx, t_idx]
                         x_next = traj.latents[idx, t_idx + 1]
                         s = traj.sigmas[t_idx]
@@ -281,50 +240,49 @@ class GRPOTrainer(TrainerBase):
                         with self.autocast():
                             v = guided_velocity(velocity, x_t, s, cond_mb, uncond_mb, rl.cfg_scale)
                         step_out = sde_step_with_logprob(x_t, v.float(), s, s_next, sampler=rl.sampler, noise_level=rl.noise_level,
-                                                         prev_sample=x_next, sigma_max=float(traj.sigmas[1]), cps_logprob=rl.cps_logprob)
-                        old_lp = traj.log_probs[idx, t_idx]
-                        loss = clipped_policy_loss(step_out.log_prob, old_lp, adv[idx], rl.clip_range)
-                        stats["loss/policy"].append(loss.item())
-                        for key, val in ratio_stats(step_out.log_prob, old_lp, rl.clip_range).items():
-                            stats[key].append(val)
+                                                         prev_sample=x_next, sigma_max=sigma_max, cps_logprob=rl.cps_logprob)
+                        kl = None
                         if rl.beta > 0:
                             with torch.no_grad(), self.policy.reference(), self.autocast():
                                 v_ref = guided_velocity(ref_velocity, x_t, s, cond_mb, uncond_mb, rl.cfg_scale).float()
                             if rl.kl_type == "velocity":
                                 kl = velocity_kl(v.float(), v_ref, step_out.std)
                             else:
-                                ref_mean, _ = step_mean_std(x_t, v_ref, s, s_next, sampler=rl.sampler, noise_level=rl.noise_level, sigma_max=float(traj.sigmas[1]))
+                                ref_mean, _ = step_mean_std(x_t, v_ref, s, s_next, sampler=rl.sampler, noise_level=rl.noise_level,
+                                                            sigma_max=sigma_max)
                                 kl = mean_kl(step_out.mean, ref_mean, step_out.std)
-                            loss = loss + rl.beta * kl.mean()
-                            stats["loss/kl"].append(kl.mean().item())
-                        if rl.sft_aux_coef > 0:
-                            loss = (1 - rl.sft_aux_coef) * loss
-                            if first and self.sft_stream is not None and step % rl.sft_aux_every == 0:
-                                sft_batch = next(self.sft_stream)
-                                gen = torch.Generator(device=self.device).manual_seed(derive_seed(self.cfg.train.seed, 6, step, epoch, self.accelerator.process_index))
-                                with self.autocast():
-                                    l_sft = flow_matching_step_loss(self.model, sft_batch, generator=gen)
-                                # accelerate divides every micro-batch loss by the accumulation count;
-                                # scaling by it makes the SFT term contribute exactly lambda * grad(L_sft).
-                                loss = loss + rl.sft_aux_coef * self.accum * l_sft
-                                sft_losses.append(l_sft.item())
-                        first = False
-                        self.backward_and_maybe_step(loss, grad_norms)
-        out = {key: float(np.mean(v)) for key, v in stats.items() if v}
-        out["ratio/min"] = float(np.min(stats["ratio/min"]))
-        out["ratio/max"] = float(np.max(stats["ratio/max"]))
-        if sft_losses:
-            out["loss/sft"] = float(np.mean(sft_losses))
+                        l_sft = None
+                        sft_due = self.sft_stream is not None and step % rl.sft_aux_every == 0
+                        if rl.sft_aux_coef > 0 and p_i == 0 and sft_due:
+                            l_sft = self._sft_loss(step, epoch * len(plan) + u)
+                        out = mrgrpo_step_loss(step_out.log_prob, traj.log_probs[idx, t_idx], adv[idx],
+                                               clip_range=rl.clip_range, kl=kl, beta=rl.beta, sft_loss=l_sft,
+                                               sft_coef=rl.sft_aux_coef, accumulation_steps=self.accum)
+                        stats.add(out)
+                        self.backward_and_maybe_step(out.loss, grad_norms, step_scheduler=False)
+        self.lr_scheduler.step()  # once per rollout: the schedule counts steps (rollouts), not updates
+        out = stats.metrics()
         if grad_norms:
             out["grad_norm"] = float(np.mean(grad_norms))
         return out
 
+    def _sft_loss(self, step: int, update: int) -> torch.Tensor:
+        """The auxiliary flow-matching loss of the next SFT batch (noise from ``(seed, step, update, rank)``)."""
+        sft_batch = next(self.sft_stream)
+        gen = torch.Generator(device=self.device).manual_seed(derive_seed(self.cfg.train.seed, SeedStream.SFT_NOISE, step, update,
+                                                        self.accelerator.process_index))
+        with self.autocast():
+            return flow_matching_step_loss(self.model, sft_batch, generator=gen)
+
     # -- metrics -----------------------------------------------------------------------------------
-    def _global_reward_metrics(self, scored: ScoredRewards, adv: torch.Tensor, prefix: str = "reward") -> dict[str, float]:
+    def _global_reward_metrics(self, scored: ScoredRewards, adv: torch.Tensor, prefix: str = "reward",
+                               group_ids: torch.Tensor | None = None) -> dict[str, float]:
         """Global (all-process) means: per reward over its valid images, ``<prefix>/mean`` = the mean over
-        images of each image's mixture-weighted reward (over its valid rewards), invalid fractions, advantage std."""
+        images of each image's mixture-weighted reward (over its valid rewards), invalid fractions, advantage std;
+        with ``group_ids``, ``zero_std_frac`` (groups whose weighted rewards are all equal: no learning signal)
+        and ``<prefix>/<name>/zero_std_frac`` (the same for each reward, over the groups it scores)."""
         acc = self.accelerator
-        names = sorted(scored.scores)
+        names = scored.names
         w = scored.weights
         rows = []
         for j, name in enumerate(names):
@@ -339,6 +297,11 @@ class GRPOTrainer(TrainerBase):
         rows.append(torch.stack([per_image.sum(), has.sum().double(), torch.tensor(0.0, dtype=torch.float64)]))
         a = adv.detach().double().cpu()
         rows.append(torch.stack([a.sum(), torch.tensor(float(a.numel()), dtype=torch.float64), (a * a).sum()]))
+        if group_ids is not None:  # [zero-std groups, groups] of the weighted reward, then of each reward
+            rows.append(_zero_std_counts(per_image, has, group_ids))
+            for j, name in enumerate(names):
+                scored_here = scored.valid[name] & (w[:, j] > 0)
+                rows.append(_zero_std_counts(scored.scores[name].double(), scored_here, group_ids))
         total = torch.stack(rows)
         if acc.num_processes > 1:
             total = acc.reduce(total.to(acc.device), reduction="sum").cpu()
@@ -349,23 +312,32 @@ class GRPOTrainer(TrainerBase):
                 metrics[f"{prefix}/{name}"] = ssum / nvalid
             if nconsidered > 0:
                 metrics[f"{prefix}/{name}/invalid_frac"] = 1.0 - nvalid / nconsidered
-        msum, mcount, _ = total[-2].tolist()
+        base = len(names)
+        msum, mcount, _ = total[base].tolist()
         if mcount > 0:
             metrics[f"{prefix}/mean"] = msum / mcount
-        asum, an, asq = total[-1].tolist()
+        asum, an, asq = total[base + 1].tolist()
         if prefix == "reward" and an > 1:
             mean = asum / an
             metrics["advantage/mean"] = mean
             metrics["advantage/std"] = math.sqrt(max(0.0, (asq - an * mean * mean) / (an - 1)))
+        if group_ids is not None:
+            zero, groups, _ = total[base + 2].tolist()
+            if groups > 0:
+                metrics["zero_std_frac"] = zero / groups
+            for i, name in enumerate(names):
+                zero, groups, _ = total[base + 3 + i].tolist()
+                if groups > 0:
+                    metrics[f"{prefix}/{name}/zero_std_frac"] = zero / groups
         return metrics
 
-    def _maybe_dump(self, step: int, batch: dict[str, Any], scored: ScoredRewards, adv: torch.Tensor) -> None:
+    def _maybe_dump(self, step: int, batch: RolloutBatch, scored: ScoredRewards, adv: torch.Tensor) -> None:
         if not self.cfg.logging.dump_rollouts:
             return
         d = self.out / "rollouts"
         d.mkdir(parents=True, exist_ok=True)
-        torch.save({"sample_ids": batch["sample_ids"], "group_ids": batch["group_ids"], "prompts": [r.prompt for r in batch["records"]],
-                    "scores": scored.scores, "valid": scored.valid, "advantages": adv.cpu(), "log_probs": batch["traj"].log_probs.cpu()},
+        torch.save({"sample_ids": batch.sample_ids, "group_ids": batch.group_ids, "prompts": [r.prompt for r in batch.records],
+                    "scores": scored.scores, "valid": scored.valid, "advantages": adv.cpu(), "log_probs": batch.traj.log_probs.cpu()},
                    d / f"step-{step:06d}.rank-{self.accelerator.process_index}.pt")
 
     # -- evaluation --------------------------------------------------------------------------------
@@ -373,21 +345,24 @@ class GRPOTrainer(TrainerBase):
         if not self.eval_sources:
             return {}
         rl = self.cfg.rl
-        all_records = [r for s in self.eval_sources for r in s.records][: self.cfg.logging.eval_prompts]
+        ev = self.cfg.eval
+        all_records = [r for s in self.eval_sources for r in s.records][: ev.prompts]
         sl = rank_slice(len(all_records), self.accelerator.process_index, self.accelerator.num_processes)
         records = all_records[sl]
         if not records:
             return {}
         with torch.no_grad(), self.autocast():
             enc = self.policy.encode(self._fit_prompts(records)[0], self._load_ref_images(records),
-                                     negative_prompt=rl.negative_prompt if rl.eval_cfg_scale > 1 else None)
-        gens = sample_generators(self.cfg.train.seed, 0, range(sl.start, sl.start + len(records)), device=self.device, stream=4)
+                                     negative_prompt=rl.negative_prompt if ev.cfg_scale > 1 else None)
+        gens = sample_generators(self.cfg.train.seed, 0, range(sl.start, sl.start + len(records)), device=self.device,
+                                 stream=SeedStream.EVAL_NOISE)
         noise = torch.cat([self.policy.init_noise(1, rl.height, rl.width, g) for g in gens]).to(self.device)
-        final = sample_ode(self._velocity_fn(self.policy), noise, self.policy.sigmas(rl.eval_num_steps).to(self.device), enc.cond,
-                           uncond=enc.uncond, cfg_scale=rl.eval_cfg_scale, autocast=self.autocast)
+        final = sample_ode(self._velocity_fn(self.policy), noise, self.policy.sigmas(ev.num_steps).to(self.device), enc.cond,
+                           uncond=enc.uncond, cfg_scale=ev.cfg_scale, autocast=self.autocast)
         with torch.no_grad(), self.autocast():
             pixels = self.policy.decode(final).float().cpu()
-        scored = self.score(pixels, records, torch.arange(sl.start, sl.start + len(records)), sources=self.eval_sources, per_prompt=1)
+        scored = self.score(pixels, records, torch.arange(sl.start, sl.start + len(records)), mixtures=self.eval_mixtures,
+                            per_prompt=1)
         if self.tracker is not None:
             self.tracker.save_samples(step, pixels, nrow=min(8, len(records)), captions=[r.prompt for r in records], name="eval")
         return self._global_reward_metrics(scored, torch.zeros(len(records)), prefix="eval")
@@ -403,7 +378,7 @@ class GRPOTrainer(TrainerBase):
             self.sft_stream.load_state_dict(state["sft_stream"])
 
     # -- the loop -----------------------------------------------------------------------------------
-    def run_phases(self, step: int) -> tuple[dict[str, Any], ScoredRewards, torch.Tensor, dict[str, float]]:
+    def run_phases(self, step: int) -> tuple[RolloutBatch, ScoredRewards, torch.Tensor, dict[str, float]]:
         """Rollout, rewards, advantages and training of one step, timed.
 
         Returns the rollout batch, the scores, the advantages ``[N]`` and the training metrics with
@@ -412,33 +387,35 @@ class GRPOTrainer(TrainerBase):
         t0 = time.perf_counter()
         batch = self.rollout(step)
         t1 = time.perf_counter()
-        scored = self.score(batch["pixels"], batch["records"], batch["group_ids"])
-        adv = self.advantages(scored, batch["group_ids"])
+        scored = self.score(batch.pixels, batch.records, batch.group_ids)
+        adv = self.advantages(scored, batch.group_ids)
         t2 = time.perf_counter()
         metrics = self.train_on(step, batch, adv)
         t3 = time.perf_counter()
-        metrics.update(batch["time"])
-        metrics["data/prompts_truncated"] = batch["prompts_truncated"]
+        metrics.update(batch.times)
+        metrics["data/prompts_truncated"] = batch.prompts_truncated
         metrics.update({"time/reward": t2 - t1, "time/train": t3 - t2, "time/step": t3 - t0})
+        for key in ("encode", "rollout", "decode", "reward", "train", "step"):  # this process's images
+            metrics[f"ms_per_image/{key}"] = 1000.0 * metrics[f"time/{key}"] / len(batch)
         return batch, scored, adv, metrics
 
     def step_once(self, step: int) -> dict[str, float]:
         """One MR-GRPO step: :meth:`run_phases`, metrics; evaluation and sample grids when due."""
         cfg = self.cfg
         batch, scored, adv, train_metrics = self.run_phases(step)
-        metrics = self._global_reward_metrics(scored, adv)
+        metrics = self._global_reward_metrics(scored, adv, group_ids=batch.group_ids)
         metrics.update(train_metrics)
         metrics.update({"lr": self.lr_scheduler.get_last_lr()[0], "optimizer_steps": self.optimizer_steps})
         for name, f in scored.failures.items():
             if f:
                 metrics[f"reward/{name}/failures"] = f
         self._maybe_dump(step, batch, scored, adv)
-        if step % cfg.logging.eval_every == 0 or step == cfg.train.max_steps:
+        if step % cfg.eval.every == 0 or step == cfg.train.max_steps:
             metrics.update(self.evaluate(step))
         if step % cfg.logging.sample_every == 0 or step == 1:
-            G = cfg.rl.group_size
-            self.tracker.save_samples(step, batch["pixels"][: min(4, len(batch["records"])) * G], nrow=G,
-                                      captions=[r.prompt for r in batch["records"][:4]])
+            G = self.G
+            self.tracker.save_samples(step, batch.pixels[: min(4, len(batch.records)) * G], nrow=G,
+                                      captions=[r.prompt for r in batch.records[:4]])
         return metrics
 
     def fit(self) -> list[dict[str, float]]:
@@ -450,7 +427,8 @@ class GRPOTrainer(TrainerBase):
         self.tracker.plot()
 
     def close(self) -> None:
-        self._reward_pool.shutdown(wait=False)
+        """Release the rewards (their thread pool and clients); called when the run ends."""
+        self.rewards.close()
 
 
 def train(cfg: RunConfig) -> int:

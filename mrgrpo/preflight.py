@@ -8,7 +8,7 @@ in about a second (it imports the modules of the registered factories, no model 
 * factory keyword arguments: ``policy.kwargs`` and each ``rewards.<name>.kwargs`` against the
   factory's signature (unknown names, missing required arguments; a factory taking ``**kwargs`` that
   it forwards to the class its return annotation names is checked against that class);
-* prompt files (``data.sources``, ``data.eval_sources``): a readable UTF-8 text file of a known format
+* prompt files (``data.sources``, ``eval.sources``): a readable UTF-8 text file of a known format
   that holds at least one prompt (every line parsed, editing references present);
 * SFT records (``data.sft_sources``): readable UTF-8 JSON with at least one usable record whose
   image exists; WebDataset shards that exist;
@@ -212,9 +212,9 @@ def check_prompt_files(cfg: RunConfig, warnings: list[str]) -> list[str]:
     from mrgrpo.prompts import load_prompt_file
 
     problems: list[str] = []
-    for section in ("sources", "eval_sources"):
-        for i, src in enumerate(getattr(cfg.data, section)):
-            field = f"data.{section}.{i}.path"
+    for prefix, sources in (("data.sources", cfg.data.sources), ("eval.sources", cfg.eval.sources)):
+        for i, src in enumerate(sources):
+            field = f"{prefix}.{i}.path"
             path = _resolve(cfg, src.path, field, problems)
             if path is None:
                 continue

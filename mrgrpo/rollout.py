@@ -5,20 +5,22 @@ all B*G samples of a process go through the denoiser as one batch (CFG doubles i
 call). Every step stores ``x_t`` and float32 log-probs; steps outside the SDE window (and the
 last step, whose ``cps`` std is 0 and which is never trained) are ODE steps with no log-prob.
 
-Noise comes from one generator per sample, seeded from ``(seed, step, global sample index)``,
+Noise comes from one generator per sample, seeded from ``(seed, stream, step, global sample index)``
+(:mod:`mrgrpo.seeding`),
 so a sample's trajectory does not depend on how samples are split across processes or batches.
 """
 
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
-from typing import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
 from mrgrpo.sde import SAMPLERS, sde_step_with_logprob
+from mrgrpo.seeding import SeedStream, derive_seed
 from mrgrpo.policies.base import Conditioning
 
 VelocityFn = Callable[[torch.Tensor, torch.Tensor, Conditioning], torch.Tensor]
@@ -46,13 +48,41 @@ class Trajectories:
         return self.latents[:, -1]
 
 
-def derive_seed(*parts: int) -> int:
-    """A 63-bit seed from integers (stable across processes and runs)."""
-    return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(2, dtype=np.uint32).astype(np.uint64) @ np.array([1 << 31, 1], dtype=np.uint64)) & ((1 << 63) - 1)
+@dataclass
+class RolloutBatch:
+    """What one process's rollout of one step hands to scoring and training.
+
+    Attributes:
+        records: the B prompt records of this process (each carries ``prompt``, ``source``, ``fields``).
+        group_size: G, images per record; sample ``i`` belongs to record ``i // G``.
+        cond: conditioning of the N = B*G samples (each record's encoding repeated G times).
+        uncond: the negative conditioning for CFG, or ``None``.
+        traj: the sampled :class:`Trajectories`.
+        pixels: ``[N, 3, H, W]`` float32 decoded images in ``[0, 1]`` (CPU).
+        group_ids: ``[N]`` long global group index (one group per prompt, never across processes).
+        sample_ids: ``[N]`` global sample indices (seed the per-sample noise).
+        times: seconds of the rollout's phases (``time/encode``, ``time/rollout``, ``time/decode``).
+        prompts_truncated: prompts cut to the policy's token limit in this rollout.
+    """
+
+    records: list[Any]
+    group_size: int
+    cond: Conditioning
+    uncond: Conditioning | None
+    traj: Trajectories
+    pixels: torch.Tensor
+    group_ids: torch.Tensor
+    sample_ids: list[int]
+    times: dict[str, float] = field(default_factory=dict)
+    prompts_truncated: int = 0
+
+    def __len__(self) -> int:
+        return len(self.sample_ids)
 
 
-def sample_generators(seed: int, step: int, sample_ids: Sequence[int], device: torch.device | str = "cpu", stream: int = 0) -> list[torch.Generator]:
-    """One generator per sample id, seeded from ``(seed, stream, step, sample id)``."""
+def sample_generators(seed: int, step: int, sample_ids: Sequence[int], device: torch.device | str = "cpu", *,
+                      stream: SeedStream) -> list[torch.Generator]:
+    """One generator per sample id, seeded from ``derive_seed(seed, stream, step, sample id)``."""
     gens = []
     for sid in sample_ids:
         g = torch.Generator(device=device)

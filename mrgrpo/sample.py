@@ -29,8 +29,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt", action="append", required=True, help="prompt (repeatable: one image each)")
     p.add_argument("--image", action="append", default=[], help="reference image for editing (repeatable; used with every prompt)")
     p.add_argument("--out", default="sample.png", help="output PNG (several prompts: out-0.png, out-1.png, ...)")
-    p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the recipe's rl.eval_num_steps, else 50)")
-    p.add_argument("--cfg", type=float, default=None, help="CFG scale (default: the recipe's rl.eval_cfg_scale, else 4.0)")
+    p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the recipe's eval.num_steps, else 50)")
+    p.add_argument("--cfg", type=float, default=None, help="CFG scale (default: the recipe's eval.cfg_scale, else 4.0)")
     p.add_argument("--height", type=int, default=None)
     p.add_argument("--width", type=int, default=None)
     p.add_argument("--negative-prompt", default="", help="negative prompt for CFG")
@@ -45,7 +45,7 @@ def check_args(args: argparse.Namespace) -> None:
     """Raise :class:`UsageError` for options that cannot work, before anything is built."""
     if args.steps is not None and args.steps < 1:
         raise UsageError(f"--steps {args.steps}: the number of denoising steps must be >= 1. Fix: e.g. --steps 50, "
-                         "or leave it out for the recipe's rl.eval_num_steps.")
+                         "or leave it out for the recipe's eval.num_steps.")
     if args.cfg is not None and (not math.isfinite(args.cfg) or args.cfg < 0):
         raise UsageError(f"--cfg {args.cfg}: the CFG scale must be a finite number >= 0. "
                          "Fix: e.g. --cfg 4 (<= 1 disables CFG).")
@@ -143,8 +143,10 @@ def _build(args: argparse.Namespace):
             if (parent / "config.yaml").exists():
                 import yaml
 
-                rl = (yaml.safe_load((parent / "config.yaml").read_text()) or {}).get("rl", {})
-                defaults.update(steps=rl.get("eval_num_steps", 50), cfg=rl.get("eval_cfg_scale", 4.0),
+                saved = yaml.safe_load((parent / "config.yaml").read_text()) or {}
+                rl, ev = saved.get("rl", {}), saved.get("eval", {})
+                # runs written before the `eval:` section kept these under rl.eval_*
+                defaults.update(steps=ev.get("num_steps", rl.get("eval_num_steps", 50)), cfg=ev.get("cfg_scale", rl.get("eval_cfg_scale", 4.0)),
                                 height=rl.get("height", 512), width=rl.get("width", 512))
                 break
         return policy, defaults
@@ -158,7 +160,7 @@ def _build(args: argparse.Namespace):
         from mrgrpo.config import RecipeError
 
         raise RecipeError(f"{src}: " + " ".join(problems))
-    defaults.update(steps=cfg.rl.eval_num_steps, cfg=cfg.rl.eval_cfg_scale, height=cfg.rl.height, width=cfg.rl.width)
+    defaults.update(steps=cfg.eval.num_steps, cfg=cfg.eval.cfg_scale, height=cfg.rl.height, width=cfg.rl.width)
     return build_policy(cfg), defaults
 
 

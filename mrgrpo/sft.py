@@ -3,7 +3,7 @@
 The loss is the policy's :meth:`~mrgrpo.policies.base.DiffusionPolicy.flow_matching_loss`
 (``x_s = (1 - s) x0 + s eps``, target ``eps - x0``, per-image mean then batch mean, ``s`` from
 the shift-3 law), the same function MR-GRPO adds as its auxiliary SFT term
-(:func:`flow_matching_step_loss` is called by both trainers). Batches come from
+(:func:`mrgrpo.losses.flow_matching_step_loss` is called by both trainers). Batches come from
 :func:`mrgrpo.sft_data.build_sft_stream`: text-to-image and editing batches mixed in
 ``sft.t2i_edit_ratio``, caption dropout on text-to-image, sized to ``sft.pixel_budget``.
 Stage freezing is the policy's (``pretrain``: think tokens + projectors + connector; ``sft``:
@@ -19,14 +19,11 @@ import numpy as np
 import torch
 
 from mrgrpo.config import RecipeError, RunConfig
-from mrgrpo.rollout import derive_seed, sample_ode
+from mrgrpo.losses import flow_matching_step_loss
+from mrgrpo.rollout import sample_ode
+from mrgrpo.seeding import SeedStream, derive_seed
 from mrgrpo.tracking import plot_curves
 from mrgrpo.trainer_base import TrainerBase, build_policy, destroy_process_group, world_size
-
-
-def flow_matching_step_loss(model, batch: dict[str, Any], generator: torch.Generator | None = None) -> torch.Tensor:
-    """The SFT loss of one batch through the (possibly wrapped) policy; shared by SFT and MR-GRPO."""
-    return model("flow_matching_loss", batch, generator=generator)
 
 
 class SFTTrainer(TrainerBase):
@@ -51,7 +48,7 @@ class SFTTrainer(TrainerBase):
         self.stream = build_sft_stream(cfg.data.sft_sources, cfg.sft, train.micro_batch_size, train.seed,
                                        resolve_path=cfg.resolve_path, rank=rank, world_size=self.accelerator.num_processes,
                                        allow_empty=False)
-        torch.manual_seed(derive_seed(train.seed, 5, rank) % (2**63))
+        torch.manual_seed(derive_seed(train.seed, SeedStream.SFT_PROCESS, rank))
         self.setup_model(policy if policy is not None else build_policy(cfg), cfg.stage, reference=False)
         self.policy.train()
         self._sample_prompts: list[str] | None = None
@@ -78,7 +75,7 @@ class SFTTrainer(TrainerBase):
             batch = next(self.stream)
             if self._sample_prompts is None:
                 self._sample_prompts = [p for p in batch.prompts if p][:4] or ["a photo"]
-            gen = torch.Generator(device=self.device).manual_seed(derive_seed(self.cfg.train.seed, 6, step, micro, self.accelerator.process_index))
+            gen = torch.Generator(device=self.device).manual_seed(derive_seed(self.cfg.train.seed, SeedStream.SFT_NOISE, step, micro, self.accelerator.process_index))
             with self.accelerator.accumulate(self.model):
                 with self.autocast():
                     loss = flow_matching_step_loss(self.model, batch, generator=gen)
@@ -100,17 +97,17 @@ class SFTTrainer(TrainerBase):
         """ODE samples of a few fixed prompts (eval CFG and steps) as ``samples/step-N.png``."""
         if not self.is_main or not self._sample_prompts:
             return
-        rl = self.cfg.rl
+        rl, ev = self.cfg.rl, self.cfg.eval
         prompts = self._sample_prompts
         was_training = self.policy.training
         self.policy.eval()
         side = max(32, min(rl.height, (self.cfg.sft.pixel_budget // 32) * 32))
         with self.autocast():
-            enc = self.policy.encode(prompts, negative_prompt=rl.negative_prompt if rl.eval_cfg_scale > 1 else None)
+            enc = self.policy.encode(prompts, negative_prompt=rl.negative_prompt if ev.cfg_scale > 1 else None)
         gens = [torch.Generator(device=self.device).manual_seed(i) for i in range(len(prompts))]
         noise = torch.cat([self.policy.init_noise(1, side, side, g) for g in gens]).to(self.device)
-        final = sample_ode(lambda x, s, c: self.policy.velocity(x, s, c), noise, self.policy.sigmas(rl.eval_num_steps).to(self.device),
-                           enc.cond, uncond=enc.uncond, cfg_scale=rl.eval_cfg_scale, autocast=self.autocast)
+        final = sample_ode(lambda x, s, c: self.policy.velocity(x, s, c), noise, self.policy.sigmas(ev.num_steps).to(self.device),
+                           enc.cond, uncond=enc.uncond, cfg_scale=ev.cfg_scale, autocast=self.autocast)
         with self.autocast():
             pixels = self.policy.decode(final).float()
         self.tracker.save_samples(step, pixels, nrow=len(prompts), captions=prompts)

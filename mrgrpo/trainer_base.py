@@ -171,8 +171,13 @@ class TrainerBase:
     def autocast(self):
         return self.accelerator.autocast()
 
-    def backward_and_maybe_step(self, loss: torch.Tensor, grad_norms: list[float]) -> bool:
-        """Backward one micro-batch (inside ``accelerator.accumulate``); step when gradients are synced."""
+    def backward_and_maybe_step(self, loss: torch.Tensor, grad_norms: list[float], *, step_scheduler: bool = True) -> bool:
+        """Backward one micro-batch (inside ``accelerator.accumulate``); step when gradients are synced.
+
+        The LR schedule steps with the optimizer unless ``step_scheduler`` is False (the MR-GRPO
+        trainer steps it once per rollout, whatever the number of optimizer steps per rollout).
+        Returns whether an optimizer step was taken.
+        """
         self.accelerator.backward(loss)
         if not self.accelerator.sync_gradients:
             return False
@@ -181,7 +186,8 @@ class TrainerBase:
             if norm is not None:
                 grad_norms.append(float(norm))
         self.optimizer.step()
-        self.lr_scheduler.step()
+        if step_scheduler:
+            self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.optimizer_steps += 1
         if self.ema is not None:

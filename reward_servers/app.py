@@ -45,6 +45,8 @@ BIG_REQUEST_PIXELS = 2**22
 #: decoded pixels kept for small requests on top of ``max_inflight_pixels`` (64 MiB)
 SMALL_RESERVE_PIXELS = 2**24
 
+from mrgrpo.rewards.base import group_chunks
+
 
 @dataclass
 class ServerLimits:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import inspect
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Hashable, Sequence
 
 import torch
 
@@ -160,3 +160,36 @@ def check_kwargs(factory: Callable[..., Any], kwargs: dict[str, Any], name: str)
 def batched(seq: Sequence[Any], size: int) -> list[Sequence[Any]]:
     """Consecutive chunks of at most ``size`` items."""
     return [seq[i : i + size] for i in range(0, len(seq), max(1, size))]
+
+
+def group_chunks(group_ids: Sequence[Hashable] | None, max_size: int, n: int | None = None) -> list[list[int]]:
+    """Indices ``0..N-1`` cut into chunks of at most ``max_size`` that keep groups whole.
+
+    Args:
+        group_ids: ``[N]`` group of each item, or ``None`` for plain consecutive chunks (then give ``n``).
+        max_size: the most items a chunk holds; a group bigger than it forms a chunk of its own.
+        n: number of items when ``group_ids`` is ``None``.
+
+    Returns:
+        Index lists. With groups: the groups in order of first appearance, packed greedily (a
+        group goes into the current chunk while the chunk stays within ``max_size``), each
+        group's indices in their original order. Used by the trainer's reward scoring, the
+        remote reward client and the reward server, so a group-wise reward (a pairwise judge)
+        always sees every image of a group in one call.
+    """
+    size = max(1, int(max_size))
+    if group_ids is None:
+        if n is None:
+            raise ValueError("group_chunks needs n when group_ids is None")
+        return [list(range(i, min(n, i + size))) for i in range(0, n, size)]
+    groups: dict[Hashable, list[int]] = {}
+    for i, g in enumerate(group_ids):
+        groups.setdefault(g, []).append(i)
+    chunks: list[list[int]] = []
+    cur: list[int] = []
+    for members in groups.values():
+        if cur and len(cur) + len(members) > size:
+            chunks.append(cur)
+            cur = []
+        cur = cur + members
+    return chunks + ([cur] if cur else [])

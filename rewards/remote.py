@@ -34,7 +34,7 @@ from typing import Any, Sequence
 
 import torch
 
-from mrgrpo.rewards.base import Reward, RewardOutput
+from mrgrpo.rewards.base import Reward, RewardOutput, group_chunks
 
 log = logging.getLogger("mrgrpo.rewards.remote")
 

@@ -52,7 +52,7 @@ def test_recipes_validate_reports_bad_recipe(tmp_path, capsys):
     bad["rl"]["group_size"] = 5
     bad["data"]["sources"][0]["path"] = str(REPO / "recipes" / "prompts" / "quickstart_colors.txt")
     bad["data"]["sources"][1]["path"] = str(REPO / "recipes" / "prompts" / "quickstart_text.txt")
-    bad["data"]["eval_sources"] = []
+    bad["eval"]["sources"] = []
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(bad))
     assert main(["recipes", "validate", str(path)]) == 1

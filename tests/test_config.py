@@ -237,9 +237,28 @@ def test_schema_markdown_lists_every_field_with_a_description():
     assert empty == []
     listed = {re.sub(r"\.<name>\.|\[\]\.", ".", c[0].strip("`")) for c in cells}
     # every field that is not itself a section appears as a row (list/dict items as `a[].b` / `a.<name>.b`)
-    sections = {"policy", "data", "rl", "sft", "train", "distributed", "logging", "train.ema", "train.lora"}
+    sections = {"policy", "data", "rl", "sft", "train", "distributed", "eval", "logging", "train.ema", "train.lora"}
     leaves = [name for name, _ in fields if name not in sections]
     missing = [name for name in leaves if name not in listed]
     assert missing == []
     for key, row in (("rl.group_size", "G: images sampled per prompt"), ("train.lr", "Peak learning rate")):
         assert any(c[0] == f"`{key}`" and row in c[-1] for c in cells), key
+    # docs/recipe_schema.md is this generator's output (`mrgrpo recipes schema > docs/recipe_schema.md`)
+    doc = Path(__file__).resolve().parents[1] / "docs" / "recipe_schema.md"
+    assert doc.read_text().strip() == md.strip(), "docs/recipe_schema.md is stale: regenerate it with `mrgrpo recipes schema`"
+
+
+def test_moved_eval_fields_name_their_new_place():
+    """Evaluation settings live in `eval:`; the old places are refused with the new name."""
+    base = {"stage": "sft", "data": {"sft_sources": [{"name": "s", "path": "x.jsonl", "required": False}]}}
+    for section, key, value, new in (("rl", "eval_cfg_scale", 3.0, "eval.cfg_scale"), ("rl", "eval_num_steps", 8, "eval.num_steps"),
+                                     ("logging", "eval_every", 5, "eval.every"), ("logging", "eval_prompts", 4, "eval.prompts"),
+                                     ("data", "eval_sources", [], "eval.sources")):
+        data = copy.deepcopy(base)
+        data.setdefault(section, {})[key] = value
+        with pytest.raises(RecipeError, match=rf"field `{section}.{key}`: moved to `{new}`"):
+            load_recipe(data=data, check_files=False)
+    with pytest.raises(RecipeError, match=r"`rl.eval_cfg_scale`: moved to `eval.cfg_scale`"):
+        load_recipe(data=base, overrides=["rl.eval_cfg_scale=2"], check_files=False)
+    cfg = load_recipe(data=base, overrides=["eval.cfg_scale=2", "eval.num_steps=7"], check_files=False)
+    assert cfg.eval.cfg_scale == 2.0 and cfg.eval.num_steps == 7

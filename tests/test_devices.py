@@ -46,16 +46,17 @@ def test_noise_is_a_function_of_the_generator_seed_whatever_the_target_device():
 
 def _quickstart_dict(tmp_path: Path, synth_dir: Path) -> dict:
     recipe = yaml.safe_load((REPO / "recipes" / "quickstart.yaml").read_text())
-    for src in recipe["data"]["sources"] + recipe["data"]["eval_sources"]:
+    for src in recipe["data"]["sources"] + recipe["eval"]["sources"]:
         src["path"] = str(REPO / "recipes" / src["path"])
     recipe["rewards"] = {"brightness": {}, "color_match": {}}
     recipe["data"]["sources"] = recipe["data"]["sources"][:1]
     recipe["data"]["sft_sources"] = [{"name": "t", "path": f"{synth_dir}/t2i.jsonl", "format": "t2i"}]
     recipe["output_dir"] = str(tmp_path / "run")
     recipe["sft"] = {"pixel_budget": 64}
-    recipe["rl"].update(beta=0.1, sft_aux_coef=0.1, sft_aux_batch_size=2, num_steps=4, eval_num_steps=3, cfg_scale=2.0)
+    recipe["rl"].update(beta=0.1, sft_aux_coef=0.1, sft_aux_batch_size=2, num_steps=4, cfg_scale=2.0)
+    recipe["eval"].update(every=1, prompts=2, num_steps=3)
     recipe["train"].update(max_steps=2, checkpoint_every=1, ema={"enabled": True, "decay": 0.9})
-    recipe["logging"] = {"sample_every": 1, "eval_every": 1, "eval_prompts": 2, "tensorboard": False, "progress_bar": False}
+    recipe["logging"] = {"sample_every": 1, "tensorboard": False, "progress_bar": False}
     return recipe
 
 

@@ -39,7 +39,7 @@ def recipe(tmp_path):
     """``recipe(**changes)``: the quickstart recipe (absolute prompt paths, output in tmp) with
     ``changes`` applied as dotted keys, written to a file; returns its path."""
     base = yaml.safe_load((REPO / "recipes" / "quickstart.yaml").read_text())
-    for src in base["data"]["sources"] + base["data"]["eval_sources"]:
+    for src in base["data"]["sources"] + base["eval"]["sources"]:
         src["path"] = str(PROMPTS / Path(src["path"]).name)
     base["output_dir"] = str(tmp_path / "run")
 
@@ -102,8 +102,8 @@ CLASS1 = {
         ["data.sources.0.path", "reference image"],
     ),
     "eval prompt file empty": (
-        lambda t: {"data__eval_sources__0__path": str(_file(t, "ev.txt", "\n"))},
-        ["data.eval_sources.0.path"],
+        lambda t: {"eval__sources__0__path": str(_file(t, "ev.txt", "\n"))},
+        ["eval.sources.0.path"],
     ),
     "sde window without a trainable step": (lambda t: {"rl__sde_window": [9, 10]}, ["rl.sde_window", "trainable"]),
     "sde window of the last step only": (

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from mrgrpo.losses import (clipped_policy_loss, flow_matching_loss, grpo_step_loss, mean_kl, mix_sft_loss,
-                           ratio_stats, sample_flow_sigmas, velocity_kl)
+from mrgrpo.losses import (StepLossStats, clipped_policy_loss, flow_matching_loss, mean_kl, mrgrpo_step_loss,
+                           sample_flow_sigmas, velocity_kl)
 
 
 def test_on_policy_ratio_is_one_and_loss_is_minus_mean_advantage():
@@ -21,9 +21,9 @@ def test_on_policy_ratio_is_one_and_loss_is_minus_mean_advantage():
     loss.backward()
     # d/dlp of -A * exp(lp - old) at ratio 1, averaged over the batch: -A / B
     torch.testing.assert_close(lp.grad, -adv / 16)
-    stats = ratio_stats(lp, old, 1e-4)
-    assert stats["ratio/mean"] == 1.0 and stats["ratio/min"] == 1.0 and stats["ratio/max"] == 1.0
-    assert stats["clip_frac"] == 0.0
+    out = mrgrpo_step_loss(lp, old, adv, clip_range=1e-4)
+    assert torch.equal(out.ratio, torch.ones(16))
+    assert out.clip_frac == 0.0 and not out.clipped_low.any() and not out.clipped_high.any()
 
 
 def expected_grad(delta, adv, low, high):
@@ -73,8 +73,10 @@ def test_asymmetric_clip_range():
     # with a symmetric 0.1 the 1.15 sample is clipped too: the asymmetric high bound is honoured
     sym = clipped_policy_loss(torch.log(torch.tensor(ratios)), torch.zeros(4), torch.tensor(adv), 0.1)
     assert sym.item() == pytest.approx((-1.1 + -1.1 + 0.9 + 0.95) / 4, abs=1e-6)
-    stats = ratio_stats(torch.log(torch.tensor(ratios)), torch.zeros(4), (low, high))
-    assert stats["clip_frac"] == pytest.approx(0.5)
+    out = mrgrpo_step_loss(torch.log(torch.tensor(ratios)), torch.zeros(4), torch.tensor(adv), clip_range=(low, high))
+    assert out.clip_frac == pytest.approx(0.5)
+    assert out.clipped_high.tolist() == [False, True, False, False]  # 1.25 > 1 + 0.2
+    assert out.clipped_low.tolist() == [False, False, True, False]  # 0.85 < 1 - 0.1
     with pytest.raises(ValueError):
         clipped_policy_loss(lp, torch.zeros(4), torch.tensor(adv), -0.1)
 
@@ -114,14 +116,6 @@ def test_mean_kl():
     assert torch.equal(mean_kl(mu, mu.clone(), std), torch.zeros(4))
 
 
-def test_grpo_step_loss_adds_beta_times_mean_kl():
-    lp, old, adv = torch.tensor([0.01, -0.02]), torch.zeros(2), torch.tensor([1.0, -1.0])
-    kl = torch.tensor([2.0, 4.0])
-    base = clipped_policy_loss(lp, old, adv, 0.1)
-    assert grpo_step_loss(lp, old, adv, 0.1, kl, beta=0.5).item() == pytest.approx(base.item() + 0.5 * 3.0, abs=1e-6)
-    assert grpo_step_loss(lp, old, adv, 0.1, kl, beta=0.0).item() == pytest.approx(base.item(), abs=1e-7)
-
-
 def test_flow_matching_loss_formula():
     g = torch.Generator().manual_seed(0)
     v, x0, eps = (torch.randn(4, 3, 2, 2, generator=g) for _ in range(3))
@@ -159,14 +153,92 @@ def test_sample_flow_sigmas_follow_the_shifted_law():
     assert (u <= 0.3).double().mean().item() == pytest.approx(0.3, abs=0.005)
 
 
-def test_mix_sft_loss():
-    a = torch.tensor(2.0, requires_grad=True)
-    b = torch.tensor(10.0, requires_grad=True)
-    for lam in (1e-4, 0.1, 0.5):
-        out = mix_sft_loss(a, b, lam)
-        assert out.item() == pytest.approx((1 - lam) * 2.0 + lam * 10.0, rel=1e-6)
-    mix_sft_loss(a, b, 0.25).backward()
-    assert a.grad.item() == pytest.approx(0.75) and b.grad.item() == pytest.approx(0.25)
-    # no SFT term this step (or lambda = 0): L_grpo alone
-    assert mix_sft_loss(a, None, 0.1).item() == 2.0
-    assert mix_sft_loss(a, b, 0.0).item() == 2.0
+def test_step_loss_value_against_the_formula():
+    """L = (1 - lambda) (L_policy + beta mean KL) + lambda n_acc L_sft, each part written out by hand."""
+    ratios, adv, kl = [1.3, 0.95, 0.7], [1.0, -0.5, -2.0], [0.2, 0.4, 0.9]
+    lp = torch.log(torch.tensor(ratios))
+    e, beta, lam, n_acc, sft = 0.1, 0.5, 0.25, 6, 3.0
+    policy = sum(max(-a * r, -a * min(max(r, 1 - e), 1 + e)) for a, r in zip(adv, ratios)) / 3
+    out = mrgrpo_step_loss(lp, torch.zeros(3), torch.tensor(adv), clip_range=e, kl=torch.tensor(kl), beta=beta,
+                           sft_loss=torch.tensor(sft), sft_coef=lam, accumulation_steps=n_acc)
+    assert out.loss.item() == pytest.approx((1 - lam) * (policy + beta * 0.5) + lam * n_acc * sft, rel=1e-6)
+    assert out.policy_loss.item() == pytest.approx(policy, rel=1e-6)
+    assert out.kl.item() == pytest.approx(0.5, rel=1e-6) and out.sft_loss.item() == 3.0
+    torch.testing.assert_close(out.ratio, torch.tensor(ratios))
+    assert out.clipped_high.tolist() == [True, False, False] and out.clipped_low.tolist() == [False, False, True]
+    # without an SFT batch on this micro-batch the GRPO part is still scaled by (1 - lambda)
+    no_sft = mrgrpo_step_loss(lp, torch.zeros(3), torch.tensor(adv), clip_range=e, kl=torch.tensor(kl), beta=beta, sft_coef=lam)
+    assert no_sft.loss.item() == pytest.approx((1 - lam) * (policy + beta * 0.5), rel=1e-6) and no_sft.sft_loss is None
+    # lambda = 0 and beta = 0: the clipped surrogate alone (the KL is still reported)
+    bare = mrgrpo_step_loss(lp, torch.zeros(3), torch.tensor(adv), clip_range=e, kl=torch.tensor(kl))
+    assert bare.loss.item() == pytest.approx(policy, rel=1e-6) and bare.kl.item() == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="accumulation_steps"):
+        mrgrpo_step_loss(lp, torch.zeros(3), torch.tensor(adv), clip_range=e, accumulation_steps=0)
+
+
+def test_step_loss_gradient_under_accelerate_accumulation_equals_the_mixed_objective():
+    """Through accelerate's gradient accumulation (n_acc backward passes, one optimizer step), the
+    gradient is exactly (1 - lambda) * mean over passes of grad(L_grpo) + lambda * grad(L_sft):
+    the SFT term rides on ONE pass and its scaling by n_acc undoes accelerate's division."""
+    from accelerate import Accelerator
+
+    torch.manual_seed(0)
+    n_acc, lam, beta, e = 4, 0.3, 0.2, 0.05
+    w0 = torch.randn(5)
+    feats = [torch.randn(6, 5) for _ in range(n_acc)]
+    old = [torch.randn(6) * 0.01 for _ in range(n_acc)]
+    adv = [torch.randn(6) for _ in range(n_acc)]
+    sft_x = torch.randn(8, 5)
+
+    def parts(w):
+        grpo = []
+        for f, o, a in zip(feats, old, adv):
+            lp = f @ w * 0.01  # log-probs near the old ones: some ratios inside the clip, some out
+            kl = (f @ w) ** 2
+            grpo.append(clipped_policy_loss(lp, o, a, e) + beta * kl.mean())
+        return grpo, ((sft_x @ w) ** 2).mean()
+
+    # independent: the mixed objective differentiated directly
+    w_ref = w0.clone().requires_grad_(True)
+    grpo, sft = parts(w_ref)
+    ((1 - lam) * torch.stack(grpo).mean() + lam * sft).backward()
+
+    # the trainer's way: one mrgrpo_step_loss per pass inside accelerator.accumulate
+    def accumulated_grad(scale_sft: int) -> torch.Tensor:
+        model = torch.nn.Linear(5, 1, bias=False)
+        with torch.no_grad():
+            model.weight.copy_(w0[None])
+        acc = Accelerator(gradient_accumulation_steps=n_acc, cpu=True)
+        model = acc.prepare(model)
+        synced = []
+        for i in range(n_acc):
+            with acc.accumulate(model):
+                w = model.weight[0]
+                out = mrgrpo_step_loss(feats[i] @ w * 0.01, old[i], adv[i], clip_range=e, kl=(feats[i] @ w) ** 2, beta=beta,
+                                       sft_loss=((sft_x @ w) ** 2).mean() if i == 0 else None, sft_coef=lam,
+                                       accumulation_steps=scale_sft)
+                acc.backward(out.loss)
+                synced.append(acc.sync_gradients)
+        assert synced == [False] * (n_acc - 1) + [True]
+        return model.weight.grad[0].clone()
+
+    torch.testing.assert_close(accumulated_grad(n_acc), w_ref.grad, rtol=1e-5, atol=1e-7)
+    # without the n_acc factor the SFT term would weigh lambda / n_acc: off by exactly lambda (1 - 1/n_acc) grad L_sft
+    w_s = w0.clone().requires_grad_(True)
+    (g_sft,) = torch.autograd.grad(((sft_x @ w_s) ** 2).mean(), [w_s])
+    torch.testing.assert_close(accumulated_grad(1), w_ref.grad - lam * (1 - 1 / n_acc) * g_sft, rtol=1e-5, atol=1e-6)
+
+
+def test_step_loss_stats_collect_means_and_extremes():
+    stats = StepLossStats()
+    stats.add(mrgrpo_step_loss(torch.log(torch.tensor([1.0, 1.2])), torch.zeros(2), torch.tensor([1.0, -1.0]), clip_range=0.1,
+                               kl=torch.tensor([1.0, 3.0])))
+    stats.add(mrgrpo_step_loss(torch.log(torch.tensor([0.5, 1.0])), torch.zeros(2), torch.tensor([1.0, -1.0]), clip_range=0.1,
+                               kl=torch.tensor([0.0, 0.0])))
+    m = stats.metrics()
+    assert m["ratio/mean"] == pytest.approx((1.1 + 0.75) / 2) and m["ratio/min"] == pytest.approx(0.5)
+    assert m["ratio/max"] == pytest.approx(1.2) and m["clip_frac"] == pytest.approx(0.5)
+    assert m["loss/kl"] == pytest.approx(1.0) and "loss/sft" not in m
+    # 1.2 is above 1 + 0.1, 0.5 below 1 - 0.1: one of two samples each pass, one on each side
+    assert m["clip_frac/high"] == pytest.approx(0.25) and m["clip_frac/low"] == pytest.approx(0.25)
+    assert m["ratio/std"] == pytest.approx(torch.tensor([1.0, 1.2, 0.5, 1.0], dtype=torch.float64).std().item(), rel=1e-6)

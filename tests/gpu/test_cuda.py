@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def _recipe(tmp_path: Path, policy: str, **train) -> dict:
     recipe = yaml.safe_load((REPO / "recipes" / "quickstart.yaml").read_text())
-    for src in recipe["data"]["sources"] + recipe["data"]["eval_sources"]:
+    for src in recipe["data"]["sources"] + recipe["eval"]["sources"]:
         src["path"] = str(REPO / "recipes" / src["path"])
     recipe["policy"] = {"name": policy, "kwargs": {"seed": 0}}
     recipe["rewards"] = {"brightness": {}, "color_match": {}}
@@ -36,7 +36,8 @@ def _recipe(tmp_path: Path, policy: str, **train) -> dict:
     recipe["output_dir"] = str(tmp_path / "run")
     recipe["rl"].update(beta=0.05, num_steps=6)
     recipe["train"].update({"mixed_precision": "bf16", "max_steps": 3, "checkpoint_every": 2, **train})
-    recipe["logging"] = {"sample_every": 2, "eval_every": 2, "eval_prompts": 2, "tensorboard": False, "progress_bar": False}
+    recipe["logging"] = {"sample_every": 2, "tensorboard": False, "progress_bar": False}
+    recipe["eval"].update(every=2, prompts=2)
     return recipe
 
 

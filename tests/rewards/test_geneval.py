@@ -290,5 +290,5 @@ def test_new_recipes_name_valid_reward_arguments(recipe):
         else:
             check_kwargs(factory, spec.kwargs, key)
     if recipe == "sd3_geneval.yaml":  # the evaluation prompts are the shipped GenEval metadata, graded strictly
-        assert cfg.resolve_path(cfg.data.eval_sources[0].path).read_text() == (
+        assert cfg.resolve_path(cfg.eval.sources[0].path).read_text() == (
             Path(__file__).resolve().parents[2] / "rewards" / "geneval" / "assets" / "evaluation_metadata.jsonl").read_text()

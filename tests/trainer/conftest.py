@@ -29,5 +29,5 @@ def toy_recipe(tmp_path):
                "timestep_fraction": 0.6, "beta": 0.0, "sft_aux_coef": 0.0, "clip_range": 1e-3},
         "train": {"lr": 3e-3, "images_per_step": 16, "micro_batch_size": 8, "max_steps": 3, "mixed_precision": "no",
                   "warmup_steps": 0, "checkpoint_every": 2, "seed": 0},
-        "logging": {"tensorboard": False, "progress_bar": False, "sample_every": 100, "eval_every": 100},
+        "logging": {"tensorboard": False, "progress_bar": False, "sample_every": 100}, "eval": {"every": 100},
     }

@@ -50,7 +50,8 @@ def finished_run(tmp_path_factory):
             "keep_last": 3,
             "seed": 0,
         },
-        "logging": {"tensorboard": False, "progress_bar": False, "sample_every": 100, "eval_every": 100},
+        "logging": {"tensorboard": False, "progress_bar": False, "sample_every": 100},
+        "eval": {"every": 100},
     }
     path = tmp / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))

@@ -196,12 +196,11 @@ def test_toy_learning_direction(toy_recipe, flip):
 
 
 def test_periodic_evaluation_is_deterministic(toy_recipe, tmp_path):
-    """eval/<reward> is logged every eval_every steps with fixed seeds: at lr=0 it never changes."""
+    """eval/<reward> is logged every eval.every steps with fixed seeds: at lr=0 it never changes."""
     evals = tmp_path / "eval.txt"
     evals.write_text("held out one\nheld out two\nheld out three\n")
-    toy_recipe["data"]["eval_sources"] = [{"name": "heldout", "path": str(evals), "rewards": {"bright": 1.0}}]
-    toy_recipe["logging"].update(eval_every=1, eval_prompts=2)
-    toy_recipe["rl"]["eval_num_steps"] = 4
+    toy_recipe["eval"] = {"sources": [{"name": "heldout", "path": str(evals), "rewards": {"bright": 1.0}}],
+                          "every": 1, "prompts": 2, "num_steps": 4}
     toy_recipe["train"]["max_steps"] = 2
     toy_recipe["train"]["lr"] = 1e-12
     hist = _trainer(toy_recipe).fit()
@@ -227,3 +226,133 @@ def test_ema_tracks_trained_weights(toy_recipe):
     trained = dict(tr.policy.net.state_dict())
     assert torch.equal(trained[key], final[key])  # the live weights are restored after the EMA save
     assert (Path(out) / "checkpoints" / "step-000002" / "ema.pt").exists()
+
+
+class _Closing:
+    """A reward that counts its close() calls."""
+
+    name = "closing"
+
+    def __init__(self):
+        self.closed = 0
+
+    def __call__(self, images, prompts, metadata=None):
+        from mrgrpo.rewards.base import RewardOutput
+
+        return RewardOutput(torch.linspace(0, 1, len(images)))
+
+    def close(self):
+        self.closed += 1
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_rewards_are_closed_when_the_run_ends(toy_recipe, fails):
+    """The trainer closes every reward (clients, pools) once at the end of a run, also when it fails."""
+    from mrgrpo.rewards.base import as_reward
+
+    toy_recipe["train"]["max_steps"] = 1
+    bright, red = _Closing(), _Closing()
+    tr = _trainer(toy_recipe, rewards={"bright": bright, "red": red})
+    if fails:
+        tr.rewards.rewards["red"] = as_reward(lambda images, prompts: 1 / 0)
+        tr.rewards.failure = "stop"
+        with pytest.raises(RewardFailure):
+            tr.fit()
+        assert bright.closed == 1
+    else:
+        tr.fit()
+        assert bright.closed == 1 and red.closed == 1
+    assert tr.rewards.closed and tr.rewards._pool._shutdown
+
+
+def _record_step_losses(monkeypatch, tr):
+    """Wrap the trainer's step loss: (optimizer steps taken so far, ratios, clip masks) of every backward pass."""
+    import mrgrpo.grpo as grpo
+
+    calls = []
+    real = grpo.mrgrpo_step_loss
+
+    def spy(*args, **kwargs):
+        out = real(*args, **kwargs)
+        calls.append((tr.optimizer_steps, out.ratio.clone(), (out.clipped_low | out.clipped_high).clone()))
+        return out
+
+    monkeypatch.setattr(grpo, "mrgrpo_step_loss", spy)
+    return calls
+
+
+@pytest.mark.parametrize("setting, updates", [(2, 2), (4, 4), ("per_timestep", 3)])
+def test_several_updates_per_rollout_first_on_policy_then_clipped(toy_recipe, monkeypatch, setting, updates):
+    """k updates per rollout: the first update's ratio is exactly 1, later ones move and the clip acts."""
+    toy_recipe["train"].update(max_steps=1, updates_per_rollout=setting, lr=3e-2)
+    toy_recipe["rl"]["clip_range"] = 1e-4
+    tr = _trainer(toy_recipe)
+    calls = _record_step_losses(monkeypatch, tr)
+    steps = []
+    base = tr.optimizer.optimizer if hasattr(tr.optimizer, "optimizer") else tr.optimizer
+    base.register_step_post_hook(lambda *a: steps.append(1))
+    hist = tr.fit()
+    assert len(steps) == updates and hist[0]["optimizer_steps"] == updates
+    assert len(calls) == updates * tr.accum
+    first = [c for c in calls if c[0] == 0]
+    later = [c for c in calls if c[0] > 0]
+    assert len(first) == tr.accum and all(torch.equal(r, torch.ones_like(r)) and not m.any() for _, r, m in first)
+    later_ratios = torch.cat([r for _, r, _ in later])
+    assert (later_ratios != 1).all()
+    assert torch.cat([m for _, _, m in later]).float().mean() > 0.5  # clip range 1e-4: most ratios leave it
+    assert hist[0]["clip_frac"] > 0 and hist[0]["ratio/max"] > 1 and hist[0]["ratio/min"] < 1
+
+
+def test_lr_schedule_counts_rollouts_whatever_the_updates(toy_recipe):
+    toy_recipe["train"].update(max_steps=3, updates_per_rollout="per_timestep", warmup_steps=4, lr=1e-3)
+    hist = _trainer(toy_recipe).fit()
+    # the lr logged after rollout s is the warm-up factor of the next rollout: (s + 1) / 4
+    assert [h["lr"] for h in hist] == pytest.approx([1e-3 * 2 / 4, 1e-3 * 3 / 4, 1e-3 * 4 / 4])
+    assert [h["optimizer_steps"] for h in hist] == [3, 6, 9]
+
+
+def test_resume_is_exact_with_several_updates_per_rollout(toy_recipe, tmp_path):
+    toy_recipe["train"].update(max_steps=4, checkpoint_every=2, updates_per_rollout=2, warmup_steps=3)
+    toy_recipe["rl"].update(beta=0.1, clip_range=1e-3)
+    full = _trainer(dict(toy_recipe, output_dir=str(tmp_path / "full"))).fit()
+    part = dict(toy_recipe, output_dir=str(tmp_path / "part"))
+    _trainer(json.loads(json.dumps(part)) | {"train": dict(toy_recipe["train"], max_steps=2)}).fit()
+    resumed = _trainer(json.loads(json.dumps(part)) | {"train": dict(toy_recipe["train"], resume="auto")}).fit()
+    assert len(resumed) == 2  # steps 3 and 4 only: it resumed from the step-2 checkpoint
+    got = read_metrics(tmp_path / "part" / "metrics.jsonl")
+    assert [r["step"] for r in got] == [1, 2, 3, 4]
+    for a, b in zip(full, got):
+        for key in ("reward/mean", "loss/policy", "loss/kl", "ratio/mean", "clip_frac", "grad_norm", "lr", "optimizer_steps"):
+            assert b[key] == pytest.approx(a[key], rel=1e-6, abs=1e-9), key
+    assert got[-1]["optimizer_steps"] == 8
+
+
+def test_updates_per_rollout_that_splits_groups_is_refused(toy_recipe):
+    from mrgrpo.config import RecipeError
+
+    toy_recipe["train"]["updates_per_rollout"] = 3  # 4 prompts a step
+    with pytest.raises(RecipeError, match=r"train.updates_per_rollout.*does not divide the 4 prompts"):
+        load_recipe(data=toy_recipe)
+
+
+def test_diagnostics_zero_std_frac_ratio_spread_and_ms_per_image(toy_recipe):
+    """zero_std_frac counts the groups whose rewards are all equal; per-phase ms per image; ratio spread."""
+    from mrgrpo.rewards.base import as_reward
+
+    def per_prompt(images, prompts):  # the same value for every image of a prompt: no signal in any group
+        return [float(len(p)) / 20 for p in prompts]
+
+    toy_recipe["train"].update(max_steps=2, updates_per_rollout=2)
+    tr = _trainer(toy_recipe, rewards={"bright": as_reward(per_prompt), "red": as_reward(lambda im, p: [0.5] * len(im))})
+    hist = tr.fit()
+    assert hist[0]["zero_std_frac"] == 1.0 and hist[0]["reward/bright/zero_std_frac"] == 1.0
+    toy_recipe["output_dir"] += "-b"
+    hist = _trainer(toy_recipe).fit()
+    h = hist[1]
+    assert h["zero_std_frac"] == 0.0 and h["reward/bright/zero_std_frac"] == 0.0
+    for phase in ("encode", "rollout", "decode", "reward", "train", "step"):
+        assert h[f"ms_per_image/{phase}"] == pytest.approx(1000 * h[f"time/{phase}"] / 16)
+    assert h["ratio/std"] > 0 and h["clip_frac"] == pytest.approx(h["clip_frac/low"] + h["clip_frac/high"])
+    records = read_metrics(Path(toy_recipe["output_dir"]) / "metrics.jsonl")
+    for key in ("zero_std_frac", "ratio/std", "clip_frac/low", "clip_frac/high", "ms_per_image/train"):
+        assert key in records[-1], key

@@ -17,10 +17,10 @@ def test_sde_window_shared_noise_and_cfg(toy_recipe):
     toy_recipe["rl"].update(num_steps=8, sde_window=[2, 5], shared_noise=True, cfg_scale=3.0)
     tr = GRPOTrainer(load_recipe(data=toy_recipe))
     batch = tr.rollout(1)
-    traj = batch["traj"]
+    traj = batch.traj
     assert traj.sde_steps.tolist() == [False, False, True, True, True, False, False, False]
     assert (traj.log_probs[:, 2:5] != 0).all() and (traj.log_probs[:, [0, 1, 5, 6, 7]] == 0).all()
-    assert batch["uncond"] is not None  # CFG > 1 encodes the negative prompt in the same call
+    assert batch.uncond is not None  # CFG > 1 encodes the negative prompt in the same call
     x0 = traj.latents[:, 0]
     assert torch.equal(x0[0], x0[3]) and not torch.equal(x0[0], x0[4])  # one noise per group of 4
     assert not torch.equal(traj.latents[0, 4], traj.latents[1, 4])  # the SDE steps still diverge
@@ -34,10 +34,10 @@ def test_deepgen_tiny_trains_on_editing_prompts(tmp_path, monkeypatch):
     cfg = load_recipe(REPO / "recipes" / "quickstart.yaml", [
         f"output_dir={tmp_path}/run", "train.max_steps=2", "logging.progress_bar=false", "logging.tensorboard=false",
         "data.sources.0.path=prompts/edit_sample.jsonl", "data.sources.0.kind=edit", "data.sources.1.weight=0",
-        "data.eval_sources=[]", "train.checkpoint_every=100"])
+        "eval.sources=[]", "train.checkpoint_every=100"])
     tr = GRPOTrainer(cfg)
     batch = tr.rollout(1)
-    refs = batch["cond"].items["ref_latents"]
+    refs = batch.cond.items["ref_latents"]
     assert len(refs) == 16 and all(len(r) == 1 and tuple(r[0].shape) == (16, 8, 8) for r in refs)
     hist = tr.fit()
     assert len(hist) == 2 and hist[0]["ratio/mean"] == pytest.approx(1.0, abs=1e-5)
@@ -58,7 +58,7 @@ def test_sft_checkpoint_is_the_rl_starting_point(tmp_path, monkeypatch):
     assert any("lora_" in n for n in trained) and any(n.startswith("transformer.") for n in trained)
     rl_cfg = load_recipe(REPO / "recipes" / "quickstart.yaml", [
         f"output_dir={tmp_path}/rl", f"policy.checkpoint={tmp_path}/sft/final", "train.max_steps=1", "logging.progress_bar=false",
-        "logging.tensorboard=false", "data.eval_sources=[]"])
+        "logging.tensorboard=false", "eval.sources=[]"])
     rl = GRPOTrainer(rl_cfg)
     params = dict(rl.policy.named_parameters())
     for name, value in trained.items():
@@ -74,7 +74,7 @@ def test_long_prompts_are_truncated_warned_and_counted(toy_recipe, tmp_path, cap
     long_file = tmp_path / "long.txt"
     long_file.write_text("x" * 200_000 + " tail\nshort one\n")
     toy_recipe["data"]["sources"][0]["path"] = str(long_file)
-    toy_recipe["data"]["eval_sources"] = [dict(toy_recipe["data"]["sources"][0], name="ev")]
+    toy_recipe["eval"] = {"sources": [dict(toy_recipe["data"]["sources"][0], name="ev")]}
     toy_recipe["train"]["max_steps"] = 1
     tr = GRPOTrainer(load_recipe(data=toy_recipe))
     tr.policy.max_prompt_tokens = 16

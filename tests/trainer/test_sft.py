@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from mrgrpo.config import RecipeError, load_recipe
-from mrgrpo.sft import SFTTrainer, flow_matching_step_loss
+from mrgrpo.losses import flow_matching_step_loss
+from mrgrpo.sft import SFTTrainer
 from mrgrpo.sft_data.synth import synthesize
 from mrgrpo.tracking import read_metrics
 
@@ -47,7 +48,7 @@ def _toy_sft(synth, tmp_path, *overrides):
     return load_recipe(data={
         "stage": "sft", "output_dir": str(tmp_path), "policy": {"name": "toy_policy:ToyPolicy"},
         "data": {"sft_sources": [{"name": "t", "path": f"{synth}/t2i.jsonl", "format": "t2i"}]},
-        "sft": {"pixel_budget": 32}, "rl": {"height": 32, "width": 32, "eval_num_steps": 3},
+        "sft": {"pixel_budget": 32}, "rl": {"height": 32, "width": 32}, "eval": {"num_steps": 3},
         "train": {"lr": 1e-2, "images_per_step": 8, "micro_batch_size": 4, "max_steps": 4, "mixed_precision": "no",
                   "warmup_steps": 0, "checkpoint_every": 2, "seed": 0},
         "logging": {"tensorboard": False, "progress_bar": False, "sample_every": 100}}, overrides=list(overrides))
