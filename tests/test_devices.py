@@ -17,6 +17,7 @@ from device_audit import DeviceAudit
 from mrgrpo.config import load_recipe
 from mrgrpo.devices import rand, randn
 from mrgrpo.rollout import sample_generators
+from mrgrpo.seeding import SeedStream
 
 REPO = Path(__file__).resolve().parents[1]
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
@@ -39,8 +40,8 @@ def test_noise_is_a_function_of_the_generator_seed_whatever_the_target_device():
     b = randn((3, 4), torch.Generator().manual_seed(7), device="cpu")
     c = randn((3, 4), torch.Generator().manual_seed(7), device="cpu")
     assert torch.equal(b, c)
-    gens = sample_generators(0, 5, [0, 1, 2])
-    again = sample_generators(0, 5, [2])
+    gens = sample_generators(0, 5, [0, 1, 2], stream=SeedStream.ROLLOUT_NOISE)
+    again = sample_generators(0, 5, [2], stream=SeedStream.ROLLOUT_NOISE)
     assert torch.equal(randn((4,), gens[2]), randn((4,), again[0]))
 
 

@@ -107,7 +107,7 @@ CLASS1 = {
     ),
     "sde window without a trainable step": (lambda t: {"rl__sde_window": [9, 10]}, ["rl.sde_window", "trainable"]),
     "sde window of the last step only": (
-        lambda t: {"rl__num_steps": 4, "rl__sde_window": [3, 4], "rl__eval_num_steps": 4},
+        lambda t: {"rl__num_steps": 4, "rl__sde_window": [3, 4], "eval__num_steps": 4},
         ["rl.sde_window"],
     ),
     "micro-batch does not divide the step": (
