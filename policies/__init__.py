@@ -11,6 +11,9 @@ _BUILTINS = {
     "deepgen-tiny": ("mrgrpo.policies.deepgen.tiny:tiny_deepgen", "toy-size random-init DeepGen built locally (tests, CPU quickstart)"),
     "sd3": ("mrgrpo.policies.sd3:build_sd3", "plain SD3 / SD3.5 from a diffusers pipeline folder or id"),
     "sd3-tiny": ("mrgrpo.policies.sd3:tiny_sd3", "toy-size random-init SD3 built locally (tests)"),
+    "flux": ("mrgrpo.policies.flux:build_flux", "FLUX.1-dev (T2I) or FLUX.1-Kontext-dev (editing) from a diffusers pipeline folder or id"),
+    "flux-tiny": ("mrgrpo.policies.flux_tiny:tiny_flux", "toy-size random-init FLUX.1-dev built locally (tests)"),
+    "flux-kontext-tiny": ("mrgrpo.policies.flux_tiny:tiny_flux_kontext", "toy-size random-init FLUX.1-Kontext built locally (tests)"),
 }
 
 POLICIES.register_builtins(_BUILTINS)

@@ -19,6 +19,25 @@ def test_every_builtin_policy_has_a_tiny_twin_in_the_suite():
     assert {f"{n}-tiny" for n in builtins if not n.endswith("-tiny")} <= set(TINY)
 
 
+def expected_sigmas(policy, n: int) -> torch.Tensor:
+    """The first ``n`` sigmas, computed here from the published schedules (not through the scheduler).
+
+    SD3 / DeepGen: ``t`` from 1 to the shifted ``sigma_min`` of 1000 training steps; FLUX / Qwen-Image
+    (dynamic shift): ``t = linspace(1, 1/n, n)``. Both: ``s = k t / (1 + (k - 1) t)`` with the policy's shift
+    ``k`` at its default resolution, then (Qwen-Image) ``1 - s`` stretched so the last sigma is ``shift_terminal``.
+    """
+    k = policy.timestep_shift
+    config = policy.scheduler.config
+    if config.get("use_dynamic_shifting", False):
+        t = torch.linspace(1.0, 1.0 / n, n)
+    else:
+        t = torch.linspace(1.0, k * 1e-3 / (1 + (k - 1) * 1e-3), n)
+    s = k * t / (1 + (k - 1) * t)
+    if config.get("shift_terminal"):
+        s = 1 - (1 - s) / ((1 - s[-1]) / (1 - config["shift_terminal"]))
+    return s
+
+
 @pytest.mark.parametrize("name", TINY)
 def test_encode_velocity_sigmas_vae(build, name):
     policy = build(name)
@@ -49,10 +68,8 @@ def test_encode_velocity_sigmas_vae(build, name):
         policy.velocity(x[:2], torch.full((2,), 0.5), cond)
 
     s = policy.sigmas(10)
-    k = policy.timestep_shift
-    t = torch.linspace(1.0, k * 1e-3 / (1 + (k - 1) * 1e-3), 10)
     assert s.shape == (11,) and s.dtype == torch.float32 and s[-1] == 0
-    torch.testing.assert_close(s[:-1], k * t / (1 + (k - 1) * t), atol=1e-4, rtol=0)
+    torch.testing.assert_close(s[:-1], expected_sigmas(policy, 10), atol=1e-4, rtol=0)
 
     with torch.no_grad():
         img = policy.decode(x[:2])
