@@ -15,7 +15,7 @@ TINY = sorted(n for n in POLICIES.names() if n.endswith("-tiny"))
 
 def test_every_builtin_policy_has_a_tiny_twin_in_the_suite():
     builtins = {n for n, h in POLICIES.describe().items() if not h.startswith("plug-in")}
-    assert {"deepgen", "sd3"} <= builtins
+    assert {"deepgen", "sd3", "flux", "qwen_image"} <= builtins
     assert {f"{n}-tiny" for n in builtins if not n.endswith("-tiny")} <= set(TINY)
 
 
