@@ -16,10 +16,25 @@ if TYPE_CHECKING:  # torch is imported where used: the recipe schema reads DIT_L
 #: text ``add_*``), as flow_grpo's SD3 LoRA (r 32, alpha 64). The recipe field
 #: ``train.lora.target_modules`` defaults to this list; FLUX recipes add the feed-forward layers
 #: as flow_grpo's FLUX LoRA does. Module names match diffusers' SD3 / FLUX / Qwen-Image DiTs.
-DIT_LORA_TARGETS: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
+DIT_LORA_TARGETS: tuple[str, ...] = (
+    "to_q",
+    "to_k",
+    "to_v",
+    "to_out.0",
+    "add_q_proj",
+    "add_k_proj",
+    "add_v_proj",
+    "to_add_out",
+)
 
-_DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16", "float16": "float16",
-           "fp16": "float16"}
+_DTYPES = {
+    "float32": "float32",
+    "fp32": "float32",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float16": "float16",
+    "fp16": "float16",
+}
 
 
 def resolve_dtype(name: str | torch.dtype) -> torch.dtype:
@@ -33,7 +48,14 @@ def resolve_dtype(name: str | torch.dtype) -> torch.dtype:
     return getattr(torch, _DTYPES[name])
 
 
-_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.pt", "model.pth", "checkpoint.pt", "deepgen.safetensors")
+_WEIGHT_FILES = (
+    "model.safetensors",
+    "pytorch_model.bin",
+    "model.pt",
+    "model.pth",
+    "checkpoint.pt",
+    "deepgen.safetensors",
+)
 _WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
 _SHARD = re.compile(r".*-\d{5}-of-\d{5}\.(safetensors|bin)$")
 _WRAPPER_PREFIX = re.compile(r"^(module|_orig_mod)\.")
@@ -61,7 +83,9 @@ def find_weight_files(path: Path) -> list[Path]:
             listing = "\n    ".join(str(f.relative_to(path)) for f in found[:30])
             raise CheckpointError(f"{path} holds several checkpoints; name one of them:\n    {listing}")
         raise CheckpointError(f"no weight file in folder {path} (looked for {', '.join(_WEIGHT_SUFFIXES)} files)")
-    raise CheckpointError(f"no checkpoint at {path}: expected a .safetensors/.pt/.pth/.bin file or a folder holding one")
+    raise CheckpointError(
+        f"no checkpoint at {path}: expected a .safetensors/.pt/.pth/.bin file or a folder holding one"
+    )
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -77,7 +101,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         else:
             try:
                 part = torch.load(str(f), map_location="cpu", weights_only=True)
-            except Exception:  # noqa: BLE001 -- older pickles with non-tensor metadata (mmengine, DeepSpeed conversions)
+            except Exception:  # noqa: BLE001 -- older pickles with non-tensor metadata (mmengine, DeepSpeed)
                 part = torch.load(str(f), map_location="cpu", weights_only=False)
         for wrapper in ("state_dict", "module", "model"):
             if isinstance(part, dict) and wrapper in part and isinstance(part[wrapper], dict):

@@ -32,9 +32,6 @@ from mrgrpo.losses import add_flow_noise, flow_matching_loss, sample_flow_sigmas
 
 #: released guidance-embedding scales: FLUX.1-dev 3.5, FLUX.1-Kontext-dev 2.5 (the pipelines' defaults)
 DEV_GUIDANCE, KONTEXT_GUIDANCE = 3.5, 2.5
-#: flow_grpo's FLUX LoRA targets (r 64, alpha 128): attention of both streams + both feed-forwards
-FLUX_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out",
-                     "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2")
 
 
 def kontext_size(width: int, height: int, pixels: int | None) -> tuple[int, int]:
@@ -66,29 +63,46 @@ class FluxPolicy(DiTPolicy):
             auto-resize to the closest released Kontext resolution (about 1 MP).
     """
 
-    def __init__(self, pretrained: str, dtype: str = "bfloat16", guidance_scale: float | None = None,
-                 max_sequence_length: int = 512, resolution: int = 512, editing: bool | None = None,
-                 reference_size: int | None = None, policy_name: str = "flux", policy_kwargs: dict | None = None):
+    def __init__(
+        self,
+        pretrained: str,
+        dtype: str = "bfloat16",
+        guidance_scale: float | None = None,
+        max_sequence_length: int = 512,
+        resolution: int = 512,
+        editing: bool | None = None,
+        reference_size: int | None = None,
+        policy_name: str = "flux",
+        policy_kwargs: dict | None = None,
+    ):
         super().__init__()
         from diffusers import DiffusionPipeline, FluxTransformer2DModel
 
         self.frozen_dtype = resolve_dtype(dtype)
         pipe = DiffusionPipeline.from_pretrained(pretrained, torch_dtype=self.frozen_dtype)
         if not isinstance(getattr(pipe, "transformer", None), FluxTransformer2DModel):
-            raise ValueError(f"{pretrained} is not a FLUX pipeline (its transformer is {type(getattr(pipe, 'transformer', None)).__name__})")
+            raise ValueError(
+                f"{pretrained} is not a FLUX pipeline (its transformer is "
+                f"{type(getattr(pipe, 'transformer', None)).__name__})"
+            )
         kontext = "Kontext" in type(pipe).__name__
         self.supports_editing = kontext if editing is None else bool(editing)
         self.transformer, self.vae, self.scheduler = pipe.transformer, pipe.vae, pipe.scheduler
         self.text_encoder, self.text_encoder_2 = pipe.text_encoder, pipe.text_encoder_2
         object.__setattr__(self, "pipe", pipe)  # shares the modules above; not registered twice
-        self.guidance_scale = float(guidance_scale if guidance_scale is not None else (KONTEXT_GUIDANCE if kontext else DEV_GUIDANCE))
+        self.guidance_scale = float(
+            guidance_scale if guidance_scale is not None else (KONTEXT_GUIDANCE if kontext else DEV_GUIDANCE)
+        )
         self.max_sequence_length = int(max_sequence_length)
         self.resolution = int(resolution)
         self.reference_size = reference_size
         self.latent_channels = self.transformer.config.in_channels // 4
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
-        self.timestep_shift = float(np.exp(dynamic_shift_mu(self._tokens(self.resolution, self.resolution), self.scheduler.config))) \
-            if self.scheduler.config.get("use_dynamic_shifting", False) else float(self.scheduler.config.get("shift", 1.0))
+        self.timestep_shift = (
+            float(np.exp(dynamic_shift_mu(self._tokens(self.resolution, self.resolution), self.scheduler.config)))
+            if self.scheduler.config.get("use_dynamic_shifting", False)
+            else float(self.scheduler.config.get("shift", 1.0))
+        )
         self.vae.requires_grad_(False).eval()
         self.policy_name, self.policy_kwargs = policy_name, dict(policy_kwargs or {})
         self.set_stage("rl")
@@ -99,8 +113,9 @@ class FluxPolicy(DiTPolicy):
         return (height // f) * (width // f)
 
     # -- conditioning --------------------------------------------------------------------------
-    def encode(self, prompts: list[str], images: list[list[Any]] | None = None, *,
-               negative_prompt: str | None = None) -> EncodedPrompts:
+    def encode(
+        self, prompts: list[str], images: list[list[Any]] | None = None, *, negative_prompt: str | None = None
+    ) -> EncodedPrompts:
         """CLIP pooled ``pooled [B, 768]`` + T5 ``context [B, max_sequence_length, 4096]``; Kontext references as
         ``items["ref_latents"]`` (per sample a list of at most one ``[16, h, w]``).
 
@@ -110,14 +125,21 @@ class FluxPolicy(DiTPolicy):
             raise ValueError("prompts must be a non-empty list of strings")
         has_refs = images is not None and any(images)
         if has_refs and not self.supports_editing:
-            raise ValueError("this FLUX model is text-to-image only: it takes no reference images (use a FLUX.1-Kontext pipeline)")
+            raise ValueError(
+                "this FLUX model is text-to-image only: it takes no reference images (use a FLUX.1-Kontext pipeline)"
+            )
         if images is not None and len(images) != len(prompts):
             raise ValueError(f"got {len(images)} reference lists for {len(prompts)} prompts")
         n = len(prompts)
         texts = list(prompts) + ([negative_prompt] * n if negative_prompt is not None else [])
         with torch.no_grad():
-            context, pooled, _ = self.pipe.encode_prompt(prompt=texts, prompt_2=None, device=self.device,
-                                                         num_images_per_prompt=1, max_sequence_length=self.max_sequence_length)
+            context, pooled, _ = self.pipe.encode_prompt(
+                prompt=texts,
+                prompt_2=None,
+                device=self.device,
+                num_images_per_prompt=1,
+                max_sequence_length=self.max_sequence_length,
+            )
         items: dict[str, list[Any]] = {}
         if has_refs:
             refs = [self._reference_latents(list(imgs or [])) for imgs in images]
@@ -128,7 +150,7 @@ class FluxPolicy(DiTPolicy):
         return EncodedPrompts(both.select(slice(0, n)), both.select(slice(n, 2 * n)))
 
     def _reference_latents(self, images: list[Any]) -> list[torch.Tensor]:
-        """``[]`` or ``[latents [16, h, w]]`` of one Kontext reference (resized, VAE posterior mode, shifted and scaled)."""
+        """``[]`` or ``[latents [16, h, w]]`` of a Kontext reference (resized, VAE posterior mode, shifted, scaled)."""
         from PIL import Image
 
         if len(images) > 1:
@@ -143,16 +165,26 @@ class FluxPolicy(DiTPolicy):
         return out
 
     # -- denoiser ------------------------------------------------------------------------------
-    def velocity(self, latents: torch.Tensor, sigma: torch.Tensor, cond: Conditioning,
-                 ref_latents: list[list[torch.Tensor]] | None = None) -> torch.Tensor:
+    def velocity(
+        self,
+        latents: torch.Tensor,
+        sigma: torch.Tensor,
+        cond: Conditioning,
+        ref_latents: list[list[torch.Tensor]] | None = None,
+    ) -> torch.Tensor:
         """DiT velocity ``[B, C, h, w]`` (the DiT's dtype) of ``latents [B, C, h, w]`` at ``sigma [B]``.
 
         Samples are run in groups of equal reference shape (no padding: FLUX has no attention mask).
         """
         if latents.ndim != 4 or sigma.shape != (latents.shape[0],):
-            raise ValueError(f"velocity takes latents [B, C, h, w] and sigma [B], got {tuple(latents.shape)} and {tuple(sigma.shape)}")
+            raise ValueError(
+                f"velocity takes latents [B, C, h, w] and sigma [B], "
+                f"got {tuple(latents.shape)} and {tuple(sigma.shape)}"
+            )
         if len(cond) != latents.shape[0]:
-            raise ValueError(f"conditioning holds {len(cond)} samples for {latents.shape[0]} latents (use cond.repeat(G))")
+            raise ValueError(
+                f"conditioning holds {len(cond)} samples for {latents.shape[0]} latents (use cond.repeat(G))"
+            )
         refs = ref_latents if ref_latents is not None else cond.items.get("ref_latents")
         if refs is not None and any(refs) and not self.supports_editing:
             raise ValueError("this FLUX model takes no reference latents (it is text-to-image only)")
@@ -166,7 +198,9 @@ class FluxPolicy(DiTPolicy):
             out[sub] = self._dit(latents[sub], sigma[sub], cond.select(idx), [refs[i][0] for i in idx] if key else None)
         return out
 
-    def _dit(self, latents: torch.Tensor, sigma: torch.Tensor, cond: Conditioning, refs: list[torch.Tensor] | None) -> torch.Tensor:
+    def _dit(
+        self, latents: torch.Tensor, sigma: torch.Tensor, cond: Conditioning, refs: list[torch.Tensor] | None
+    ) -> torch.Tensor:
         dit = self.active_transformer()
         dtype = next(dit.parameters()).dtype
         device = latents.device
@@ -181,16 +215,24 @@ class FluxPolicy(DiTPolicy):
         guidance = None
         if dit.config.guidance_embeds:
             guidance = torch.full((latents.shape[0],), self.guidance_scale, device=device, dtype=torch.float32)
-        out = dit(hidden_states=tokens, timestep=sigma.to(device).float().to(dtype), guidance=guidance,
-                  pooled_projections=cond.tensors["pooled"].to(device, dtype), encoder_hidden_states=context,
-                  txt_ids=torch.zeros(context.shape[1], 3, device=device, dtype=dtype), img_ids=ids.to(device, dtype),
-                  return_dict=False)[0]
+        out = dit(
+            hidden_states=tokens,
+            timestep=sigma.to(device).float().to(dtype),
+            guidance=guidance,
+            pooled_projections=cond.tensors["pooled"].to(device, dtype),
+            encoder_hidden_states=context,
+            txt_ids=torch.zeros(context.shape[1], 3, device=device, dtype=dtype),
+            img_ids=ids.to(device, dtype),
+            return_dict=False,
+        )[0]
         return unpack_latents(out[:, : (h // 2) * (w // 2)], h, w)
 
     def sigmas(self, num_steps: int, height: int | None = None, width: int | None = None) -> torch.Tensor:
         """``[num_steps + 1]`` float32 from 1 to 0 with the dynamic shift of an ``height x width`` image
         (default: ``resolution`` square)."""
-        return shifted_sigmas(self.scheduler, num_steps, self._tokens(height or self.resolution, width or self.resolution))
+        return shifted_sigmas(
+            self.scheduler, num_steps, self._tokens(height or self.resolution, width or self.resolution)
+        )
 
     # -- training ------------------------------------------------------------------------------
     def flow_matching_loss(self, batch: dict[str, Any], generator: torch.Generator | None = None) -> torch.Tensor:
@@ -214,32 +256,46 @@ class FluxPolicy(DiTPolicy):
         if stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
         if stage == "pretrain":
-            raise ValueError("the flux policy has no pre-training stage (its text encoders are frozen); use stage sft or rl")
+            raise ValueError(
+                "the flux policy has no pre-training stage (its text encoders are frozen); use stage sft or rl"
+            )
         self.requires_grad_(False)
         self.train_dit(lora)
         self.stage = stage
 
     # -- sampling ------------------------------------------------------------------------------
     @torch.no_grad()
-    def generate(self, prompts: list[str], images: list[list[Any]] | None = None, *, num_steps: int = 28,
-                 cfg_scale: float = 1.0, height: int = 512, width: int = 512, generator: torch.Generator | None = None,
-                 negative_prompt: str = "") -> list[Any]:
+    def generate(
+        self,
+        prompts: list[str],
+        images: list[list[Any]] | None = None,
+        *,
+        num_steps: int = 28,
+        cfg_scale: float = 1.0,
+        height: int = 512,
+        width: int = 512,
+        generator: torch.Generator | None = None,
+        negative_prompt: str = "",
+    ) -> list[Any]:
         """Euler ODE sampling with the guidance embedding (``cfg_scale`` > 1 adds true CFG); B PIL images."""
         from mrgrpo.policies.base import tensor_to_images
+
         from mrgrpo.rollout import sample_ode
 
         noise = self.init_noise(len(prompts), height, width, generator)
         enc = self.encode(prompts, images, negative_prompt=negative_prompt if cfg_scale > 1 else None)
         sigmas = self.sigmas(num_steps, height, width).to(self.device)
-        return tensor_to_images(self.decode(sample_ode(self.velocity, noise, sigmas, enc.cond, uncond=enc.uncond, cfg_scale=cfg_scale)))
+        return tensor_to_images(
+            self.decode(sample_ode(self.velocity, noise, sigmas, enc.cond, uncond=enc.uncond, cfg_scale=cfg_scale))
+        )
 
     def load(self, path: str) -> None:
-        """A folder written by :meth:`save`, or a flat DiT state dict (``transformer.<name>`` or bare diffusers names)."""
+        """A folder written by :meth:`save`, or a flat DiT state dict (``transformer.<name>`` or bare names)."""
         if not Path(path).exists():
             raise FileNotFoundError(f"flux weights {path} do not exist")
         super().load(path)
 
 
 def build_flux(pretrained: str = "black-forest-labs/FLUX.1-dev", **kwargs: Any) -> FluxPolicy:
-    """Registry factory of ``flux``: FLUX.1-dev, or FLUX.1-Kontext-dev (``pretrained=black-forest-labs/FLUX.1-Kontext-dev``)."""
+    """Registry factory of ``flux``: FLUX.1-dev, or Kontext (``pretrained=black-forest-labs/FLUX.1-Kontext-dev``)."""
     return FluxPolicy(pretrained, policy_name="flux", policy_kwargs={"pretrained": pretrained, **kwargs}, **kwargs)

@@ -33,13 +33,17 @@ from mrgrpo.policies.packed_latents import dynamic_shift_mu, pack_latents, shift
 
 from mrgrpo.losses import add_flow_noise, flow_matching_loss, sample_flow_sigmas
 
-T2I_TEMPLATE = ("<|im_start|>system\nDescribe the image by detailing the color, shape, size, texture, quantity, text, spatial "
-                "relationships of the objects and background:<|im_end|>\n<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n")
-EDIT_TEMPLATE = ("<|im_start|>system\nDescribe the key features of the input image (color, shape, size, texture, objects, "
-                 "background), then explain how the user's text instruction should alter or modify the image. Generate a new "
-                 "image that meets the user's requirements while maintaining consistency with the original input where "
-                 "appropriate.<|im_end|>\n<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>{}<|im_end|>\n"
-                 "<|im_start|>assistant\n")
+T2I_TEMPLATE = (
+    "<|im_start|>system\nDescribe the image by detailing the color, shape, size, texture, quantity, text, spatial "
+    "relationships of the objects and background:<|im_end|>\n<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
+)
+EDIT_TEMPLATE = (
+    "<|im_start|>system\nDescribe the key features of the input image (color, shape, size, texture, objects, "
+    "background), then explain how the user's text instruction should alter or modify the image. Generate a new "
+    "image that meets the user's requirements while maintaining consistency with the original input where "
+    "appropriate.<|im_end|>\n<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>{}<|im_end|>\n"
+    "<|im_start|>assistant\n"
+)
 #: template tokens dropped from the front of the hidden states (the pipelines' ``prompt_template_encode_start_idx``)
 T2I_DROP, EDIT_DROP = 34, 64
 #: the pipelines' tokenizer limit before the drop
@@ -66,9 +70,17 @@ class QwenImagePolicy(DiTPolicy):
         reference_size: edit references resized to about ``reference_size**2`` pixels (pipeline: 1024).
     """
 
-    def __init__(self, pretrained: str, dtype: str = "bfloat16", max_sequence_length: int = 512, resolution: int = 512,
-                 editing: bool | None = None, reference_size: int = 1024, policy_name: str = "qwen_image",
-                 policy_kwargs: dict | None = None):
+    def __init__(
+        self,
+        pretrained: str,
+        dtype: str = "bfloat16",
+        max_sequence_length: int = 512,
+        resolution: int = 512,
+        editing: bool | None = None,
+        reference_size: int = 1024,
+        policy_name: str = "qwen_image",
+        policy_kwargs: dict | None = None,
+    ):
         super().__init__()
         from diffusers import DiffusionPipeline, QwenImageTransformer2DModel
 
@@ -76,9 +88,15 @@ class QwenImagePolicy(DiTPolicy):
         pipe = DiffusionPipeline.from_pretrained(pretrained, torch_dtype=self.frozen_dtype)
         kind = type(pipe).__name__
         if not isinstance(getattr(pipe, "transformer", None), QwenImageTransformer2DModel):
-            raise ValueError(f"{pretrained} is not a Qwen-Image pipeline (its transformer is {type(getattr(pipe, 'transformer', None)).__name__})")
+            raise ValueError(
+                f"{pretrained} is not a Qwen-Image pipeline (its transformer is "
+                f"{type(getattr(pipe, 'transformer', None)).__name__})"
+            )
         if kind not in ("QwenImagePipeline", "QwenImageEditPipeline"):
-            raise ValueError(f"{pretrained} holds a {kind}; the qwen_image policy supports QwenImagePipeline and QwenImageEditPipeline")
+            raise ValueError(
+                f"{pretrained} holds a {kind}; the qwen_image policy supports QwenImagePipeline and "
+                "QwenImageEditPipeline (not QwenImageEditPlusPipeline yet)"
+            )
         self.supports_editing = kind == "QwenImageEditPipeline" if editing is None else bool(editing)
         self.transformer, self.vae, self.scheduler = pipe.transformer, pipe.vae, pipe.scheduler
         self.text_encoder, self.tokenizer = pipe.text_encoder, pipe.tokenizer
@@ -91,10 +109,17 @@ class QwenImagePolicy(DiTPolicy):
         self.latent_channels = int(self.vae.config.z_dim)
         self.vae_scale_factor = 2 ** len(self.vae.temperal_downsample)
         z = self.latent_channels
-        self.register_buffer("latents_mean", torch.tensor(self.vae.config.latents_mean).view(1, z, 1, 1), persistent=False)
-        self.register_buffer("latents_std", torch.tensor(self.vae.config.latents_std).view(1, z, 1, 1), persistent=False)
-        self.timestep_shift = float(np.exp(dynamic_shift_mu(self._tokens(self.resolution, self.resolution), self.scheduler.config))) \
-            if self.scheduler.config.get("use_dynamic_shifting", False) else float(self.scheduler.config.get("shift", 1.0))
+        self.register_buffer(
+            "latents_mean", torch.tensor(self.vae.config.latents_mean).view(1, z, 1, 1), persistent=False
+        )
+        self.register_buffer(
+            "latents_std", torch.tensor(self.vae.config.latents_std).view(1, z, 1, 1), persistent=False
+        )
+        self.timestep_shift = (
+            float(np.exp(dynamic_shift_mu(self._tokens(self.resolution, self.resolution), self.scheduler.config)))
+            if self.scheduler.config.get("use_dynamic_shifting", False)
+            else float(self.scheduler.config.get("shift", 1.0))
+        )
         self.text_encoder.requires_grad_(False).eval()
         self.vae.requires_grad_(False).eval()
         self.policy_name, self.policy_kwargs = policy_name, dict(policy_kwargs or {})
@@ -111,7 +136,8 @@ class QwenImagePolicy(DiTPolicy):
         return (self.vae.decode(z.to(self.vae.dtype)[:, :, None]).sample[:, :, 0].float() / 2 + 0.5).clamp(0, 1)
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        """Normalised latents ``[B, 16, H/8, W/8]`` float32 (posterior mode, ``(z - mean) / std``) of ``[B, 3, H, W]`` in [0, 1]."""
+        """Normalised latents ``[B, 16, H/8, W/8]`` float32 (posterior mode, ``(z - mean) / std``) of images
+        ``[B, 3, H, W]`` in [0, 1]."""
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"encode_images takes [B, 3, H, W] in [0, 1], got {tuple(images.shape)}")
         x = (images.to(self.vae.device, self.vae.dtype) * 2 - 1)[:, :, None]
@@ -120,10 +146,12 @@ class QwenImagePolicy(DiTPolicy):
 
     # -- conditioning --------------------------------------------------------------------------
     def _embed(self, texts: list[str], drop: int, images: list[Any] | None) -> list[torch.Tensor]:
-        """Per text, the last hidden layer ``[n_i, D]`` of its real tokens minus the first ``drop`` (template) tokens."""
+        """Per text, the last hidden layer ``[n_i, D]`` of its real tokens minus the first ``drop`` (template) ones."""
         device = self.text_encoder.device
         if images is None:
-            inputs = self.tokenizer(texts, max_length=TOKENIZER_MAX + drop, padding=True, truncation=True, return_tensors="pt")
+            inputs = self.tokenizer(
+                texts, max_length=TOKENIZER_MAX + drop, padding=True, truncation=True, return_tensors="pt"
+            )
         else:
             inputs = self.processor(text=texts, images=images, padding=True, return_tensors="pt")
         inputs = {k: v.to(device) for k, v in inputs.items()}
@@ -133,8 +161,9 @@ class QwenImagePolicy(DiTPolicy):
         hidden, mask = out.hidden_states[-1], inputs["attention_mask"].bool()
         return [h[m][drop:] for h, m in zip(hidden, mask)]
 
-    def encode(self, prompts: list[str], images: list[list[Any]] | None = None, *,
-               negative_prompt: str | None = None) -> EncodedPrompts:
+    def encode(
+        self, prompts: list[str], images: list[list[Any]] | None = None, *, negative_prompt: str | None = None
+    ) -> EncodedPrompts:
         """Qwen2.5-VL context ``context [B, L, D]`` + ``context_mask [B, L]`` (bool); edit references as
         ``items["ref_latents"]`` (per sample ``[]`` or ``[[16, h, w]]``).
 
@@ -149,7 +178,9 @@ class QwenImagePolicy(DiTPolicy):
             raise ValueError(f"got {len(images)} reference lists for {len(prompts)} prompts")
         has_refs = images is not None and any(images)
         if has_refs and not self.supports_editing:
-            raise ValueError("this Qwen-Image model is text-to-image only: it takes no reference images (use Qwen-Image-Edit)")
+            raise ValueError(
+                "this Qwen-Image model is text-to-image only: it takes no reference images (use Qwen-Image-Edit)"
+            )
         n = len(prompts)
         refs: list[list[Any]] = [list(r or []) for r in images] if images is not None else [[] for _ in prompts]
         if any(len(r) > 1 for r in refs):
@@ -158,8 +189,11 @@ class QwenImagePolicy(DiTPolicy):
         for r in refs:
             if r and not hasattr(r[0], "convert"):
                 raise TypeError(f"reference images must be PIL images, got {type(r[0]).__name__}")
-            resized.append(r[0].convert("RGB").resize(edit_size(r[0].width, r[0].height, self.reference_size), Image.LANCZOS)
-                           if r else None)
+            resized.append(
+                r[0].convert("RGB").resize(edit_size(r[0].width, r[0].height, self.reference_size), Image.LANCZOS)
+                if r
+                else None
+            )
         texts = list(prompts) + ([negative_prompt] * n if negative_prompt is not None else [])
         refs_all = resized + (resized if negative_prompt is not None else [])
         with torch.no_grad():
@@ -170,7 +204,9 @@ class QwenImagePolicy(DiTPolicy):
                 for i, h in zip(plain, self._embed([T2I_TEMPLATE.format(texts[i]) for i in plain], T2I_DROP, None)):
                     rows[i] = h
             if edits:
-                embeds = self._embed([EDIT_TEMPLATE.format(texts[i]) for i in edits], EDIT_DROP, [refs_all[i] for i in edits])
+                embeds = self._embed(
+                    [EDIT_TEMPLATE.format(texts[i]) for i in edits], EDIT_DROP, [refs_all[i] for i in edits]
+                )
                 for i, h in zip(edits, embeds):
                     rows[i] = h
             rows = [r[: self.max_sequence_length] for r in rows]
@@ -179,7 +215,10 @@ class QwenImagePolicy(DiTPolicy):
             mask = torch.stack([torch.arange(longest, device=r.device) < r.shape[0] for r in rows])
             items: dict[str, list[Any]] = {}
             if has_refs:
-                lat = [[self.encode_images(images_to_tensor([im]).to(self.device))[0]] if im is not None else [] for im in resized]
+                lat = [
+                    [self.encode_images(images_to_tensor([im]).to(self.device))[0]] if im is not None else []
+                    for im in resized
+                ]
                 items["ref_latents"] = lat + (lat if negative_prompt is not None else [])
         both = Conditioning({"context": context, "context_mask": mask}, items)
         if negative_prompt is None:
@@ -187,14 +226,24 @@ class QwenImagePolicy(DiTPolicy):
         return EncodedPrompts(both.select(slice(0, n)), both.select(slice(n, 2 * n)))
 
     # -- denoiser ------------------------------------------------------------------------------
-    def velocity(self, latents: torch.Tensor, sigma: torch.Tensor, cond: Conditioning,
-                 ref_latents: list[list[torch.Tensor]] | None = None) -> torch.Tensor:
+    def velocity(
+        self,
+        latents: torch.Tensor,
+        sigma: torch.Tensor,
+        cond: Conditioning,
+        ref_latents: list[list[torch.Tensor]] | None = None,
+    ) -> torch.Tensor:
         """DiT velocity ``[B, C, h, w]`` (the DiT's dtype) of ``latents [B, C, h, w]`` at ``sigma [B]``; samples run in
         groups of equal reference shape."""
         if latents.ndim != 4 or sigma.shape != (latents.shape[0],):
-            raise ValueError(f"velocity takes latents [B, C, h, w] and sigma [B], got {tuple(latents.shape)} and {tuple(sigma.shape)}")
+            raise ValueError(
+                f"velocity takes latents [B, C, h, w] and sigma [B], "
+                f"got {tuple(latents.shape)} and {tuple(sigma.shape)}"
+            )
         if len(cond) != latents.shape[0]:
-            raise ValueError(f"conditioning holds {len(cond)} samples for {latents.shape[0]} latents (use cond.repeat(G))")
+            raise ValueError(
+                f"conditioning holds {len(cond)} samples for {latents.shape[0]} latents (use cond.repeat(G))"
+            )
         refs = ref_latents if ref_latents is not None else cond.items.get("ref_latents")
         if refs is not None and any(refs) and not self.supports_editing:
             raise ValueError("this Qwen-Image model takes no reference latents (it is text-to-image only)")
@@ -208,7 +257,9 @@ class QwenImagePolicy(DiTPolicy):
             out[sub] = self._dit(latents[sub], sigma[sub], cond.select(idx), [refs[i][0] for i in idx] if key else None)
         return out
 
-    def _dit(self, latents: torch.Tensor, sigma: torch.Tensor, cond: Conditioning, refs: list[torch.Tensor] | None) -> torch.Tensor:
+    def _dit(
+        self, latents: torch.Tensor, sigma: torch.Tensor, cond: Conditioning, refs: list[torch.Tensor] | None
+    ) -> torch.Tensor:
         dit = self.active_transformer()
         dtype = next(dit.parameters()).dtype
         device = latents.device
@@ -220,15 +271,22 @@ class QwenImagePolicy(DiTPolicy):
             tokens = torch.cat([tokens, pack_latents(ref)], dim=1)
             shapes.append((1, ref.shape[-2] // 2, ref.shape[-1] // 2))
         mask = cond.tensors["context_mask"].to(device)
-        out = dit(hidden_states=tokens, timestep=sigma.to(device).float().to(dtype),
-                  encoder_hidden_states=cond.tensors["context"].to(device, dtype), encoder_hidden_states_mask=mask,
-                  img_shapes=[shapes] * b, return_dict=False)[0]
+        out = dit(
+            hidden_states=tokens,
+            timestep=sigma.to(device).float().to(dtype),
+            encoder_hidden_states=cond.tensors["context"].to(device, dtype),
+            encoder_hidden_states_mask=mask,
+            img_shapes=[shapes] * b,
+            return_dict=False,
+        )[0]
         return unpack_latents(out[:, : (h // 2) * (w // 2)], h, w)
 
     def sigmas(self, num_steps: int, height: int | None = None, width: int | None = None) -> torch.Tensor:
         """``[num_steps + 1]`` float32 from 1 to 0: dynamic shift of an ``height x width`` image (default ``resolution``
         square) and the scheduler's terminal stretch."""
-        return shifted_sigmas(self.scheduler, num_steps, self._tokens(height or self.resolution, width or self.resolution))
+        return shifted_sigmas(
+            self.scheduler, num_steps, self._tokens(height or self.resolution, width or self.resolution)
+        )
 
     # -- training ------------------------------------------------------------------------------
     def flow_matching_loss(self, batch: dict[str, Any], generator: torch.Generator | None = None) -> torch.Tensor:
@@ -250,7 +308,9 @@ class QwenImagePolicy(DiTPolicy):
         if stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
         if stage == "pretrain":
-            raise ValueError("the qwen_image policy has no pre-training stage (its text encoder is frozen); use stage sft or rl")
+            raise ValueError(
+                "the qwen_image policy has no pre-training stage (its text encoder is frozen); use stage sft or rl"
+            )
         self.requires_grad_(False)
         self.train_dit(lora)
         self.stage = stage
@@ -263,21 +323,33 @@ class QwenImagePolicy(DiTPolicy):
         return self
 
     @torch.no_grad()
-    def generate(self, prompts: list[str], images: list[list[Any]] | None = None, *, num_steps: int = 50,
-                 cfg_scale: float = 4.0, height: int = 512, width: int = 512, generator: torch.Generator | None = None,
-                 negative_prompt: str = " ") -> list[Any]:
+    def generate(
+        self,
+        prompts: list[str],
+        images: list[list[Any]] | None = None,
+        *,
+        num_steps: int = 50,
+        cfg_scale: float = 4.0,
+        height: int = 512,
+        width: int = 512,
+        generator: torch.Generator | None = None,
+        negative_prompt: str = " ",
+    ) -> list[Any]:
         """Euler ODE sampling with plain CFG (``cfg_scale``; the pipelines' ``true_cfg_scale`` 4.0, without their
         norm rescale); B PIL images."""
         from mrgrpo.policies.base import tensor_to_images
+
         from mrgrpo.rollout import sample_ode
 
         noise = self.init_noise(len(prompts), height, width, generator)
         enc = self.encode(prompts, images, negative_prompt=negative_prompt if cfg_scale > 1 else None)
         sigmas = self.sigmas(num_steps, height, width).to(self.device)
-        return tensor_to_images(self.decode(sample_ode(self.velocity, noise, sigmas, enc.cond, uncond=enc.uncond, cfg_scale=cfg_scale)))
+        return tensor_to_images(
+            self.decode(sample_ode(self.velocity, noise, sigmas, enc.cond, uncond=enc.uncond, cfg_scale=cfg_scale))
+        )
 
     def load(self, path: str) -> None:
-        """A folder written by :meth:`save`, or a flat DiT state dict (``transformer.<name>`` or bare diffusers names)."""
+        """A folder written by :meth:`save`, or a flat DiT state dict (``transformer.<name>`` or bare names)."""
         if not Path(path).exists():
             raise FileNotFoundError(f"qwen_image weights {path} do not exist")
         super().load(path)
@@ -285,4 +357,6 @@ class QwenImagePolicy(DiTPolicy):
 
 def build_qwen_image(pretrained: str = "Qwen/Qwen-Image", **kwargs: Any) -> QwenImagePolicy:
     """Registry factory of ``qwen_image``: Qwen-Image, or Qwen-Image-Edit (``pretrained=Qwen/Qwen-Image-Edit``)."""
-    return QwenImagePolicy(pretrained, policy_name="qwen_image", policy_kwargs={"pretrained": pretrained, **kwargs}, **kwargs)
+    return QwenImagePolicy(
+        pretrained, policy_name="qwen_image", policy_kwargs={"pretrained": pretrained, **kwargs}, **kwargs
+    )

@@ -20,9 +20,16 @@ from mrgrpo.policies.qwen_image import QwenImagePolicy
 from mrgrpo.policies.tiny_models import QWEN_SPECIALS, build_once, byte_level_tokenizer, tiny_cache_root
 
 #: Qwen-Image's scheduler config (scheduler/scheduler_config.json of the released pipeline)
-QWEN_IMAGE_SCHEDULER = {"shift": 1.0, "use_dynamic_shifting": True, "base_shift": 0.5, "max_shift": 0.9,
-                        "base_image_seq_len": 256, "max_image_seq_len": 8192, "shift_terminal": 0.02,
-                        "time_shift_type": "exponential"}
+QWEN_IMAGE_SCHEDULER = {
+    "shift": 1.0,
+    "use_dynamic_shifting": True,
+    "base_shift": 0.5,
+    "max_shift": 0.9,
+    "base_image_seq_len": 256,
+    "max_image_seq_len": 8192,
+    "shift_terminal": 0.02,
+    "time_shift_type": "exponential",
+}
 
 
 def build_tiny_qwen_image(out: Path, seed: int = 0, edit: bool = False) -> None:
@@ -34,7 +41,12 @@ def build_tiny_qwen_image(out: Path, seed: int = 0, edit: bool = False) -> None:
         QwenImagePipeline,
         QwenImageTransformer2DModel,
     )
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLImageProcessor, Qwen2VLProcessor
+    from transformers import (
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2VLImageProcessor,
+        Qwen2VLProcessor,
+    )
     from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
 
     torch.manual_seed(seed)
@@ -42,23 +54,61 @@ def build_tiny_qwen_image(out: Path, seed: int = 0, edit: bool = False) -> None:
     ids = {t: tok.convert_tokens_to_ids(t) for t in QWEN_SPECIALS}
     hidden, heads = 64, 4
     config = Qwen2_5_VLConfig(
-        text_config={"hidden_size": hidden, "num_hidden_layers": 2, "num_attention_heads": heads, "num_key_value_heads": 2,
-                     "intermediate_size": 128, "vocab_size": len(tok), "max_position_embeddings": 4096,
-                     "rope_parameters": {"rope_type": "default", "rope_theta": 1e4, "mrope_section": [2, 3, 3]},
-                     "bos_token_id": ids["<|im_start|>"], "eos_token_id": ids["<|im_end|>"], "pad_token_id": ids["<|endoftext|>"]},
-        vision_config={"depth": 2, "hidden_size": 32, "num_heads": 2, "intermediate_size": 64, "patch_size": 14,
-                       "spatial_merge_size": 2, "temporal_patch_size": 2, "window_size": 56, "out_hidden_size": hidden,
-                       "fullatt_block_indexes": [1]},
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"])
+        text_config={
+            "hidden_size": hidden,
+            "num_hidden_layers": 2,
+            "num_attention_heads": heads,
+            "num_key_value_heads": 2,
+            "intermediate_size": 128,
+            "vocab_size": len(tok),
+            "max_position_embeddings": 4096,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 1e4, "mrope_section": [2, 3, 3]},
+            "bos_token_id": ids["<|im_start|>"],
+            "eos_token_id": ids["<|im_end|>"],
+            "pad_token_id": ids["<|endoftext|>"],
+        },
+        vision_config={
+            "depth": 2,
+            "hidden_size": 32,
+            "num_heads": 2,
+            "intermediate_size": 64,
+            "patch_size": 14,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "window_size": 56,
+            "out_hidden_size": hidden,
+            "fullatt_block_indexes": [1],
+        },
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+    )
     vlm = Qwen2_5_VLForConditionalGeneration(config)
-    dit = QwenImageTransformer2DModel(patch_size=2, in_channels=64, out_channels=16, num_layers=2, attention_head_dim=8,
-                                      num_attention_heads=2, joint_attention_dim=hidden, axes_dims_rope=(2, 2, 4))
-    vae = AutoencoderKLQwenImage(base_dim=8, z_dim=16, dim_mult=[1, 2, 2, 2], num_res_blocks=1, temperal_downsample=[False, True, True])
-    parts = {"scheduler": FlowMatchEulerDiscreteScheduler(**QWEN_IMAGE_SCHEDULER), "vae": vae, "text_encoder": vlm,
-             "tokenizer": tok, "transformer": dit}
+    dit = QwenImageTransformer2DModel(
+        patch_size=2,
+        in_channels=64,
+        out_channels=16,
+        num_layers=2,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        joint_attention_dim=hidden,
+        axes_dims_rope=(2, 2, 4),
+    )
+    vae = AutoencoderKLQwenImage(
+        base_dim=8, z_dim=16, dim_mult=[1, 2, 2, 2], num_res_blocks=1, temperal_downsample=[False, True, True]
+    )
+    parts = {
+        "scheduler": FlowMatchEulerDiscreteScheduler(**QWEN_IMAGE_SCHEDULER),
+        "vae": vae,
+        "text_encoder": vlm,
+        "tokenizer": tok,
+        "transformer": dit,
+    }
     if edit:
-        images = Qwen2VLImageProcessor(min_pixels=28 * 28, max_pixels=64 * 64 * 4, patch_size=14, merge_size=2, temporal_patch_size=2)
+        images = Qwen2VLImageProcessor(
+            min_pixels=28 * 28, max_pixels=64 * 64 * 4, patch_size=14, merge_size=2, temporal_patch_size=2
+        )
         videos = Qwen2VLVideoProcessor(patch_size=14, merge_size=2, temporal_patch_size=2)
         parts["processor"] = Qwen2VLProcessor(image_processor=images, tokenizer=tok, video_processor=videos)
         QwenImageEditPipeline(**parts).save_pretrained(out)
@@ -70,11 +120,13 @@ def _tiny(seed: int, cache_dir: str | None, edit: bool, name: str, kwargs: dict[
     path = Path(cache_dir) if cache_dir else tiny_cache_root() / f"{name}-v1-seed{seed}"
     build_once(path, "model_index.json", lambda tmp: build_tiny_qwen_image(tmp, seed, edit))
     options = {"dtype": "float32", "resolution": 64, "reference_size": 64, **kwargs}
-    return QwenImagePolicy(str(path), policy_name=name, policy_kwargs={"seed": seed, "cache_dir": cache_dir, **kwargs}, **options)
+    return QwenImagePolicy(
+        str(path), policy_name=name, policy_kwargs={"seed": seed, "cache_dir": cache_dir, **kwargs}, **options
+    )
 
 
 def tiny_qwen_image(seed: int = 0, cache_dir: str | None = None, **kwargs: Any) -> QwenImagePolicy:
-    """Registry factory of ``qwen_image-tiny``: a toy Qwen-Image, built once into the tiny cache, loaded like the real one."""
+    """Registry factory of ``qwen_image-tiny``: a toy Qwen-Image, built once, loaded like the real one."""
     return _tiny(seed, cache_dir, False, "qwen_image-tiny", kwargs)
 
 

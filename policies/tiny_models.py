@@ -15,12 +15,23 @@ from pathlib import Path
 from typing import Any
 
 #: the Qwen2.5-VL special tokens (the tiny Qwen tokenizers hold them; other tiny models use them as pad / eos)
-QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
-                 "<|video_pad|>"]
+QWEN_SPECIALS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+]
 
 
-def byte_level_tokenizer(specials: Sequence[str] = QWEN_SPECIALS, eos: str = "<|im_end|>", pad: str = "<|endoftext|>",
-                         model_max_length: int = 4096) -> Any:
+def byte_level_tokenizer(
+    specials: Sequence[str] = QWEN_SPECIALS,
+    eos: str = "<|im_end|>",
+    pad: str = "<|endoftext|>",
+    model_max_length: int = 4096,
+) -> Any:
     """A byte-level BPE tokenizer over the 256 bytes (no merges) plus ``specials``, as a ``PreTrainedTokenizerFast``."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
@@ -31,7 +42,9 @@ def byte_level_tokenizer(specials: Sequence[str] = QWEN_SPECIALS, eos: str = "<|
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     tok.add_special_tokens(list(specials))
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=eos, pad_token=pad, model_max_length=model_max_length)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token=eos, pad_token=pad, model_max_length=model_max_length
+    )
 
 
 def tiny_cache_root() -> Path:

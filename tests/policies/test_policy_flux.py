@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from mrgrpo.policies.packed_latents import pack_latents, patch_ids, unpack_latents
+from PIL import Image
 
 
 def test_packing_and_ids_match_the_pipeline():
@@ -29,7 +28,9 @@ def test_sigmas_are_the_pipelines_dynamic_shift(build, side):
 
     policy = build("flux-tiny")
     cfg = policy.scheduler.config
-    mu = calculate_shift((side // 16) ** 2, cfg.base_image_seq_len, cfg.max_image_seq_len, cfg.base_shift, cfg.max_shift)
+    mu = calculate_shift(
+        (side // 16) ** 2, cfg.base_image_seq_len, cfg.max_image_seq_len, cfg.base_shift, cfg.max_shift
+    )
     t = np.linspace(1.0, 1 / 6, 6)
     k = np.exp(mu)
     expected = torch.tensor(np.append(k * t / (1 + (k - 1) * t), 0.0), dtype=torch.float32)
@@ -43,8 +44,17 @@ def test_sigmas_are_the_pipelines_dynamic_shift(build, side):
 def _pipeline_images(policy, prompt, noise, steps, image=None):
     h, w = noise.shape[-2] * 8, noise.shape[-1] * 8
     kw = {"image": image, "_auto_resize": False, "max_area": h * w} if image is not None else {}
-    out = policy.pipe(prompt=[prompt], num_inference_steps=steps, guidance_scale=policy.guidance_scale, height=h, width=w,
-                      latents=pack_latents(noise), max_sequence_length=policy.max_sequence_length, output_type="pt", **kw)
+    out = policy.pipe(
+        prompt=[prompt],
+        num_inference_steps=steps,
+        guidance_scale=policy.guidance_scale,
+        height=h,
+        width=w,
+        latents=pack_latents(noise),
+        max_sequence_length=policy.max_sequence_length,
+        output_type="pt",
+        **kw,
+    )
     return out.images.float()
 
 
@@ -52,8 +62,9 @@ def test_generation_equals_the_flux_pipeline(build, perturb):
     policy = build("flux-tiny")
     perturb(policy, scale=0.02)  # non-trivial weights everywhere the DiT trains
     noise = policy.init_noise(1, 64, 48, torch.Generator().manual_seed(4))
-    ours = policy.generate(["a red square"], num_steps=3, cfg_scale=1.0, height=64, width=48,
-                           generator=torch.Generator().manual_seed(4))
+    ours = policy.generate(
+        ["a red square"], num_steps=3, cfg_scale=1.0, height=64, width=48, generator=torch.Generator().manual_seed(4)
+    )
     ref = _pipeline_images(policy, "a red square", noise, 3)
     mine = torch.from_numpy(np.asarray(ours[0], dtype=np.float32) / 255).permute(2, 0, 1)
     assert (mine - ref[0]).abs().max() <= 1 / 255 + 1e-6
@@ -73,8 +84,15 @@ def test_kontext_generation_equals_the_kontext_pipeline(build, perturb):
     perturb(policy, scale=0.02)
     red = Image.fromarray((np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8))
     noise = policy.init_noise(1, 64, 64, torch.Generator().manual_seed(5))
-    ours = policy.generate(["make it blue"], [[red]], num_steps=2, cfg_scale=1.0, height=64, width=64,
-                           generator=torch.Generator().manual_seed(5))
+    ours = policy.generate(
+        ["make it blue"],
+        [[red]],
+        num_steps=2,
+        cfg_scale=1.0,
+        height=64,
+        width=64,
+        generator=torch.Generator().manual_seed(5),
+    )
     ref = _pipeline_images(policy, "make it blue", noise, 2, image=red)
     mine = torch.from_numpy(np.asarray(ours[0], dtype=np.float32) / 255).permute(2, 0, 1)
     assert (mine - ref[0]).abs().max() <= 1 / 255 + 1e-6
@@ -85,12 +103,18 @@ def test_kontext_references_matter_and_mixed_batches_equal_per_sample(build, per
     perturb(policy, scale=0.05)
     a, b = Image.new("RGB", (64, 64), "red"), Image.new("RGB", (96, 48), "blue")
     enc = policy.encode(["make it blue", "make it red", "a tree"], [[a], [b], []]).cond
-    assert [[tuple(r.shape) for r in rs] for rs in enc.items["ref_latents"]] == [[(16, 8, 8)], [(16, 4, 10)], []]  # 96x48 -> 80x32 px
+    assert [[tuple(r.shape) for r in rs] for rs in enc.items["ref_latents"]] == [
+        [(16, 8, 8)],
+        [(16, 4, 10)],
+        [],
+    ]  # 96x48 -> 80x32 px
     x, s = policy.init_noise(3, 64, 64, torch.Generator().manual_seed(2)), torch.tensor([0.7, 0.5, 0.3])
     with torch.no_grad():
         together = policy.velocity(x, s, enc)
         for i in range(3):
-            torch.testing.assert_close(together[i:i + 1], policy.velocity(x[i:i + 1], s[i:i + 1], enc.select([i])))
+            torch.testing.assert_close(
+                together[i : i + 1], policy.velocity(x[i : i + 1], s[i : i + 1], enc.select([i]))
+            )
         other = policy.velocity(x[:1], s[:1], policy.encode(["make it blue"], [[b]]).cond)
     assert not torch.allclose(other, together[:1])
     with pytest.raises(ValueError, match="one reference image"):
@@ -110,7 +134,11 @@ def test_flow_matching_loss_with_references_trains_the_lora(build, latents):
     policy.set_stage("sft", lora={"rank": 4, "alpha": 4, "target_modules": ["to_q", "ff.net.2"]})
     with torch.no_grad():
         img = policy.decode(latents(2))
-    batch = {"images": img, "prompts": ["make it blue", "a tree"], "ref_images": [[Image.new("RGB", (64, 64), "red")], []]}
+    batch = {
+        "images": img,
+        "prompts": ["make it blue", "a tree"],
+        "ref_images": [[Image.new("RGB", (64, 64), "red")], []],
+    }
     loss = policy.flow_matching_loss(batch, generator=torch.Generator().manual_seed(0))
     loss.backward()
     grads = {n for n, p in policy.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}

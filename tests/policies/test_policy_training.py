@@ -27,16 +27,38 @@ def _recipe(tmp_path: Path, name: str, edit: bool) -> dict:
         for f in ("edit_sample.jsonl", "edit_images"):
             src = REPO / "recipes" / "prompts" / f
             (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / f)
-        sources.append({"name": "edit", "path": str(tmp_path / "edit_sample.jsonl"), "weight": 1.0, "rewards": {"brightness": 1.0}})
+        sources.append(
+            {"name": "edit", "path": str(tmp_path / "edit_sample.jsonl"), "weight": 1.0, "rewards": {"brightness": 1.0}}
+        )
     return {
-        "stage": "rl", "output_dir": str(tmp_path / "run"),
+        "stage": "rl",
+        "output_dir": str(tmp_path / "run"),
         "policy": {"name": name, "kwargs": {"seed": 0}},
         "rewards": {"brightness": {}},
         "data": {"sources": sources},
-        "rl": {"sampler": "sde", "noise_level": 0.7, "num_steps": 4, "group_size": 4, "height": 32, "width": 32,
-               "timestep_fraction": 0.5, "beta": 0.0, "sft_aux_coef": 0.0, "clip_range": 1e-3, "cfg_scale": 0.0},
-        "train": {"lr": 1e-3, "images_per_step": 8, "micro_batch_size": 8, "max_steps": 2, "mixed_precision": "no",
-                  "warmup_steps": 0, "checkpoint_every": 1, "seed": 0},
+        "rl": {
+            "sampler": "sde",
+            "noise_level": 0.7,
+            "num_steps": 4,
+            "group_size": 4,
+            "height": 32,
+            "width": 32,
+            "timestep_fraction": 0.5,
+            "beta": 0.0,
+            "sft_aux_coef": 0.0,
+            "clip_range": 1e-3,
+            "cfg_scale": 0.0,
+        },
+        "train": {
+            "lr": 1e-3,
+            "images_per_step": 8,
+            "micro_batch_size": 8,
+            "max_steps": 2,
+            "mixed_precision": "no",
+            "warmup_steps": 0,
+            "checkpoint_every": 1,
+            "seed": 0,
+        },
         "logging": {"tensorboard": False, "progress_bar": False, "sample_every": 1000, "eval_every": 1000},
     }
 
