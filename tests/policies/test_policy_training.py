@@ -86,12 +86,15 @@ def test_first_update_on_policy_and_exact_resume(tiny_cache, tmp_path, name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["flux-tiny", "qwen_image-tiny"])
+@pytest.mark.parametrize(("name", "lr"), [("flux-tiny", 3e-2), ("qwen_image-tiny", 1e-1)])
 @pytest.mark.parametrize("flip", [False, True])
-def test_learning_direction(tiny_cache, tmp_path, name, flip):
-    """Mean brightness over the last 4 steps vs the first 4 of 16: up, or down with the advantage sign flipped."""
+def test_learning_direction(tiny_cache, tmp_path, name, lr, flip):
+    """Mean brightness over the last 4 steps vs the first 4 of 16: up, or down with the advantage sign flipped.
+
+    The tiny Qwen-Image needs the larger step: at lr 3e-2 its brightness did not move in 16 steps (measured once).
+    """
     recipe = _recipe(tmp_path, name, False)
-    recipe["train"].update(max_steps=16, lr=3e-2, checkpoint_every=1000, grad_clip=1.0)
+    recipe["train"].update(max_steps=16, lr=lr, checkpoint_every=1000, grad_clip=1.0)
     recipe["rl"].update(num_steps=6, group_size=8, timestep_fraction=0.6, flip_advantage_sign=flip)
     recipe["train"]["images_per_step"] = 16
     recipe["train"]["micro_batch_size"] = 16
