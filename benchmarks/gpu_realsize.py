@@ -28,9 +28,10 @@ def build_real_size_policy(device: str = "cuda"):
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLImageProcessor
 
     from mrgrpo.policies.deepgen.policy import DeepGenPolicy
-    from mrgrpo.policies.deepgen.tiny import SPECIALS, _tokenizer
+    from mrgrpo.policies.tiny_models import QWEN_SPECIALS as SPECIALS
+    from mrgrpo.policies.tiny_models import byte_level_tokenizer
 
-    tok = _tokenizer()
+    tok = byte_level_tokenizer()
     ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIALS}
     cfg = Qwen2_5_VLConfig(
         text_config={"hidden_size": 2048, "num_hidden_layers": 36, "num_attention_heads": 16, "num_key_value_heads": 2,

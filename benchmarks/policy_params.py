@@ -33,10 +33,10 @@ def build_meta_policy(**kwargs):
     import torch
     from diffusers import AutoencoderKL, SD3Transformer2DModel
     from mrgrpo.policies.deepgen.policy import DeepGenPolicy
-    from mrgrpo.policies.deepgen.tiny import _tokenizer
+    from mrgrpo.policies.tiny_models import byte_level_tokenizer
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-    tok = _tokenizer()
+    tok = byte_level_tokenizer()
     ids = {t: tok.convert_tokens_to_ids(t) for t in ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")}
     cfg = Qwen2_5_VLConfig(**QWEN25_VL_3B, image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
                            vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])

@@ -21,6 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from mrgrpo.errors import MrgrpoError
+from mrgrpo.policies.common import DIT_LORA_TARGETS
 
 Stage = Literal["rl", "pretrain", "sft"]
 
@@ -141,7 +142,9 @@ class LoRAConfig(_Strict):
     rank: int = Field(32, ge=1, description="LoRA rank r.")
     alpha: float = Field(64.0, gt=0, description="LoRA alpha.")
     dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout.")
-    target_modules: list[str] = Field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"], description="Module names that get adapters.")
+    target_modules: list[str] = Field(default_factory=lambda: list(DIT_LORA_TARGETS),
+                                      description="Module names that get adapters (default: the 8 joint-attention projections, "
+                                                  "flow_grpo's SD3 LoRA targets).")
 
 
 class TrainConfig(_Strict):

@@ -30,10 +30,10 @@ from typing import Any
 
 import torch
 from mrgrpo.policies.base import DiffusionPolicy
+from mrgrpo.policies.common import DIT_LORA_TARGETS, prefix_bare_keys, read_state_dict, strip_wrapper_prefixes
 
 log = logging.getLogger("mrgrpo.policies")
 
-DIT_LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 SAVE_FORMAT = 2
 
 
@@ -103,8 +103,9 @@ class DiTPolicy(DiffusionPolicy):
 
     def init_noise(self, batch: int, height: int, width: int, generator: torch.Generator | None = None) -> torch.Tensor:
         cfg = self.transformer.config
-        largest = cfg.pos_embed_max_size * cfg.patch_size * self.vae_scale_factor
-        if max(height, width) > largest:
+        grid = getattr(cfg, "pos_embed_max_size", None)  # SD3's learnt position table; RoPE DiTs have no limit
+        largest = grid * cfg.patch_size * self.vae_scale_factor if grid else None
+        if largest and max(height, width) > largest:
             raise ValueError(f"{height}x{width} is larger than this DiT's position grid allows ({largest} px per side); use a smaller size")
         return super().init_noise(batch, height, width, generator)
 
@@ -141,7 +142,7 @@ class DiTPolicy(DiffusionPolicy):
         """Add a LoRA adapter (``default``) to the DiT: ``{rank, alpha, dropout, target_modules}``; frozen until trained."""
         if self.dit_lora is not None:
             raise RuntimeError(f"the DiT already has a LoRA ({self.dit_lora}); build a fresh policy for another one")
-        config = lora_config(spec, DIT_LORA_TARGETS)
+        config = lora_config(spec, list(DIT_LORA_TARGETS))
         self.transformer.add_adapter(config)
         self.dit_lora = {"rank": config.r, "alpha": config.lora_alpha, "dropout": config.lora_dropout,
                          "target_modules": sorted(config.target_modules) if isinstance(config.target_modules, (set, list)) else config.target_modules}
@@ -332,11 +333,9 @@ class DiTPolicy(DiffusionPolicy):
 
     def load_weights_file(self, path: str, info: dict | None = None) -> None:
         """A flat state dict of DiT weights (``transformer.<name>`` or bare diffusers names)."""
-        from mrgrpo.policies.deepgen.checkpoint import normalise_keys, read_state_dict
-
         if info and info.get("dit_lora") and self.dit_lora is None:
             self.add_dit_lora(info["dit_lora"])
-        state = normalise_keys(read_state_dict(path))
+        state = prefix_bare_keys(strip_wrapper_prefixes(read_state_dict(path)), self.transformer, "transformer.")
         own = self.state_dict()
         bad = [k for k in state if k not in own or own[k].shape != state[k].shape]
         if bad:

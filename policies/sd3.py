@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from mrgrpo.policies.base import STAGES, Conditioning, EncodedPrompts
+from mrgrpo.policies.common import resolve_dtype
 from mrgrpo.policies.dit_policy import DiTPolicy
 
 from mrgrpo.devices import randn
@@ -35,9 +36,8 @@ class SD3Policy(DiTPolicy):
                  policy_name: str = "sd3", policy_kwargs: dict | None = None):
         super().__init__()
         from diffusers import StableDiffusion3Pipeline
-        from mrgrpo.policies.deepgen.policy import _dtype
 
-        self.frozen_dtype = _dtype(dtype)
+        self.frozen_dtype = resolve_dtype(dtype)
         pipe = StableDiffusion3Pipeline.from_pretrained(pretrained, torch_dtype=self.frozen_dtype)
         self.transformer, self.vae, self.scheduler = pipe.transformer, pipe.vae, pipe.scheduler
         self.text_encoder, self.text_encoder_2, self.text_encoder_3 = pipe.text_encoder, pipe.text_encoder_2, pipe.text_encoder_3
@@ -120,7 +120,7 @@ def build_tiny_sd3(out_dir: str | os.PathLike, seed: int = 0) -> Path:
         SD3Transformer2DModel,
         StableDiffusion3Pipeline,
     )
-    from mrgrpo.policies.deepgen.tiny import _tokenizer, publish_dir
+    from mrgrpo.policies.tiny_models import byte_level_tokenizer, publish_dir
     from transformers import (
         CLIPTextConfig,
         CLIPTextModelWithProjection,
@@ -129,7 +129,7 @@ def build_tiny_sd3(out_dir: str | os.PathLike, seed: int = 0) -> Path:
     )
 
     torch.manual_seed(seed)
-    tok = _tokenizer()
+    tok = byte_level_tokenizer()
     tok.model_max_length = 77
     clip = {"vocab_size": len(tok), "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
                 "max_position_embeddings": 77, "projection_dim": 16, "eos_token_id": tok.convert_tokens_to_ids("<|im_end|>"),
@@ -155,8 +155,9 @@ def build_tiny_sd3(out_dir: str | os.PathLike, seed: int = 0) -> Path:
 
 def tiny_sd3(seed: int = 0, cache_dir: str | None = None, **kwargs: Any) -> SD3Policy:
     """Registry factory of ``sd3-tiny``: built once into a cache folder, loaded like a real pipeline."""
-    root = Path(os.environ.get("MRGRPO_CACHE", Path.home() / ".cache" / "mrgrpo"))
-    path = Path(cache_dir) if cache_dir else root / "tiny" / f"sd3-v1-seed{seed}"
+    from mrgrpo.policies.tiny_models import tiny_cache_root
+
+    path = Path(cache_dir) if cache_dir else tiny_cache_root() / f"sd3-v1-seed{seed}"
     if not (path / "model_index.json").exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         build_tiny_sd3(path, seed)

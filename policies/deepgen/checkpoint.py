@@ -28,20 +28,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from mrgrpo.policies.common import CheckpointError, find_weight_files, read_state_dict  # noqa: F401 (re-exported)
 
 log = logging.getLogger("mrgrpo.policies.deepgen")
 
-_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.pt", "model.pth", "checkpoint.pt", "deepgen.safetensors")
-_WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
 SCB_PREFIXES = ("projector_1.", "projector_2.", "projector_3.", "connector.")
 #: components a checkpoint may carry; each is loaded all-or-nothing
 COMPONENTS = ("scb", "transformer", "transformer_lora", "vlm_lora", "vlm")
 _IGNORED = ("vae.", "ema.")
-_SHARD = re.compile(r".*-\d{5}-of-\d{5}\.(safetensors|bin)$")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be read or does not fit the model."""
 
 
 def component_of(key: str) -> str:
@@ -55,51 +49,6 @@ def component_of(key: str) -> str:
     if key.startswith(_IGNORED):
         return key.split(".")[0]
     return "other"
-
-
-def find_weight_files(path: Path) -> list[Path]:
-    """The weight file(s) at ``path`` (a file, or a folder holding one or several shards)."""
-    if path.is_file():
-        return [path]
-    if path.is_dir():
-        for name in _WEIGHT_FILES:
-            if (path / name).is_file():
-                return [path / name]
-        found = sorted(f for suffix in _WEIGHT_SUFFIXES for f in path.rglob(f"*{suffix}") if ".cache" not in f.parts)
-        shards = [f for f in found if _SHARD.match(f.name)]
-        if shards and len(shards) == len(found):
-            return shards
-        if len(found) == 1:
-            return found
-        if found:  # e.g. the hub repo holding the pre-training, SFT and RL checkpoints side by side
-            listing = "\n    ".join(str(f.relative_to(path)) for f in found[:30])
-            raise CheckpointError(f"{path} holds several checkpoints; name one of them:\n    {listing}")
-        raise CheckpointError(f"no weight file in folder {path} (looked for {', '.join(_WEIGHT_SUFFIXES)} files)")
-    raise CheckpointError(f"no checkpoint at {path}: expected a .safetensors/.pt/.pth/.bin file or a folder holding one")
-
-
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """A flat ``{key: tensor}`` (keys as written) from a file or folder of the released formats."""
-    state: dict[str, torch.Tensor] = {}
-    for f in find_weight_files(Path(path)):
-        if f.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            part: Any = load_file(str(f))
-        else:
-            try:
-                part = torch.load(str(f), map_location="cpu", weights_only=True)
-            except Exception:  # noqa: BLE001 -- older pickles with non-tensor metadata (mmengine, DeepSpeed conversions)
-                part = torch.load(str(f), map_location="cpu", weights_only=False)
-        for wrapper in ("state_dict", "module", "model"):
-            if isinstance(part, dict) and wrapper in part and isinstance(part[wrapper], dict):
-                part = part[wrapper]
-        if not isinstance(part, dict):
-            raise CheckpointError(f"{f} does not hold a state dict (found {type(part).__name__})")
-        state.update({k: v for k, v in part.items() if isinstance(v, torch.Tensor)})
-    if not state:
-        raise CheckpointError(f"{path} holds no tensors")
-    return state
 
 
 _RENAMES = [

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from mrgrpo.imaging import resize_to_budget
 from mrgrpo.policies.base import STAGES, Conditioning, EncodedPrompts, images_to_tensor
+from mrgrpo.policies.common import resolve_dtype
 from mrgrpo.policies.deepgen.checkpoint import (
     SCB_PREFIXES,
     LoadReport,
@@ -59,14 +60,6 @@ VIT_MEAN = (0.48145466, 0.4578275, 0.40821073)
 VIT_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-def _dtype(name: str | torch.dtype) -> torch.dtype:
-    if isinstance(name, torch.dtype):
-        return name
-    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-             "float16": torch.float16, "fp16": torch.float16}
-    if name not in table:
-        raise ValueError(f"dtype must be one of {sorted(table)}, got {name!r}")
-    return table[name]
 
 
 class DeepGenPolicy(DiTPolicy):
@@ -114,7 +107,7 @@ class DeepGenPolicy(DiTPolicy):
         )
         from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
 
-        self.frozen_dtype = _dtype(dtype)
+        self.frozen_dtype = resolve_dtype(dtype)
         self.policy_name = policy_name
         self.policy_kwargs = dict(policy_kwargs or {})
         if modules is not None:

@@ -11,14 +11,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+from mrgrpo.policies.tiny_models import QWEN_SPECIALS, byte_level_tokenizer, publish_dir, tiny_cache_root
 
-SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+SPECIALS = QWEN_SPECIALS
 
 TINY = {
     "hidden": 64, "layers": 12, "heads": 4, "kv_heads": 2, "intermediate": 128,
@@ -26,19 +26,6 @@ TINY = {
     "num_queries": 8, "scb_layers": [11, 9, 7, 5, 3, 1], "connector_layers": 2, "connector_heads": 4, "connector_mlp": 128,
     "dit_layers": 2, "dit_heads": 2, "dit_head_dim": 8, "joint_dim": 32, "pooled_dim": 32, "pos_embed_max_size": 16,
 }
-
-
-def _tokenizer():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    alphabet = pre_tokenizers.ByteLevel.alphabet()
-    vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.add_special_tokens(SPECIALS)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>", model_max_length=4096)
 
 
 def build_tiny_deepgen(out_dir: str | os.PathLike, seed: int = 0, spec: dict | None = None) -> Path:
@@ -58,7 +45,7 @@ def build_tiny_deepgen(out_dir: str | os.PathLike, seed: int = 0, spec: dict | N
     out = Path(out_dir)
     tmp = Path(tempfile.mkdtemp(prefix=".tiny-", dir=out.parent if out.parent.exists() else None))
     torch.manual_seed(seed)
-    tokenizer = _tokenizer()
+    tokenizer = byte_level_tokenizer()
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIALS}
     head_dim = s["hidden"] // s["heads"]
     config = Qwen2_5_VLConfig(
@@ -99,16 +86,6 @@ def build_tiny_deepgen(out_dir: str | os.PathLike, seed: int = 0, spec: dict | N
     return out
 
 
-def publish_dir(tmp: Path, out: Path) -> None:
-    """Move a finished build folder into place atomically; if another process published first, keep theirs."""
-    try:
-        os.replace(tmp, out)  # fails when ``out`` already exists and is not empty
-    except OSError:
-        if not out.exists():
-            raise
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def _scb_kwargs(s: dict) -> dict[str, Any]:
     return {"scb_layers": s["scb_layers"], "num_queries": s["num_queries"], "connector_layers": s["connector_layers"],
             "connector_heads": s["connector_heads"], "connector_mlp": s["connector_mlp"]}
@@ -116,8 +93,7 @@ def _scb_kwargs(s: dict) -> dict[str, Any]:
 
 def tiny_cache_dir(seed: int, spec: dict | None) -> Path:
     key = hashlib.sha1(json.dumps({"seed": seed, **TINY, **(spec or {}), "v": 2}, sort_keys=True).encode()).hexdigest()[:12]
-    root = Path(os.environ.get("MRGRPO_CACHE", Path.home() / ".cache" / "mrgrpo"))
-    return root / "tiny" / f"deepgen-{key}"
+    return tiny_cache_root() / f"deepgen-{key}"
 
 
 def tiny_deepgen(seed: int = 0, cache_dir: str | None = None, spec: dict | None = None, **kwargs: Any):

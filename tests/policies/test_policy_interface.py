@@ -16,8 +16,27 @@ TINY = sorted(n for n in POLICIES.names() if n.endswith("-tiny"))
 
 def test_every_builtin_policy_has_a_tiny_twin_in_the_suite():
     builtins = {n for n, h in POLICIES.describe().items() if not h.startswith("plug-in")}
-    assert {"deepgen", "sd3"} <= builtins
+    assert {"deepgen", "sd3", "flux", "qwen_image"} <= builtins
     assert {f"{n}-tiny" for n in builtins if not n.endswith("-tiny")} <= set(TINY)
+
+
+def expected_sigmas(policy, n: int) -> torch.Tensor:
+    """The first ``n`` sigmas, computed here from the published schedules (not through the scheduler).
+
+    SD3 / DeepGen: ``t`` from 1 to the shifted ``sigma_min`` of 1000 training steps; FLUX / Qwen-Image
+    (dynamic shift): ``t = linspace(1, 1/n, n)``. Both: ``s = k t / (1 + (k - 1) t)`` with the policy's shift
+    ``k`` at its default resolution, then (Qwen-Image) ``1 - s`` stretched so the last sigma is ``shift_terminal``.
+    """
+    k = policy.timestep_shift
+    config = policy.scheduler.config
+    if config.get("use_dynamic_shifting", False):
+        t = torch.linspace(1.0, 1.0 / n, n)
+    else:
+        t = torch.linspace(1.0, k * 1e-3 / (1 + (k - 1) * 1e-3), n)
+    s = k * t / (1 + (k - 1) * t)
+    if config.get("shift_terminal"):
+        s = 1 - (1 - s) / ((1 - s[-1]) / (1 - config["shift_terminal"]))
+    return s
 
 
 @pytest.mark.parametrize("name", TINY)
@@ -35,9 +54,6 @@ def test_encode_velocity_sigmas_vae(build, name):
     for k, t in cond.tensors.items():  # [a, b] -> [a, a, a, b, b, b]
         torch.testing.assert_close(t[0], t[2])
         torch.testing.assert_close(t[3], enc.cond.tensors[k][1])
-    # the uncond of a prompt equals the negative prompt encoded on its own
-    alone = policy.encode([""]).cond
-    torch.testing.assert_close(enc.uncond.tensors["pooled"][:1], alone.tensors["pooled"], atol=2e-5, rtol=1e-4)
 
     x = policy.init_noise(6, 64, 64, torch.Generator().manual_seed(0))
     assert x.shape == (6, policy.latent_channels, 8, 8) and x.dtype == torch.float32
@@ -46,14 +62,17 @@ def test_encode_velocity_sigmas_vae(build, name):
         v2 = policy.velocity(x, torch.full((6,), 0.2), cond)
     assert v.shape == x.shape and torch.isfinite(v).all()
     assert not torch.allclose(v, v2)  # the timestep reaches the DiT
+    # the uncond of a prompt acts as the negative prompt encoded on its own (padding never matters)
+    alone = policy.encode([""]).cond
+    with torch.no_grad():
+        torch.testing.assert_close(policy.velocity(x[:1], torch.full((1,), 0.5), enc.uncond.select([0])),
+                                   policy.velocity(x[:1], torch.full((1,), 0.5), alone), atol=2e-5, rtol=1e-4)
     with pytest.raises(ValueError, match="samples"):
         policy.velocity(x[:2], torch.full((2,), 0.5), cond)
 
     s = policy.sigmas(10)
-    k = policy.timestep_shift
-    t = torch.linspace(1.0, k * 1e-3 / (1 + (k - 1) * 1e-3), 10)
     assert s.shape == (11,) and s.dtype == torch.float32 and s[-1] == 0
-    torch.testing.assert_close(s[:-1], k * t / (1 + (k - 1) * t), atol=1e-4, rtol=0)
+    torch.testing.assert_close(s[:-1], expected_sigmas(policy, 10), atol=1e-4, rtol=0)
 
     with torch.no_grad():
         img = policy.decode(x[:2])
