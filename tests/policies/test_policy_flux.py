@@ -8,6 +8,8 @@ import torch
 from mrgrpo.policies.packed_latents import pack_latents, patch_ids, unpack_latents
 from PIL import Image
 
+from mrgrpo.sft_data.batch import SFTBatch
+
 
 def test_packing_and_ids_match_the_pipeline():
     from diffusers import FluxPipeline
@@ -134,11 +136,7 @@ def test_flow_matching_loss_with_references_trains_the_lora(build, latents):
     policy.set_stage("sft", lora={"rank": 4, "alpha": 4, "target_modules": ["to_q", "ff.net.2"]})
     with torch.no_grad():
         img = policy.decode(latents(2))
-    batch = {
-        "images": img,
-        "prompts": ["make it blue", "a tree"],
-        "ref_images": [[Image.new("RGB", (64, 64), "red")], []],
-    }
+    batch = SFTBatch(img, ["make it blue", "a tree"], [[Image.new("RGB", (64, 64), "red")], []], kind="edit")
     loss = policy.flow_matching_loss(batch, generator=torch.Generator().manual_seed(0))
     loss.backward()
     grads = {n for n, p in policy.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}

@@ -59,7 +59,8 @@ def _recipe(tmp_path: Path, name: str, edit: bool) -> dict:
             "checkpoint_every": 1,
             "seed": 0,
         },
-        "logging": {"tensorboard": False, "progress_bar": False, "sample_every": 1000, "eval_every": 1000},
+        "logging": {"tensorboard": False, "progress_bar": False, "sample_every": 1000},
+        "eval": {"every": 1000},
     }
 
 
