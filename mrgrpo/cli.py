@@ -244,7 +244,7 @@ def _debug_everywhere(sub: argparse._SubParsersAction) -> None:
             _debug_everywhere(s)
             return s
 
-        p.add_subparsers = add_subparsers  # type: ignore[method-assign]
+        p.add_subparsers = add_subparsers
         return p
 
     sub.add_parser = add_with_debug  # type: ignore[method-assign]

@@ -517,10 +517,10 @@ def check_recipe(cfg: RunConfig, *, check_files: bool = True, source: str = "<re
     if cfg.stage == "rl" and rl.sft_aux_coef > 0 and not cfg.data.sft_sources:
         bad("rl.sft_aux_coef", rl.sft_aux_coef, "asks for the auxiliary SFT loss but data.sft_sources is empty",
             "add data.sft_sources, or set rl.sft_aux_coef: 0")
-    for i, src in enumerate(cfg.data.sft_sources):
-        if (check_files and src.required and src.format != "webdataset"
-                and (gone := missing(f"data.sft_sources.{i}.path", src.path))):
-            bad(f"data.sft_sources.{i}.path", src.path, f"does not exist (looked at {gone})",
+    for i, sft_src in enumerate(cfg.data.sft_sources):
+        if (check_files and sft_src.required and sft_src.format != "webdataset"
+                and (gone := missing(f"data.sft_sources.{i}.path", sft_src.path))):
+            bad(f"data.sft_sources.{i}.path", sft_src.path, f"does not exist (looked at {gone})",
                 "point it at your copy of the data set or set `required: false`")
     if train.micro_batch_size > train.images_per_step:
         bad("train.micro_batch_size", train.micro_batch_size, f"exceeds train.images_per_step={train.images_per_step}",
@@ -652,7 +652,8 @@ def schema_rows(model: type[BaseModel] = RunConfig, prefix: str = "") -> list[tu
         if info.is_required():
             default = "required"
         elif info.default_factory is not None:
-            default = repr(info.default_factory()) if item_model is None else ("{}" if is_map else "[]")
+            made = info.get_default(call_default_factory=True)
+            default = repr(made) if item_model is None else ("{}" if is_map else "[]")
         else:
             default = repr(info.default)
         rows.append((key, type_name, default, info.description or ""))

@@ -107,7 +107,7 @@ def describe_os_error(exc: OSError, what: str = "file") -> str:
 
     name = exc.filename if exc.filename is not None else "(unnamed)"
     reason = exc.strerror or str(exc)
-    fixes = {
+    fixes: dict[int | None, str] = {  # exc.errno may be None: then the generic fix
         errno.ENOENT: "check the path (relative recipe paths are taken from the recipe's folder)",
         errno.EACCES: "give yourself permission to read/write it (chmod) or use another path",
         errno.EPERM: "give yourself permission to read/write it (chmod) or use another path",

@@ -261,13 +261,15 @@ class GRPOTrainer(TrainerBase):
                         stats.add(out)
                         self.backward_and_maybe_step(out.loss, grad_norms, step_scheduler=False)
         self.lr_scheduler.step()  # once per rollout: the schedule counts steps (rollouts), not updates
-        out = stats.metrics()
+        metrics = stats.metrics()
         if grad_norms:
-            out["grad_norm"] = float(np.mean(grad_norms))
-        return out
+            metrics["grad_norm"] = float(np.mean(grad_norms))
+        return metrics
 
     def _sft_loss(self, step: int, update: int) -> torch.Tensor:
         """The auxiliary flow-matching loss of the next SFT batch (noise from ``(seed, step, update, rank)``)."""
+        if self.sft_stream is None:
+            raise RuntimeError("the auxiliary SFT loss needs rl.sft_aux_coef > 0 and data.sft_sources")
         sft_batch = next(self.sft_stream)
         gen = torch.Generator(device=self.device).manual_seed(derive_seed(self.cfg.train.seed, SeedStream.SFT_NOISE, step, update,
                                                         self.accelerator.process_index))
@@ -405,7 +407,7 @@ class GRPOTrainer(TrainerBase):
         batch, scored, adv, train_metrics = self.run_phases(step)
         metrics = self._global_reward_metrics(scored, adv, group_ids=batch.group_ids)
         metrics.update(train_metrics)
-        metrics.update({"lr": self.lr_scheduler.get_last_lr()[0], "optimizer_steps": self.optimizer_steps})
+        metrics.update({"lr": float(self.lr_scheduler.get_last_lr()[0]), "optimizer_steps": self.optimizer_steps})
         for name, f in scored.failures.items():
             if f:
                 metrics[f"reward/{name}/failures"] = f
@@ -414,7 +416,7 @@ class GRPOTrainer(TrainerBase):
             metrics.update(self.evaluate(step))
         if step % cfg.logging.sample_every == 0 or step == 1:
             G = self.G
-            self.tracker.save_samples(step, batch.pixels[: min(4, len(batch.records)) * G], nrow=G,
+            self.run_tracker.save_samples(step, batch.pixels[: min(4, len(batch.records)) * G], nrow=G,
                                       captions=[r.prompt for r in batch.records[:4]])
         return metrics
 
@@ -424,7 +426,7 @@ class GRPOTrainer(TrainerBase):
                              postfix=lambda m: {"reward": f"{m.get('reward/mean', float('nan')):.4f}", "step_s": f"{m['time/step']:.2f}"})
 
     def tracker_plot(self) -> None:
-        self.tracker.plot()
+        self.run_tracker.plot()
 
     def close(self) -> None:
         """Release the rewards (their thread pool and clients); called when the run ends."""

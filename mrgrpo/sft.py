@@ -110,7 +110,7 @@ class SFTTrainer(TrainerBase):
                            enc.cond, uncond=enc.uncond, cfg_scale=ev.cfg_scale, autocast=self.autocast)
         with self.autocast():
             pixels = self.policy.decode(final).float()
-        self.tracker.save_samples(step, pixels, nrow=len(prompts), captions=prompts)
+        self.run_tracker.save_samples(step, pixels, nrow=len(prompts), captions=prompts)
         self.policy.train(was_training)
 
     def step_once(self, step: int) -> dict[str, float]:
@@ -123,7 +123,8 @@ class SFTTrainer(TrainerBase):
         if self.accelerator.num_processes > 1:
             local = self.accelerator.reduce(local.to(self.device), reduction="sum").cpu()
             metrics["loss"] = float(local[0]) / self.accelerator.num_processes
-        metrics.update({"lr": self.lr_scheduler.get_last_lr()[0], "time/step": dt, "images_per_s": float(local[1]) / dt,
+        metrics.update({"lr": float(self.lr_scheduler.get_last_lr()[0]), "time/step": dt,
+                        "images_per_s": float(local[1]) / dt,
                         "optimizer_steps": self.optimizer_steps})
         metrics.update(self._data_metrics())
         if step % cfg.logging.sample_every == 0 or step == cfg.train.max_steps:
@@ -132,7 +133,8 @@ class SFTTrainer(TrainerBase):
 
     def fit(self) -> list[dict[str, float]]:
         """Train until ``train.max_steps`` (resuming if asked); returns the per-step metrics."""
-        plot = lambda: plot_curves(self.tracker.metrics_path, self.out / "loss_curve.png", prefixes=("loss",),  # noqa: E731
+        plot = lambda: plot_curves(self.run_tracker.metrics_path, self.out / "loss_curve.png",  # noqa: E731
+                                   prefixes=("loss",),
                                    title=f"{self.cfg.stage} loss")
         return self.run_loop(self.step_once, desc=self.cfg.stage.upper(), plot=plot,
                              postfix=lambda m: {"loss": f"{m['loss']:.4f}", "step_s": f"{m['time/step']:.2f}"})

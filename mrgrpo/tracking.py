@@ -17,7 +17,7 @@ import torch
 
 def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
     """All records of a ``metrics.jsonl`` (a torn last line, from a crash, is ignored)."""
-    out = []
+    out: list[dict[str, Any]] = []
     p = Path(path)
     if not p.exists():
         return out
@@ -126,7 +126,7 @@ class Tracker:
         """Append one record (``step`` plus finite numbers) to every sink."""
         if not self.enabled:
             return
-        record = {"step": int(step)}
+        record: dict[str, float] = {"step": int(step)}
         for k, v in metrics.items():
             if isinstance(v, torch.Tensor):
                 v = v.item()

@@ -69,7 +69,7 @@ def build_optimizer(params: Sequence[tuple[str, torch.nn.Parameter]], cfg: RunCo
     if fused is True and not on_cuda:
         raise RecipeError("train.fused_optimizer: true needs every trained parameter on CUDA. Fix: use `auto` or false on CPU.")
     extra = {"fused": True} if (fused is True or (fused == "auto" and on_cuda)) else {}
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.train.lr, betas=tuple(cfg.train.betas), eps=1e-8,
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.train.lr, betas=cfg.train.betas, eps=1e-8,
                              **extra)
 
 
@@ -205,12 +205,20 @@ class TrainerBase:
                                wandb_project=cfg.logging.wandb_project, config=cfg.model_dump(mode="json"),
                                resume_step=self.step if resume_from is not None else None)
 
+    @property
+    def run_tracker(self) -> Tracker:
+        """The tracker :meth:`start_run` opened (an error before that)."""
+        if self.tracker is None:
+            raise RuntimeError("the run's tracker is not open yet: start_run() (called by run_loop / fit) opens it")
+        return self.tracker
+
     def run_loop(self, one_step: Callable[[int], dict[str, float]], *, desc: str,
                  postfix: Callable[[Mapping[str, float]], dict[str, str]], plot: Callable[[], None]) -> list[dict[str, float]]:
         """Resume, then ``one_step(step) -> metrics`` until ``train.max_steps``: log and plot every
         ``log_every`` steps, progress bar, checkpoint every ``checkpoint_every`` steps and at the end, final save."""
         cfg = self.cfg
         self.start_run()
+        tracker = self.run_tracker
         history: list[dict[str, float]] = []
         bar = progress(cfg.train.max_steps, self.step, self.is_main and cfg.logging.progress_bar, desc)
         try:
@@ -220,7 +228,7 @@ class TrainerBase:
                 self.step = step
                 last = step == cfg.train.max_steps
                 if step % cfg.logging.log_every == 0 or last:
-                    self.tracker.log(step, metrics)
+                    tracker.log(step, metrics)
                     if self.is_main:
                         plot()
                 history.append(metrics)
@@ -231,7 +239,7 @@ class TrainerBase:
             self.save_final()
         finally:
             bar.close()
-            self.tracker.close()
+            tracker.close()
             self.close()
         return history
 

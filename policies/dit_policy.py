@@ -85,8 +85,17 @@ def load_adapter_state(module: torch.nn.Module, state: dict[str, torch.Tensor], 
 class DiTPolicy(DiffusionPolicy):
     """Base of policies made of a diffusers VAE, a flow-matching DiT and a FlowMatch scheduler."""
 
+    # set by subclasses; declared so that mypy does not type them through nn.Module.__getattr__ (Tensor | Module).
+    # The diffusers models and scheduler are Any: diffusers is untyped for mypy (not followed).
+    transformer: Any
+    vae: Any
+    scheduler: Any
+    frozen_dtype: torch.dtype
+    policy_name: str
+    policy_kwargs: dict[str, Any]
+
     dit_lora: dict | None = None
-    _ref_transformer = None
+    _ref_transformer: Any = None
     _use_reference = False
     stage: str | None = None
     timestep_shift: float = 3.0
@@ -289,7 +298,8 @@ class DiTPolicy(DiffusionPolicy):
 
     def policy_info(self, components: list[str]) -> dict[str, Any]:
         # weights loaded earlier that this save (or a later load) fully overwrote are not needed to rebuild it
-        lineage, covered = [], set(components)
+        lineage: list[dict[str, Any]] = []
+        covered = set(components)
         for entry in reversed(self._lineage()):
             if not set(entry["components"]) <= covered:
                 lineage.insert(0, entry)
@@ -331,8 +341,10 @@ class DiTPolicy(DiffusionPolicy):
             self._load_component(name, d)
         self._record_load(str(d), info["components"])
 
-    def load_weights_file(self, path: str, info: dict | None = None) -> None:
-        """A flat state dict of DiT weights (``transformer.<name>`` or bare diffusers names)."""
+    def load_weights_file(self, path: str, info: dict | None = None) -> object:
+        """A flat state dict of DiT weights (``transformer.<name>`` or bare diffusers names).
+
+        Returns nothing here; subclasses may return a report of what was loaded."""
         if info and info.get("dit_lora") and self.dit_lora is None:
             self.add_dit_lora(info["dit_lora"])
         state = prefix_bare_keys(strip_wrapper_prefixes(read_state_dict(path)), self.transformer, "transformer.")
@@ -344,3 +356,4 @@ class DiTPolicy(DiffusionPolicy):
             for k, v in state.items():
                 own[k].copy_(v.to(own[k].dtype))
         self._record_load(path, sorted({"transformer_lora" if "lora_" in k else "transformer" for k in state}))
+        return None

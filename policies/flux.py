@@ -67,6 +67,8 @@ class FluxPolicy(DiTPolicy):
             auto-resize to the closest released Kontext resolution (about 1 MP).
     """
 
+    pipe: Any  # the diffusers pipeline (untyped for mypy), kept outside the module tree
+
     def __init__(
         self,
         pretrained: str,
@@ -145,7 +147,7 @@ class FluxPolicy(DiTPolicy):
                 max_sequence_length=self.max_sequence_length,
             )
         items: dict[str, list[Any]] = {}
-        if has_refs:
+        if has_refs and images is not None:
             refs = [self._reference_latents(list(imgs or [])) for imgs in images]
             items["ref_latents"] = refs + (refs if negative_prompt is not None else [])
         both = Conditioning({"context": context, "pooled": pooled}, items)
@@ -193,13 +195,15 @@ class FluxPolicy(DiTPolicy):
         if refs is not None and any(refs) and not self.supports_editing:
             raise ValueError("this FLUX model takes no reference latents (it is text-to-image only)")
         keys = [tuple(refs[i][0].shape) if refs is not None and refs[i] else None for i in range(latents.shape[0])]
+        ref_rows = refs or []  # a key is not None only where refs holds that sample's latents
         if len(set(keys)) == 1:
-            return self._dit(latents, sigma, cond, [r[0] for r in refs] if keys[0] else None)
+            return self._dit(latents, sigma, cond, [r[0] for r in ref_rows] if keys[0] else None)
         out = torch.empty_like(latents, dtype=next(self.active_transformer().parameters()).dtype)
         for key in dict.fromkeys(keys):
             idx = [i for i, k in enumerate(keys) if k == key]
             sub = torch.as_tensor(idx, device=latents.device)
-            out[sub] = self._dit(latents[sub], sigma[sub], cond.select(idx), [refs[i][0] for i in idx] if key else None)
+            sub_refs = [ref_rows[i][0] for i in idx] if key else None
+            out[sub] = self._dit(latents[sub], sigma[sub], cond.select(idx), sub_refs)
         return out
 
     def _dit(

@@ -74,6 +74,12 @@ class QwenImagePolicy(DiTPolicy):
         reference_size: edit references resized to about ``reference_size**2`` pixels (pipeline: 1024).
     """
 
+    # declared so that mypy does not type them through nn.Module.__getattr__ (Tensor | Module)
+    text_encoder: Any
+    processor: Any
+    latents_mean: torch.Tensor
+    latents_std: torch.Tensor
+
     def __init__(
         self,
         pretrained: str,
@@ -213,10 +219,14 @@ class QwenImagePolicy(DiTPolicy):
                 )
                 for i, h in zip(edits, embeds):
                     rows[i] = h
-            rows = [r[: self.max_sequence_length] for r in rows]
-            longest = max(r.shape[0] for r in rows)
-            context = torch.stack([torch.cat([r, r.new_zeros(longest - r.shape[0], r.shape[1])]) for r in rows])
-            mask = torch.stack([torch.arange(longest, device=r.device) < r.shape[0] for r in rows])
+            kept: list[torch.Tensor] = []
+            for row in rows:
+                if row is None:  # every text is either plain or an edit
+                    raise RuntimeError("internal error: a prompt got no text embedding")
+                kept.append(row[: self.max_sequence_length])
+            longest = max(r.shape[0] for r in kept)
+            context = torch.stack([torch.cat([r, r.new_zeros(longest - r.shape[0], r.shape[1])]) for r in kept])
+            mask = torch.stack([torch.arange(longest, device=r.device) < r.shape[0] for r in kept])
             items: dict[str, list[Any]] = {}
             if has_refs:
                 lat = [
@@ -252,13 +262,15 @@ class QwenImagePolicy(DiTPolicy):
         if refs is not None and any(refs) and not self.supports_editing:
             raise ValueError("this Qwen-Image model takes no reference latents (it is text-to-image only)")
         keys = [tuple(refs[i][0].shape) if refs is not None and refs[i] else None for i in range(latents.shape[0])]
+        ref_rows = refs or []  # a key is not None only where refs holds that sample's latents
         if len(set(keys)) == 1:
-            return self._dit(latents, sigma, cond, [r[0] for r in refs] if keys[0] else None)
+            return self._dit(latents, sigma, cond, [r[0] for r in ref_rows] if keys[0] else None)
         out = torch.empty_like(latents, dtype=next(self.active_transformer().parameters()).dtype)
         for key in dict.fromkeys(keys):
             idx = [i for i, k in enumerate(keys) if k == key]
             sub = torch.as_tensor(idx, device=latents.device)
-            out[sub] = self._dit(latents[sub], sigma[sub], cond.select(idx), [refs[i][0] for i in idx] if key else None)
+            sub_refs = [ref_rows[i][0] for i in idx] if key else None
+            out[sub] = self._dit(latents[sub], sigma[sub], cond.select(idx), sub_refs)
         return out
 
     def _dit(

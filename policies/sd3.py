@@ -32,6 +32,8 @@ class SD3Policy(DiTPolicy):
         max_sequence_length: T5 tokens.
     """
 
+    pipe: Any  # the diffusers pipeline (untyped for mypy), kept outside the module tree
+
     def __init__(self, pretrained: str, dtype: str = "bfloat16", max_sequence_length: int = 256, timestep_shift: float | None = None,
                  policy_name: str = "sd3", policy_kwargs: dict | None = None):
         super().__init__()

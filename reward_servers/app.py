@@ -250,7 +250,7 @@ def create_app(reward: Any, *, name: str = "reward", max_batch: int = 64, token:
         if callable(close):
             close()
 
-    docs = {} if token is None else {"docs_url": None, "redoc_url": None, "openapi_url": None}
+    docs: dict[str, Any] = {} if token is None else {"docs_url": None, "redoc_url": None, "openapi_url": None}
     app = FastAPI(title=f"mrgrpo reward server: {name}", lifespan=lifespan, **docs)
     app.state.scorer = scorer
     app.state.budget = budget

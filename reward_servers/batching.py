@@ -186,8 +186,8 @@ class BatchingScorer:
                     continue
                 try:
                     self._deliver([item], self._call([item]))
-                except Exception as exc:  # noqa: BLE001 - reported to that request only
-                    _fail(item[0], exc)
+                except Exception as item_exc:  # noqa: BLE001 - reported to that request only
+                    _fail(item[0], item_exc)
             return
         self._deliver(batch, out)
 
@@ -266,7 +266,8 @@ def json_safe(obj: Any, depth: int = 0) -> Any:
 
 
 def _assemble(job: _Job, merged: bool) -> dict:
-    scores, valid, details = [], [], {}
+    scores, valid = [], []
+    details: dict[str, Any] = {}
     for start, _stop in job.parts:
         s, v, d = job.results[start]
         scores += s

@@ -142,6 +142,8 @@ def decode_one(item: OpenedImage, index: int) -> Any:
     """Pass 2 for one image: decode, apply the EXIF orientation of JPEGs, convert to RGB."""
     from PIL import Image, ImageOps
 
+    if item.raw is None:
+        raise ValueError(f"images[{index}] was already decoded: decode_opened drops its bytes, decode each image once")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

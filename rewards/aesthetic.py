@@ -10,6 +10,7 @@ state-dict keys are ``layers.{0,2,4,6,7}.{weight,bias}``. Scores are on the AVA 
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import torch
 from torch import nn
@@ -50,7 +51,7 @@ def load_head(path: str, input_size: int, who: str = "aesthetic") -> AestheticML
     if path.endswith(".safetensors"):
         from safetensors.torch import load_file
 
-        state = load_file(path)
+        state: dict[str, Any] = load_file(path)
     else:
         state = torch.load(path, map_location="cpu", weights_only=True)
     state = state.get("state_dict", state)

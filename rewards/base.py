@@ -80,7 +80,7 @@ class FunctionReward(Reward):
 
     def __init__(self, fn: Callable[..., Any], name: str | None = None):
         self.fn = fn
-        self.name = name or getattr(fn, "__name__", "function_reward")
+        self.name = name or str(getattr(fn, "__name__", "function_reward"))
         try:
             params = inspect.signature(fn).parameters
             self._pass_metadata = "metadata" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())

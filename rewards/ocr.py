@@ -330,8 +330,8 @@ class OCRReward(Reward):
         self.engine_name = engine
         self.engine = get_engine(engine, **kwargs)
         self.min_confidence = float(min_confidence)
-        self.multi_options = dict(ngram_max=int(ngram_max), case_sensitive=bool(case_sensitive), ignore_punct=bool(ignore_punct),
-                                  confusion_fold=bool(confusion_fold))
+        self.multi_options: dict[str, Any] = dict(ngram_max=int(ngram_max), case_sensitive=bool(case_sensitive),
+                                                  ignore_punct=bool(ignore_punct), confusion_fold=bool(confusion_fold))
 
     def targets(self, prompt: str, meta: dict | None) -> list[str]:
         """The target segments of one image (``metadata["ocr_text"]`` first, else the quoted text)."""

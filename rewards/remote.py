@@ -95,9 +95,13 @@ def check_answer(obj: Any, n: int) -> tuple[list[float], list[bool], list[str], 
         except OverflowError:  # an integer too big for a float
             s = math.inf
         if v and not math.isfinite(s):
-            out_s.append(0.0), out_v.append(False), problems.append(f"non-finite score {s}")
+            out_s.append(0.0)
+            out_v.append(False)
+            problems.append(f"non-finite score {s}")
             continue
-        out_s.append(s if v else 0.0), out_v.append(v), problems.append("")
+        out_s.append(s if v else 0.0)
+        out_v.append(v)
+        problems.append("")
     details = obj.get("details", {})
     return out_s, out_v, problems, details if isinstance(details, dict) else {}
 
@@ -149,8 +153,8 @@ class RemoteReward(Reward):
         self._probed = False
         self._probe()
 
-    @property
-    def needs_groups(self) -> bool:
+    @property  # read-only here: the server's /health may set it (mypy rejects a property over the base's attribute)
+    def needs_groups(self) -> bool:  # type: ignore[override]
         return bool(self._needs_groups)
 
     def _probe(self) -> None:
@@ -223,7 +227,9 @@ class RemoteReward(Reward):
     def _split_by_pixels(self, chunk: list[int], images: Sequence[Any]) -> list[list[int]]:
         if not self.max_request_pixels or self.needs_groups:
             return [chunk]
-        out, cur, total = [], [], 0
+        out: list[list[int]] = []
+        cur: list[int] = []
+        total = 0
         for i in chunk:
             w, h = getattr(images[i], "size", (0, 0))
             if cur and total + w * h > self.max_request_pixels:
@@ -246,7 +252,9 @@ class RemoteReward(Reward):
             except TypeError:
                 key = ("group_id", repr(key)[:200])
             groups.setdefault(key, []).append(i)
-        chunks, cur, cur_px = [], [], 0
+        chunks: list[list[int]] = []
+        cur: list[int] = []
+        cur_px = 0
         limit = self.max_request_pixels or 0
         for members in groups.values():  # whole groups; a group bigger than the limits goes alone
             px = sum(int(getattr(images[i], "size", (0, 0))[0]) * int(getattr(images[i], "size", (0, 0))[1])

@@ -346,7 +346,8 @@ class UnifiedRewardThink(_JudgeBase):
         except Exception as exc:  # after retries: the pair is reported and counted as a tie
             return None, str(exc)
         verdict = parse_pairwise(reply, require_tag=self.require_answer_tag)
-        return {1: 1.0, 2: 0.0}.get(verdict, 0.5), None if verdict else "unparsable"
+        score: dict[int | None, float] = {1: 1.0, 2: 0.0}  # anything else (a tie, or None: unparsable) scores 0.5
+        return score.get(verdict, 0.5), None if verdict else "unparsable"
 
     def score(self, images, prompts, metadata):
         urls = [self._url(im) for im in images]

@@ -25,10 +25,13 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from mrgrpo.policies.common import CheckpointError, find_weight_files, read_state_dict  # noqa: F401 (re-exported)
+
+if TYPE_CHECKING:
+    from mrgrpo.policies.deepgen.policy import DeepGenPolicy
 
 log = logging.getLogger("mrgrpo.policies.deepgen")
 
@@ -141,7 +144,7 @@ def _problems(report: LoadReport) -> list[str]:
     return out
 
 
-def load_deepgen_checkpoint(model: torch.nn.Module, path: str | Path, *, strict: bool = True,
+def load_deepgen_checkpoint(model: DeepGenPolicy, path: str | Path, *, strict: bool = True,
                             state: dict[str, torch.Tensor] | None = None) -> LoadReport:
     """Load a released (or flat) DeepGen checkpoint into ``model`` (a :class:`DeepGenPolicy`).
 

@@ -10,6 +10,8 @@ checkpoints (``connector.layers.{i}.self_attn.{q,k,v,out}_proj``, ``layer_norm1`
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -69,7 +71,8 @@ class Connector(nn.Module):
             for m in layer.modules():
                 if isinstance(m, nn.Linear):
                     nn.init.xavier_uniform_(m.weight)
-            for p in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj, layer.self_attn.out_proj):
+            attn = cast(ConnectorLayer, layer).self_attn
+            for p in (attn.q_proj, attn.k_proj, attn.v_proj, attn.out_proj):
                 nn.init.zeros_(p.bias)
 
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:

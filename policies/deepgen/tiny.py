@@ -135,4 +135,5 @@ def _tiny_deepgen_kwargs() -> set[str]:
     return set(TINY) | (set(inspect.signature(DeepGenPolicy).parameters) - {"policy_name", "policy_kwargs", "modules"})
 
 
-tiny_deepgen.mrgrpo_kwargs = _tiny_deepgen_kwargs  # read by mrgrpo.preflight to check policy.kwargs before building
+# read by mrgrpo.preflight to check policy.kwargs before building (mypy does not model attributes set on functions)
+tiny_deepgen.mrgrpo_kwargs = _tiny_deepgen_kwargs  # type: ignore[attr-defined]

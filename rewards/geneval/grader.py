@@ -80,11 +80,11 @@ def objects_by_class(inst: Instances, classnames: Sequence[str], threshold: floa
     scores = np.asarray(inst.scores, dtype=np.float64).reshape(-1)
     boxes = np.asarray(inst.boxes, dtype=np.float64).reshape(-1, 4)
     for index, name in enumerate(classnames):
-        ids = np.nonzero(labels == index)[0]
-        if not len(ids):
+        found = np.nonzero(labels == index)[0]
+        if not len(found):
             continue
-        ids = ids[np.argsort(-scores[ids], kind="stable")]
-        ids = ids[scores[ids] > threshold][:max_objects].tolist()
+        found = found[np.argsort(-scores[found], kind="stable")]
+        ids: list[int] = found[scores[found] > threshold][:max_objects].tolist()
         kept: list[Obj] = []
         while ids:
             top = ids.pop(0)
