@@ -6,6 +6,8 @@ import random
 
 import numpy as np
 import pytest
+
+from mrgrpo.errors import CheckpointError
 import torch
 
 from mrgrpo import checkpoint as ckpt
@@ -34,7 +36,7 @@ def test_a_half_written_checkpoint_is_never_resumed_from(tmp_path):
     # and a step-6 folder without the COMPLETE marker (e.g. copied by hand)
     ckpt.final_dir_for(tmp_path, 6).mkdir(parents=True)
     assert ckpt.resolve_resume("auto", tmp_path) == ckpt.final_dir_for(tmp_path, 2)
-    with pytest.raises(FileNotFoundError, match="no COMPLETE marker"):
+    with pytest.raises(CheckpointError, match="no COMPLETE marker|not a checkpoint folder"):
         ckpt.resolve_resume(str(ckpt.final_dir_for(tmp_path, 6)), tmp_path)
     # the next commit removes the stale temp folder
     _save(tmp_path, 8)
