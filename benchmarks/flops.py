@@ -28,7 +28,9 @@ def spec_peak_tflops(device_name: str) -> float | None:
     return None
 
 
-def measured_matmul_tflops(device: torch.device | str = "cuda", n: int = 8192, dtype=torch.bfloat16, repeats: int = 20) -> float:
+def measured_matmul_tflops(
+    device: torch.device | str = "cuda", n: int = 8192, dtype=torch.bfloat16, repeats: int = 20
+) -> float:
     """Achieved TFLOP/s of an ``n x n`` GEMM: the practical ceiling MFU is compared with."""
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
@@ -54,7 +56,9 @@ def velocity_flops_per_image(policy, latents: torch.Tensor, sigmas: torch.Tensor
     return float(counter.get_total_flops())
 
 
-def step_flops(flops_per_image: float, *, images: int, num_steps: int, trained_steps: int, cfg: bool, beta: float) -> dict[str, float]:
+def step_flops(
+    flops_per_image: float, *, images: int, num_steps: int, trained_steps: int, cfg: bool, beta: float
+) -> dict[str, float]:
     """Useful FLOPs of the rollout and train phases of one step."""
     mult = 2 if cfg else 1
     rollout = flops_per_image * images * num_steps * mult

@@ -62,8 +62,12 @@ def main() -> int:
     out_local = local(ims, prompts)
     in_process = timed(lambda: local(ims, prompts), args.repeats) / n
 
-    result = {"device": f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), shared", "images": n,
-              "repeats (median)": args.repeats, "ocr_s_per_512px_image_in_process": round(in_process, 4)}
+    result = {
+        "device": f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), shared",
+        "images": n,
+        "repeats (median)": args.repeats,
+        "ocr_s_per_512px_image_in_process": round(in_process, 4),
+    }
     proc, url = start_server("ocr")
     try:
         remote = build_reward("remote", {"urls": [url]})
@@ -71,10 +75,14 @@ def main() -> int:
         out_remote = remote(ims, prompts)
         via_server = timed(lambda: remote(ims, prompts), args.repeats) / n
         one_by_one = timed(lambda: [remote([im], [p]) for im, p in zip(ims, prompts)], args.repeats) / n
-        result.update({"ocr_s_per_512px_image_via_server_one_request_of_n": round(via_server, 4),
-                       "ocr_s_per_512px_image_via_server_one_request_each": round(one_by_one, 4),
-                       "mean_score": round(float(out_local.scores.mean()), 4),
-                       "remote_equals_local": out_local.scores.tolist() == out_remote.scores.tolist()})
+        result.update(
+            {
+                "ocr_s_per_512px_image_via_server_one_request_of_n": round(via_server, 4),
+                "ocr_s_per_512px_image_via_server_one_request_each": round(one_by_one, 4),
+                "mean_score": round(float(out_local.scores.mean()), 4),
+                "remote_equals_local": out_local.scores.tolist() == out_remote.scores.tolist(),
+            }
+        )
     finally:
         proc.kill()
         proc.wait(timeout=10)
@@ -83,6 +91,7 @@ def main() -> int:
     try:
         body = {"images": [encode_png(Image.new("RGB", (8, 8), (120, 120, 120)))], "prompts": ["p"]}
         with httpx.Client(timeout=60) as client:
+
             def one(_):
                 return client.post(f"{url}/v1/score", json=body).status_code
 
@@ -91,8 +100,14 @@ def main() -> int:
                 codes = list(pool.map(one, range(200)))
             elapsed = time.perf_counter() - t
         health = httpx.get(f"{url}/health").json()
-        result.update({"server_200_requests_8_threads_s": round(elapsed, 3), "server_200_requests_all_200": codes == [200] * 200,
-                       "server_reward_calls_for_200_requests": health["calls"], "server_largest_call": health["largest_call"]})
+        result.update(
+            {
+                "server_200_requests_8_threads_s": round(elapsed, 3),
+                "server_200_requests_all_200": codes == [200] * 200,
+                "server_reward_calls_for_200_requests": health["calls"],
+                "server_largest_call": health["largest_call"],
+            }
+        )
     finally:
         proc.kill()
         proc.wait(timeout=10)

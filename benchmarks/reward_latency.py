@@ -31,8 +31,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 def build(name: str, tmp: Path, device: str):
     """``(reward, metadata)`` for one reward on tiny weights written under ``tmp``."""
-    from mrgrpo.rewards.base import build_reward
     from tiny_reward_models import TINY_OPEN_CLIP, save_tiny_hf_clip
+
+    from mrgrpo.rewards.base import build_reward
 
     clip = tmp / "clip"
     if not clip.exists():
@@ -45,7 +46,9 @@ def build(name: str, tmp: Path, device: str):
         torch.save(AestheticMLP(16).state_dict(), tmp / "head.pth")
         return build_reward(name, {"model": str(clip), "head": str(tmp / "head.pth"), "device": device}), None
     if name == "image_similarity":
-        return build_reward(name, {"model": str(clip), "device": device}), [{"source_image": Image.new("RGB", (512, 512))}]
+        return build_reward(name, {"model": str(clip), "device": device}), [
+            {"source_image": Image.new("RGB", (512, 512))}
+        ]
     if name == "hpsv2":
         import open_clip
 
@@ -53,20 +56,41 @@ def build(name: str, tmp: Path, device: str):
 
         register_model_config("bench-tiny-hps", TINY_OPEN_CLIP)
         torch.save({"state_dict": open_clip.create_model("bench-tiny-hps").state_dict()}, tmp / "hps.pt")
-        return build_reward(name, {"checkpoint": str(tmp / "hps.pt"), "model_name": "bench-tiny-hps", "device": device}), None
+        return build_reward(
+            name, {"checkpoint": str(tmp / "hps.pt"), "model_name": "bench-tiny-hps", "device": device}
+        ), None
     if name == "imagereward":
         import test_imagereward as T
         from transformers import BertTokenizer
 
         torch.save(T.released_checkpoint(), tmp / "ir.pt")
-        (tmp / "med.json").write_text(json.dumps({"vocab_size": T.VOCAB, "hidden_size": T.H, "num_hidden_layers": T.LAYERS,
-                                                  "num_attention_heads": T.THEADS, "intermediate_size": T.INTER,
-                                                  "max_position_embeddings": 64, "layer_norm_eps": 1e-12,
-                                                  "hidden_act": "gelu", "pad_token_id": 0}))
+        (tmp / "med.json").write_text(
+            json.dumps(
+                {
+                    "vocab_size": T.VOCAB,
+                    "hidden_size": T.H,
+                    "num_hidden_layers": T.LAYERS,
+                    "num_attention_heads": T.THEADS,
+                    "intermediate_size": T.INTER,
+                    "max_position_embeddings": 64,
+                    "layer_norm_eps": 1e-12,
+                    "hidden_act": "gelu",
+                    "pad_token_id": 0,
+                }
+            )
+        )
         (tmp / "vocab.txt").write_text("\n".join(T.WORDS) + "\n")
         BertTokenizer(vocab_file=str(tmp / "vocab.txt")).save_pretrained(tmp / "tok")
-        return build_reward(name, {"checkpoint": str(tmp / "ir.pt"), "med_config": str(tmp / "med.json"),
-                                   "tokenizer": str(tmp / "tok"), "vision_num_heads": T.HEADS, "device": device}), None
+        return build_reward(
+            name,
+            {
+                "checkpoint": str(tmp / "ir.pt"),
+                "med_config": str(tmp / "med.json"),
+                "tokenizer": str(tmp / "tok"),
+                "vision_num_heads": T.HEADS,
+                "device": device,
+            },
+        ), None
     if name == "vlm_judge":
         from test_vlm_judge import FakeVLM
 
@@ -76,9 +100,15 @@ def build(name: str, tmp: Path, device: str):
         import test_geneval as T
 
         det = T._tiny_mask2former(tmp / "m2f")
-        return build_reward(name, {"detector": str(det), "detector_size": {"shortest_edge": 64, "longest_edge": 96},
-                                   "clip_model": str(clip), "device": device}), [
-            {"tag": "color_attr", "include": [{"class": "dog", "count": 1, "color": "red"}]}]
+        return build_reward(
+            name,
+            {
+                "detector": str(det),
+                "detector_size": {"shortest_edge": 64, "longest_edge": 96},
+                "clip_model": str(clip),
+                "device": device,
+            },
+        ), [{"tag": "color_attr", "include": [{"class": "dog", "count": 1, "color": "red"}]}]
     raise ValueError(name)
 
 
@@ -111,10 +141,16 @@ def main() -> int:
             assert bool(out.valid.all()), name
             results[name] = {"s_per_image": round(statistics.median(times) / args.images, 5)}
             print(f"{name:18s} {results[name]['s_per_image'] * 1000:8.2f} ms/image", flush=True)
-    report = {"what": "per-image time of each reward, tiny random-init models, 512x512 inputs",
-              "device": args.device, "torch_threads": torch.get_num_threads(), "images": args.images,
-              "repeats": args.repeats, "python": platform.python_version(), "torch": torch.__version__,
-              "results": results}
+    report = {
+        "what": "per-image time of each reward, tiny random-init models, 512x512 inputs",
+        "device": args.device,
+        "torch_threads": torch.get_num_threads(),
+        "images": args.images,
+        "repeats": args.repeats,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "results": results,
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(results))

@@ -79,8 +79,9 @@ class Stats:
             self.hostile[kind][outcome] += 1
 
 
-def valid_client(url: str, seed: int, stop: threading.Event, phase: list[str], stats: Stats,
-                 ready: threading.Barrier) -> None:
+def valid_client(
+    url: str, seed: int, stop: threading.Event, phase: list[str], stats: Stats, ready: threading.Barrier
+) -> None:
     import httpx
 
     from mrgrpo.rewards.pixel import ColorMatch  # imported before the clock starts (see main)
@@ -108,8 +109,11 @@ def valid_client(url: str, seed: int, stop: threading.Event, phase: list[str], s
             except Exception as exc:  # noqa: BLE001 - counted as a wrong answer
                 stats.add_valid(current, time.perf_counter() - t, False, f"{type(exc).__name__}: {exc}")
                 continue
-            ok = (out is not None and out["valid"] == expected.valid.tolist()
-                  and np.allclose(out["scores"], expected.scores.tolist(), atol=1e-6))
+            ok = (
+                out is not None
+                and out["valid"] == expected.valid.tolist()
+                and np.allclose(out["scores"], expected.scores.tolist(), atol=1e-6)
+            )
             stats.add_valid(current, seconds, ok, "" if ok else f"{r.status_code}: {r.text[:200]}")
 
 
@@ -124,7 +128,7 @@ def hostile_bodies(rng: random.Random, side: int = 4096) -> dict[str, tuple[byte
     bodies = {
         "deep nesting": "[" * 100_000,
         "deep metadata": '{"images": ["%s"], "prompts": ["p"], "metadata": [{"a": %s1%s}]}'
-                         % (ok, "[" * 5000, "]" * 5000),
+        % (ok, "[" * 5000, "]" * 5000),
         "huge int": '{"images": [%s], "prompts": ["p"]}' % ("9" * 5000),
         "NaN": '{"images": ["%s"], "prompts": ["p"], "metadata": [{"x": NaN}]}' % ok,
         "too many values": "[" + "0," * 1_100_000 + "0]",
@@ -154,8 +158,13 @@ def raw_attack(host: str, port: int, kind: str, read_timeout: float) -> str:
             while s.recv(4096):
                 pass
             return f"closed after {time.perf_counter() - t:.0f} s"
-        s.sendall(b"POST /v1/score HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + TOKEN.encode()
-                  + b"\r\nContent-Length: 1000000\r\n\r\n" + b'{"images": ["' + b"A" * 20000)
+        s.sendall(
+            b"POST /v1/score HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+            + TOKEN.encode()
+            + b"\r\nContent-Length: 1000000\r\n\r\n"
+            + b'{"images": ["'
+            + b"A" * 20000
+        )
         return "hung up"
     except OSError as exc:
         return type(exc).__name__
@@ -166,8 +175,9 @@ def raw_attack(host: str, port: int, kind: str, read_timeout: float) -> str:
 RAW_KINDS = ("slow loris", "hang up mid-body")
 
 
-def hostile_client(url: str, seed: int, stop: threading.Event, stats: Stats, bodies: dict, read_timeout: float,
-                   kinds: list[str]) -> None:
+def hostile_client(
+    url: str, seed: int, stop: threading.Event, stats: Stats, bodies: dict, read_timeout: float, kinds: list[str]
+) -> None:
     import httpx
 
     rng = random.Random(seed)
@@ -206,8 +216,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--baseline", type=float, default=20.0, help="seconds of valid clients alone first")
     ap.add_argument("--valid-clients", type=int, default=4)
     ap.add_argument("--hostile-clients", type=int, default=6)
-    ap.add_argument("--largest-side", type=int, default=4096,
-                    help="side of the 4 images of the 'largest allowed' request (4096: the whole default pixel budget)")
+    ap.add_argument(
+        "--largest-side",
+        type=int,
+        default=4096,
+        help="side of the 4 images of the 'largest allowed' request (4096: the whole default pixel budget)",
+    )
     ap.add_argument("--kinds", default="", help="comma-separated hostile kinds to use (default: all)")
     ap.add_argument("--read-timeout", type=float, default=5.0, help="the server's --read-timeout")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/server_abuse_cpu.json"), help="'' for none")
@@ -217,8 +231,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     import mrgrpo.rewards.pixel  # noqa: F401 - torch etc. imported before any clock starts
 
-    proc, url = start_server("color_match", "--token", TOKEN, "--read-timeout", str(args.read_timeout),
-                             "--max-batch", "64")
+    proc, url = start_server(
+        "color_match", "--token", TOKEN, "--read-timeout", str(args.read_timeout), "--max-batch", "64"
+    )
     stats = Stats()
     try:
         rss_start = rss_mib(proc.pid, "VmRSS")
@@ -230,8 +245,10 @@ def main(argv: list[str] | None = None) -> dict:
             raise SystemExit(f"error: --kinds {sorted(unknown)}: known kinds are {sorted(bodies) + list(RAW_KINDS)}")
         stop, phase = threading.Event(), ["baseline"]
         ready = threading.Barrier(args.valid_clients + 1)
-        valid = [threading.Thread(target=valid_client, args=(url, i, stop, phase, stats, ready))
-                 for i in range(args.valid_clients)]
+        valid = [
+            threading.Thread(target=valid_client, args=(url, i, stop, phase, stats, ready))
+            for i in range(args.valid_clients)
+        ]
         for t in valid:
             t.start()
         ready.wait()
@@ -239,9 +256,12 @@ def main(argv: list[str] | None = None) -> dict:
         peak_baseline = rss_mib(proc.pid, "VmHWM")
         phase[0] = "mixed"
         hostile_stop = threading.Event()
-        hostile = [threading.Thread(target=hostile_client,
-                                    args=(url, 100 + i, hostile_stop, stats, bodies, args.read_timeout, kinds))
-                   for i in range(args.hostile_clients)]
+        hostile = [
+            threading.Thread(
+                target=hostile_client, args=(url, 100 + i, hostile_stop, stats, bodies, args.read_timeout, kinds)
+            )
+            for i in range(args.hostile_clients)
+        ]
         for t in hostile:
             t.start()
         time.sleep(args.duration)
@@ -263,7 +283,7 @@ def main(argv: list[str] | None = None) -> dict:
     server_errors = sum(c for kinds in stats.hostile.values() for s, c in kinds.items() if s.startswith("5"))
     result = {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs shared with other work, "
-                   f"load average {os.getloadavg()[0]:.1f} at the end",
+        f"load average {os.getloadavg()[0]:.1f} at the end",
         "largest_allowed_request": f"4 x {args.largest_side}x{args.largest_side}",
         "seconds": {"baseline": args.baseline, "mixed": args.duration},
         "clients": {"valid": args.valid_clients, "hostile": args.hostile_clients},

@@ -58,8 +58,15 @@ def main(argv=None) -> int:
     from mrgrpo.config import load_recipe
     from mrgrpo.grpo import GRPOTrainer
 
-    overrides = ["logging.progress_bar=false", "logging.tensorboard=false", f"output_dir=/tmp/mrgrpo-bench-{int(time.time())}",
-                 "train.checkpoint_every=100000", "logging.sample_every=100000", "eval.every=100000", *args.set]
+    overrides = [
+        "logging.progress_bar=false",
+        "logging.tensorboard=false",
+        f"output_dir=/tmp/mrgrpo-bench-{int(time.time())}",
+        "train.checkpoint_every=100000",
+        "logging.sample_every=100000",
+        "eval.every=100000",
+        *args.set,
+    ]
     cfg = load_recipe(args.recipe, overrides)
     trainer = GRPOTrainer(cfg)
     rows = []
@@ -73,10 +80,18 @@ def main(argv=None) -> int:
         print(json.dumps({"step": step, **row}), flush=True)
     mean = {k: round(sum(r[k] for r in rows) / len(rows), 4) for k in rows[0]}
     result = {
-        "recipe": args.recipe, "overrides": args.set, "steps": rows, "mean": mean,
-        "images_per_step": cfg.train.images_per_step, "num_steps": cfg.rl.num_steps, "trained_steps_per_sample": trainer.train_steps_per_sample,
+        "recipe": args.recipe,
+        "overrides": args.set,
+        "steps": rows,
+        "mean": mean,
+        "images_per_step": cfg.train.images_per_step,
+        "num_steps": cfg.rl.num_steps,
+        "trained_steps_per_sample": trainer.train_steps_per_sample,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "device": str(trainer.device), "torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
+        "device": str(trainer.device),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "machine": platform.machine(),
     }
     if torch.cuda.is_available():
         result["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)

@@ -12,7 +12,7 @@ processes through ``reduce_fn`` (an all-reduce SUM of a small tensor), e.g.
 
 from __future__ import annotations
 
-from typing import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
@@ -137,7 +137,11 @@ def compute_advantages(
     w = weight_matrix(weights, names, n).to(device)
     group_ids = group_ids.to(device)
     ok = {
-        k: (torch.ones(n, dtype=torch.bool, device=device) if valid is None or k not in valid else valid[k].to(device).bool())
+        k: (
+            torch.ones(n, dtype=torch.bool, device=device)
+            if valid is None or k not in valid
+            else valid[k].to(device).bool()
+        )
         for k in names
     }
 

@@ -26,8 +26,9 @@ import random
 import re
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -101,8 +102,10 @@ def load_with_fallback(resume: str | None, output_dir: str | os.PathLike, load: 
             if resume != "auto":
                 if str(exc).startswith("train.resume"):
                     raise
-                raise CheckpointError(f"train.resume={resume!r}: {exc} Fix: resume from an older checkpoint, "
-                                      "or `--resume` (auto) to take the newest intact one.") from exc
+                raise CheckpointError(
+                    f"train.resume={resume!r}: {exc} Fix: resume from an older checkpoint, "
+                    "or `--resume` (auto) to take the newest intact one."
+                ) from exc
             damaged.append(str(exc))
             _warn(f"warning: {exc}")
             continue
@@ -112,8 +115,10 @@ def load_with_fallback(resume: str | None, output_dir: str | os.PathLike, load: 
     if not damaged and resume == "auto":
         _warn(f"note: --resume: no checkpoint in {checkpoint_root(output_dir)} yet; starting from step 0.")
     if damaged:
-        raise CheckpointError(f"no intact checkpoint in {checkpoint_root(output_dir)}: {len(damaged)} damaged. "
-                              "Fix: resume from a copy, or move the checkpoints folder away to start the run afresh.")
+        raise CheckpointError(
+            f"no intact checkpoint in {checkpoint_root(output_dir)}: {len(damaged)} damaged. "
+            "Fix: resume from a copy, or move the checkpoints folder away to start the run afresh."
+        )
     return None
 
 
@@ -157,16 +162,18 @@ def verify_checkpoint(path: str | os.PathLike, *, field: str | None = None, hash
     fix = "pass a checkpoints/step-XXXXXX folder, or `--resume` (auto) to take the newest intact one"
     if not p.is_dir():
         what = "a file" if p.exists() else "it does not exist"
-        raise CheckpointError(f"{where} is not a checkpoint folder ({what}). "
-                              f"Fix: {fix}.")
+        raise CheckpointError(f"{where} is not a checkpoint folder ({what}). Fix: {fix}.")
     if (p / "checkpoints").is_dir() or p.name == "checkpoints":
         kind = "checkpoints" if p.name == "checkpoints" else "output"
-        raise CheckpointError(f"{where} is a run's {kind} folder, not one checkpoint. Fix: `--resume` (auto) takes "
-                              f"its newest intact checkpoint; or pass one of "
-                              f"{checkpoint_root(p.parent if p.name == 'checkpoints' else p)}/step-XXXXXX.")
+        raise CheckpointError(
+            f"{where} is a run's {kind} folder, not one checkpoint. Fix: `--resume` (auto) takes "
+            f"its newest intact checkpoint; or pass one of "
+            f"{checkpoint_root(p.parent if p.name == 'checkpoints' else p)}/step-XXXXXX."
+        )
     if not (p / "COMPLETE").is_file() and not any((p / n).exists() for n in ("trainer_state.json", "policy", MANIFEST)):
-        raise CheckpointError(f"{where} is not a checkpoint folder (none of COMPLETE, trainer_state.json, policy/ "
-                              f"in it). Fix: {fix}.")
+        raise CheckpointError(
+            f"{where} is not a checkpoint folder (none of COMPLETE, trainer_state.json, policy/ in it). Fix: {fix}."
+        )
     if not (p / "COMPLETE").is_file():
         raise CheckpointError(f"{where} is incomplete (no COMPLETE marker: its write did not finish). Fix: {fix}.")
     manifest_path = p / MANIFEST
@@ -178,19 +185,23 @@ def verify_checkpoint(path: str | os.PathLike, *, field: str | None = None, hash
         files = manifest["files"]
         assert isinstance(files, dict)
     except Exception:  # noqa: BLE001 - any failure means the same thing
-        raise CheckpointError(f"{where}: the file {manifest_path} is damaged (not a valid manifest). "
-                              f"Fix: {fix}.") from None
+        raise CheckpointError(
+            f"{where}: the file {manifest_path} is damaged (not a valid manifest). Fix: {fix}."
+        ) from None
     for rel, info in sorted(files.items()):
         f = p / rel
         if not f.is_file():
             raise CheckpointError(f"{where}: the file {f} is missing. Fix: {fix}.")
         size = f.stat().st_size
         if size != info.get("size"):
-            raise CheckpointError(f"{where}: the file {f} is damaged ({size} bytes, {info.get('size')} when written). "
-                                  f"Fix: {fix}.")
+            raise CheckpointError(
+                f"{where}: the file {f} is damaged ({size} bytes, {info.get('size')} when written). Fix: {fix}."
+            )
         if hashes and _sha256(f) != info.get("sha256"):
-            raise CheckpointError(f"{where}: the file {f} is damaged (its SHA-256 differs from the one recorded "
-                                  f"when it was written). Fix: {fix}.")
+            raise CheckpointError(
+                f"{where}: the file {f} is damaged (its SHA-256 differs from the one recorded "
+                f"when it was written). Fix: {fix}."
+            )
 
 
 def _read_state(path: Path) -> dict[str, Any]:
@@ -217,8 +228,10 @@ def load_part(path: Path, what: str, fn: Callable[[], Any]) -> Any:
     except MrgrpoError:  # already says what is wrong (e.g. the recipe's sources differ from the checkpoint's)
         raise
     except Exception as exc:  # noqa: BLE001 - torch/safetensors/pickle raise many kinds
-        raise CheckpointError(f"checkpoint {path.parent if path.name else path}: the {what} {path} is damaged or "
-                              f"unreadable ({type(exc).__name__}: {str(exc)[:200]}).") from exc
+        raise CheckpointError(
+            f"checkpoint {path.parent if path.name else path}: the {what} {path} is damaged or "
+            f"unreadable ({type(exc).__name__}: {str(exc)[:200]})."
+        ) from exc
 
 
 def rng_state() -> dict[str, Any]:

@@ -24,8 +24,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 
@@ -58,7 +58,9 @@ def _cmd_recipes_list(args: argparse.Namespace) -> int:
                 first = line.lstrip("# ").strip()
                 break
         stage = (yaml.safe_load(path.read_text()) or {}).get("stage", "rl")
-        print(f"{path.relative_to(_recipes_dir().parent) if _recipes_dir().parent in path.parents else path}  [{stage}]  {first}")
+        print(
+            f"{path.relative_to(_recipes_dir().parent) if _recipes_dir().parent in path.parents else path}  [{stage}]  {first}"
+        )
     return 0
 
 
@@ -120,9 +122,24 @@ def _list_registry(registry_name: str) -> Callable[[argparse.Namespace], int]:
 # -- train --------------------------------------------------------------------------------
 def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("recipe", help="recipe YAML (see `mrgrpo recipes list`)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe field, e.g. --set train.lr=1e-5 (repeatable)")
-    p.add_argument("--resume", nargs="?", const="auto", default=None, metavar="DIR|auto", help="resume from a checkpoint directory, or the latest one in output_dir (auto)")
-    p.add_argument("--launch", action="store_true", help="re-launch through `accelerate launch` with distributed.accelerate_config")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a recipe field, e.g. --set train.lr=1e-5 (repeatable)",
+    )
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const="auto",
+        default=None,
+        metavar="DIR|auto",
+        help="resume from a checkpoint directory, or the latest one in output_dir (auto)",
+    )
+    p.add_argument(
+        "--launch", action="store_true", help="re-launch through `accelerate launch` with distributed.accelerate_config"
+    )
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -151,7 +168,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 # -- delegated subcommands ----------------------------------------------------------------
-def _delegate(module_name: str, what: str) -> tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]:
+def _delegate(
+    module_name: str, what: str
+) -> tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]:
     """``add_arguments`` / ``run`` of a module that may not be installed yet."""
 
     def _module():
@@ -179,8 +198,12 @@ def _delegate(module_name: str, what: str) -> tuple[Callable[[argparse.ArgumentP
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mrgrpo", description="Multi-reward GRPO for flow-matching text-to-image and editing models.")
-    parser.add_argument("--version", action="version", version=f"mrgrpo {importlib.import_module('mrgrpo').__version__}")
+    parser = argparse.ArgumentParser(
+        prog="mrgrpo", description="Multi-reward GRPO for flow-matching text-to-image and editing models."
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"mrgrpo {importlib.import_module('mrgrpo').__version__}"
+    )
     parser.add_argument("--debug", action="store_true", help="show the traceback of every error (also MRGRPO_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _debug_everywhere(sub)
@@ -191,7 +214,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, module, what, help_text in (
         ("sample", "mrgrpo.sample", "mrgrpo sample", "generate images from a recipe's policy or a saved checkpoint"),
-        ("serve", "mrgrpo.reward_servers.cli", "mrgrpo serve", "serve a registered reward over HTTP (or launch the vLLM judge)"),
+        (
+            "serve",
+            "mrgrpo.reward_servers.cli",
+            "mrgrpo serve",
+            "serve a registered reward over HTTP (or launch the vLLM judge)",
+        ),
     ):
         add, run = _delegate(module, what)
         p = sub.add_parser(name, help=help_text)
@@ -200,7 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("rewards", help="reward registry")
     rsub = p.add_subparsers(dest="rewards_command", metavar="ACTION", required=True)
-    rsub.add_parser("list", help="list registered rewards (built-ins and plug-ins)").set_defaults(func=_list_registry("REWARDS"))
+    rsub.add_parser("list", help="list registered rewards (built-ins and plug-ins)").set_defaults(
+        func=_list_registry("REWARDS")
+    )
 
     p = sub.add_parser("policies", help="policy registry")
     psub = p.add_subparsers(dest="policies_command", metavar="ACTION", required=True)
@@ -235,8 +265,9 @@ def _debug_everywhere(sub: argparse._SubParsersAction) -> None:
 
     def add_with_debug(*a, **kw):
         p = add_parser(*a, **kw)
-        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                       help="show tracebacks (also MRGRPO_DEBUG=1)")
+        p.add_argument(
+            "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks (also MRGRPO_DEBUG=1)"
+        )
         original = p.add_subparsers
 
         def add_subparsers(**skw):

@@ -38,13 +38,22 @@ class _Strict(BaseModel):
 # policy and rewards
 # --------------------------------------------------------------------------------------
 class PolicyConfig(_Strict):
-    name: str = Field("deepgen", description="Policy registry name or 'package.module:factory' (see `mrgrpo.registry.POLICIES`).")
-    kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of the policy factory (model ids/paths, dtype, LoRA, ...).")
-    checkpoint: str | None = Field(None, description="Weights to start from: a directory written by `policy.save`, or a released DeepGen checkpoint (.safetensors/.pt).")
+    name: str = Field(
+        "deepgen", description="Policy registry name or 'package.module:factory' (see `mrgrpo.registry.POLICIES`)."
+    )
+    kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="Keyword arguments of the policy factory (model ids/paths, dtype, LoRA, ...)."
+    )
+    checkpoint: str | None = Field(
+        None,
+        description="Weights to start from: a directory written by `policy.save`, or a released DeepGen checkpoint (.safetensors/.pt).",
+    )
 
 
 class RewardSpec(_Strict):
-    name: str | None = Field(None, description="Reward registry name or dotted path; defaults to the key this spec is stored under.")
+    name: str | None = Field(
+        None, description="Reward registry name or dotted path; defaults to the key this spec is stored under."
+    )
     kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of the reward factory.")
     batch_size: int = Field(64, ge=1, description="Images per call to this reward.")
 
@@ -54,28 +63,62 @@ class RewardSpec(_Strict):
 # --------------------------------------------------------------------------------------
 class PromptSource(_Strict):
     name: str = Field(..., description="Source name, used in logs (`data/<name>`).")
-    path: str = Field(..., description="Prompt file: .txt (one prompt a line), .jsonl (`prompt` [+ `image`, fields]) or .csv (`prompt` column).")
-    format: Literal["auto", "txt", "jsonl", "csv"] = Field("auto", description="File format; `auto` picks it from the extension.")
-    kind: Literal["t2i", "edit"] = Field("t2i", description="`t2i` prompts, or `edit` records with reference image path(s) + instruction.")
-    weight: float = Field(1.0, ge=0, description="Sample weight of the source (paper: 3.0 text rendering, 1.0 general).")
-    rewards: dict[str, float] = Field(..., description="Reward mixture of the source: reward name -> weight (paper text rendering: unifiedreward_think 0.2, clip 0.1, ocr 0.7).")
-    required: bool = Field(True, description="Fail at start when the file is missing; `false` skips it with a warning (for sources users point at their copies).")
+    path: str = Field(
+        ...,
+        description="Prompt file: .txt (one prompt a line), .jsonl (`prompt` [+ `image`, fields]) or .csv (`prompt` column).",
+    )
+    format: Literal["auto", "txt", "jsonl", "csv"] = Field(
+        "auto", description="File format; `auto` picks it from the extension."
+    )
+    kind: Literal["t2i", "edit"] = Field(
+        "t2i", description="`t2i` prompts, or `edit` records with reference image path(s) + instruction."
+    )
+    weight: float = Field(
+        1.0, ge=0, description="Sample weight of the source (paper: 3.0 text rendering, 1.0 general)."
+    )
+    rewards: dict[str, float] = Field(
+        ...,
+        description="Reward mixture of the source: reward name -> weight (paper text rendering: unifiedreward_think 0.2, clip 0.1, ocr 0.7).",
+    )
+    required: bool = Field(
+        True,
+        description="Fail at start when the file is missing; `false` skips it with a warning (for sources users point at their copies).",
+    )
 
 
 class SFTSource(_Strict):
     name: str = Field(..., description="Source name, used in logs.")
-    path: str = Field(..., description="Records file (.json/.jsonl), a folder of them, or WebDataset shards (`{000..009}.tar` brace pattern).")
-    format: Literal["t2i", "caption", "edit", "webdataset"] = Field("t2i", description="`t2i`: {image_path, txt}; `caption`: {image, annotation}; `edit`: {input_image, output_image, instruction}; `webdataset`: tar shards.")
-    caption_key: str = Field("caption", description="Key inside `annotation` (caption format) or the text key of webdataset samples.")
-    image_root: str | None = Field(None, description="Folder that relative image paths in the records are resolved against (default: the records file's folder).")
+    path: str = Field(
+        ...,
+        description="Records file (.json/.jsonl), a folder of them, or WebDataset shards (`{000..009}.tar` brace pattern).",
+    )
+    format: Literal["t2i", "caption", "edit", "webdataset"] = Field(
+        "t2i",
+        description="`t2i`: {image_path, txt}; `caption`: {image, annotation}; `edit`: {input_image, output_image, instruction}; `webdataset`: tar shards.",
+    )
+    caption_key: str = Field(
+        "caption", description="Key inside `annotation` (caption format) or the text key of webdataset samples."
+    )
+    image_root: str | None = Field(
+        None,
+        description="Folder that relative image paths in the records are resolved against (default: the records file's folder).",
+    )
     weight: float = Field(1.0, ge=0, description="Sample weight among SFT sources of the same kind.")
     required: bool = Field(True, description="Fail at start when missing; `false` skips it with a warning.")
 
 
 class DataConfig(_Strict):
-    sources: list[PromptSource] = Field(default_factory=list, description="RL prompt sources, each with its reward mixture.")
-    source_sampling: Literal["prompts_x_weight", "weight"] = Field("prompts_x_weight", description="Source probability proportional to (number of prompts x weight), as in the paper, or to weight only.")
-    sft_sources: list[SFTSource] = Field(default_factory=list, description="Image datasets for the pretrain/SFT stages and for the auxiliary SFT loss of MR-GRPO.")
+    sources: list[PromptSource] = Field(
+        default_factory=list, description="RL prompt sources, each with its reward mixture."
+    )
+    source_sampling: Literal["prompts_x_weight", "weight"] = Field(
+        "prompts_x_weight",
+        description="Source probability proportional to (number of prompts x weight), as in the paper, or to weight only.",
+    )
+    sft_sources: list[SFTSource] = Field(
+        default_factory=list,
+        description="Image datasets for the pretrain/SFT stages and for the auxiliary SFT loss of MR-GRPO.",
+    )
     shuffle: bool = Field(True, description="Shuffle prompts within each source (seeded).")
 
 
@@ -83,30 +126,65 @@ class DataConfig(_Strict):
 # stages
 # --------------------------------------------------------------------------------------
 class RLConfig(_Strict):
-    sampler: Literal["sde", "cps", "dance"] = Field("cps", description="Rollout SDE: `cps` (DeepGen default), `sde` (Flow-GRPO) or `dance` (DanceGRPO).")
-    noise_level: float | None = Field(None, ge=0, description="Sampler noise `a`; null takes the sampler's default (sde 0.7, cps 1.0, dance 0.3).")
-    cps_logprob: Literal["gaussian", "unnormalised"] = Field("gaussian", description="Log-prob of `cps` steps: a proper Gaussian density, or DeepGen's `-mean((x'-mu)^2)`.")
+    sampler: Literal["sde", "cps", "dance"] = Field(
+        "cps", description="Rollout SDE: `cps` (DeepGen default), `sde` (Flow-GRPO) or `dance` (DanceGRPO)."
+    )
+    noise_level: float | None = Field(
+        None, ge=0, description="Sampler noise `a`; null takes the sampler's default (sde 0.7, cps 1.0, dance 0.3)."
+    )
+    cps_logprob: Literal["gaussian", "unnormalised"] = Field(
+        "gaussian", description="Log-prob of `cps` steps: a proper Gaussian density, or DeepGen's `-mean((x'-mu)^2)`."
+    )
     num_steps: int = Field(50, ge=2, description="Denoising steps per rollout.")
     group_size: int = Field(8, ge=2, description="G: images sampled per prompt (one group).")
     height: int = Field(512, ge=16, description="Rollout image height in pixels (multiple of 16).")
     width: int = Field(512, ge=16, description="Rollout image width in pixels (multiple of 16).")
-    timestep_fraction: float = Field(0.6, gt=0, le=1, description="Fraction of the SDE steps trained, a random subset per rollout (the last step excluded).")
-    sde_window: tuple[int, int] | None = Field(None, description="[start, end) step indices that use the SDE; ODE outside (Flow-GRPO-Fast). null: every step.")
+    timestep_fraction: float = Field(
+        0.6,
+        gt=0,
+        le=1,
+        description="Fraction of the SDE steps trained, a random subset per rollout (the last step excluded).",
+    )
+    sde_window: tuple[int, int] | None = Field(
+        None, description="[start, end) step indices that use the SDE; ODE outside (Flow-GRPO-Fast). null: every step."
+    )
     shared_noise: bool = Field(False, description="Start all G samples of a group from the same initial noise.")
     cfg_scale: float = Field(0.0, ge=0, description="Classifier-free guidance during rollouts (paper: 0, i.e. off).")
     negative_prompt: str = Field("", description="Negative prompt for CFG (empty prompt through the template for T2I).")
     clip_range: float | tuple[float, float] = Field(1e-4, description="Policy ratio clip e, or [e_low, e_high].")
     beta: float = Field(5e-7, ge=0, description="KL coefficient; 0 builds no reference.")
-    kl_type: Literal["velocity", "mean"] = Field("velocity", description="KL in velocity space (default) or between step means (x-space).")
-    adv_mode: Literal["gdpo", "grpo"] = Field("gdpo", description="`gdpo`: each reward normalised within its group (MR-GRPO); `grpo`: the weighted sum normalised.")
+    kl_type: Literal["velocity", "mean"] = Field(
+        "velocity", description="KL in velocity space (default) or between step means (x-space)."
+    )
+    adv_mode: Literal["gdpo", "grpo"] = Field(
+        "gdpo",
+        description="`gdpo`: each reward normalised within its group (MR-GRPO); `grpo`: the weighted sum normalised.",
+    )
     adv_eps: float = Field(1e-4, gt=0, description="eps added to every std in the advantages.")
     adv_clip: float = Field(5.0, gt=0, description="Advantages clipped to [-c, c].")
-    sft_aux_coef: float = Field(1e-4, ge=0, lt=1, description="lambda: L = (1 - lambda) L_grpo + lambda L_sft; 0 disables the auxiliary SFT loss.")
-    sft_aux_every: int = Field(1, ge=1, description="Add the auxiliary SFT loss every k rollout steps (one SFT batch per optimizer step of those rollouts).")
+    sft_aux_coef: float = Field(
+        1e-4,
+        ge=0,
+        lt=1,
+        description="lambda: L = (1 - lambda) L_grpo + lambda L_sft; 0 disables the auxiliary SFT loss.",
+    )
+    sft_aux_every: int = Field(
+        1,
+        ge=1,
+        description="Add the auxiliary SFT loss every k rollout steps (one SFT batch per optimizer step of those rollouts).",
+    )
     sft_aux_batch_size: int = Field(8, ge=1, description="Images in each auxiliary SFT batch (per process).")
-    inner_epochs: int = Field(1, ge=1, description="Passes over each rollout batch; each pass takes train.updates_per_rollout optimizer steps.")
-    reward_failure: Literal["mask", "stop"] = Field("mask", description="When a reward cannot score images: mask them (logged) or stop the run with an error.")
-    flip_advantage_sign: bool = Field(False, description="Debug: negate advantages (the reward must then fall); never use for real runs.")
+    inner_epochs: int = Field(
+        1,
+        ge=1,
+        description="Passes over each rollout batch; each pass takes train.updates_per_rollout optimizer steps.",
+    )
+    reward_failure: Literal["mask", "stop"] = Field(
+        "mask", description="When a reward cannot score images: mask them (logged) or stop the run with an error."
+    )
+    flip_advantage_sign: bool = Field(
+        False, description="Debug: negate advantages (the reward must then fall); never use for real runs."
+    )
 
     @field_validator("sde_window")
     @classmethod
@@ -117,19 +195,41 @@ class RLConfig(_Strict):
 
 
 class SFTConfig(_Strict):
-    caption_dropout: float = Field(0.1, ge=0, lt=1, description="Probability a text-to-image caption is replaced by the empty prompt (editing: never).")
-    t2i_edit_ratio: tuple[float, float] = Field((3.0, 1.0), description="Batches of text-to-image : editing (pre-training 3:1, SFT 2:1).")
-    pixel_budget: int = Field(512, ge=32, description="Images resized to about budget^2 pixels keeping aspect, sides multiples of 32.")
+    caption_dropout: float = Field(
+        0.1,
+        ge=0,
+        lt=1,
+        description="Probability a text-to-image caption is replaced by the empty prompt (editing: never).",
+    )
+    t2i_edit_ratio: tuple[float, float] = Field(
+        (3.0, 1.0), description="Batches of text-to-image : editing (pre-training 3:1, SFT 2:1)."
+    )
+    pixel_budget: int = Field(
+        512, ge=32, description="Images resized to about budget^2 pixels keeping aspect, sides multiples of 32."
+    )
     timestep_shift: float = Field(3.0, gt=0, description="Shift k of the training noise law s = k u / (1 + (k - 1) u).")
     num_workers: int = Field(0, ge=0, description="DataLoader workers for image decoding.")
 
 
 class EvalConfig(_Strict):
-    sources: list[PromptSource] = Field(default_factory=list, description="Held-out prompt sources (MR-GRPO): each prompt is sampled once with the ODE sampler from fixed noise and scored with its source's reward mixture (`eval/<reward>`, `eval/mean`).")
+    sources: list[PromptSource] = Field(
+        default_factory=list,
+        description="Held-out prompt sources (MR-GRPO): each prompt is sampled once with the ODE sampler from fixed noise and scored with its source's reward mixture (`eval/<reward>`, `eval/mean`).",
+    )
     every: int = Field(100, ge=1, description="Evaluate every N steps (and at the last step); MR-GRPO only.")
-    prompts: int = Field(16, ge=1, description="Held-out prompts per evaluation: the first N of `eval.sources`, in file order, split over the processes.")
-    num_steps: int = Field(50, ge=2, description="ODE denoising steps of evaluation images and of the sample grids of both trainers.")
-    cfg_scale: float = Field(4.0, ge=0, description="CFG scale of evaluation images and sample grids (paper: 4.0); <= 1 disables CFG (no negative prompt is encoded).")
+    prompts: int = Field(
+        16,
+        ge=1,
+        description="Held-out prompts per evaluation: the first N of `eval.sources`, in file order, split over the processes.",
+    )
+    num_steps: int = Field(
+        50, ge=2, description="ODE denoising steps of evaluation images and of the sample grids of both trainers."
+    )
+    cfg_scale: float = Field(
+        4.0,
+        ge=0,
+        description="CFG scale of evaluation images and sample grids (paper: 4.0); <= 1 disables CFG (no negative prompt is encoded).",
+    )
 
 
 class EMAConfig(_Strict):
@@ -138,13 +238,17 @@ class EMAConfig(_Strict):
 
 
 class LoRAConfig(_Strict):
-    enabled: bool = Field(False, description="Train a LoRA on the DiT instead of the full DiT (reference = adapters disabled).")
+    enabled: bool = Field(
+        False, description="Train a LoRA on the DiT instead of the full DiT (reference = adapters disabled)."
+    )
     rank: int = Field(32, ge=1, description="LoRA rank r.")
     alpha: float = Field(64.0, gt=0, description="LoRA alpha.")
     dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout.")
-    target_modules: list[str] = Field(default_factory=lambda: list(DIT_LORA_TARGETS),
-                                      description="Module names that get adapters (default: the 8 joint-attention projections, "
-                                                  "flow_grpo's SD3 LoRA targets).")
+    target_modules: list[str] = Field(
+        default_factory=lambda: list(DIT_LORA_TARGETS),
+        description="Module names that get adapters (default: the 8 joint-attention projections, "
+        "flow_grpo's SD3 LoRA targets).",
+    )
 
 
 class TrainConfig(_Strict):
@@ -158,28 +262,63 @@ class TrainConfig(_Strict):
     lr: float = Field(2e-6, gt=0, description="Peak learning rate (paper RL: 2e-6; pretrain 1e-4; SFT 5e-5).")
     betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay (applied to matrices only).")
-    schedule: Literal["constant_with_warmup", "cosine"] = Field("constant_with_warmup", description="LR schedule after the linear warm-up.")
-    warmup_steps: int = Field(20, ge=0, description="Linear warm-up steps (RL: rollouts, whatever updates_per_rollout; SFT: optimizer steps).")
-    warmup_ratio: float | None = Field(None, ge=0, lt=1, description="Warm-up as a fraction of max_steps (overrides warmup_steps when set).")
-    images_per_step: int = Field(256, ge=1, description="Global images per step (RL: prompts x G of one rollout over all processes; SFT: images per optimizer step).")
-    updates_per_rollout: int | Literal["per_timestep"] = Field(1, description="RL optimizer steps per pass over a rollout: 1 (all samples and trained timesteps accumulate into one step; the ratio stays 1), k (the groups split into k steps, groups kept whole) or `per_timestep` (one step per trained timestep over the whole batch: the released DeepGen-RL schedule). See docs/training.md.")
-    micro_batch_size: int = Field(8, ge=1, description="Images per forward/backward on one process (gradients accumulate).")
-    max_steps: int = Field(1500, ge=1, description="Steps of the run (RL: rollouts; SFT: optimizer steps). The LR schedule and warm-up count these steps.")
+    schedule: Literal["constant_with_warmup", "cosine"] = Field(
+        "constant_with_warmup", description="LR schedule after the linear warm-up."
+    )
+    warmup_steps: int = Field(
+        20, ge=0, description="Linear warm-up steps (RL: rollouts, whatever updates_per_rollout; SFT: optimizer steps)."
+    )
+    warmup_ratio: float | None = Field(
+        None, ge=0, lt=1, description="Warm-up as a fraction of max_steps (overrides warmup_steps when set)."
+    )
+    images_per_step: int = Field(
+        256,
+        ge=1,
+        description="Global images per step (RL: prompts x G of one rollout over all processes; SFT: images per optimizer step).",
+    )
+    updates_per_rollout: int | Literal["per_timestep"] = Field(
+        1,
+        description="RL optimizer steps per pass over a rollout: 1 (all samples and trained timesteps accumulate into one step; the ratio stays 1), k (the groups split into k steps, groups kept whole) or `per_timestep` (one step per trained timestep over the whole batch: the released DeepGen-RL schedule). See docs/training.md.",
+    )
+    micro_batch_size: int = Field(
+        8, ge=1, description="Images per forward/backward on one process (gradients accumulate)."
+    )
+    max_steps: int = Field(
+        1500,
+        ge=1,
+        description="Steps of the run (RL: rollouts; SFT: optimizer steps). The LR schedule and warm-up count these steps.",
+    )
     grad_clip: float | None = Field(1.0, gt=0, description="Max global gradient norm; null disables.")
-    mixed_precision: Literal["no", "bf16", "fp16"] = Field("bf16", description="Model dtype for forward passes; log-probs stay float32.")
+    mixed_precision: Literal["no", "bf16", "fp16"] = Field(
+        "bf16", description="Model dtype for forward passes; log-probs stay float32."
+    )
     seed: int = Field(42, ge=0, le=2**63 - 1, description="Base seed (>= 0); each process derives its own.")
     ema: EMAConfig = Field(default_factory=EMAConfig, description="EMA of trained weights.")
     lora: LoRAConfig = Field(default_factory=LoRAConfig, description="LoRA on the DiT.")
-    gradient_checkpointing: bool | Literal["auto"] = Field(False, description=(
-        "Recompute activations in the backward pass to save memory. `auto`: only on CUDA when weights + gradients + "
-        "AdamW states would take more than half of the device's memory (a heuristic; it trades ~30% train time for memory)."))
-    fused_optimizer: bool | Literal["auto"] = Field("auto", description=(
-        "torch's fused AdamW kernel (one launch for all parameters). `auto`: on CUDA only; same update up to float rounding."))
-    compile_dit: bool = Field(False, description=(
-        "Regional torch.compile of the DiT's transformer blocks (opt-in: the first steps pay the compile time)."))
+    gradient_checkpointing: bool | Literal["auto"] = Field(
+        False,
+        description=(
+            "Recompute activations in the backward pass to save memory. `auto`: only on CUDA when weights + gradients + "
+            "AdamW states would take more than half of the device's memory (a heuristic; it trades ~30% train time for memory)."
+        ),
+    )
+    fused_optimizer: bool | Literal["auto"] = Field(
+        "auto",
+        description=(
+            "torch's fused AdamW kernel (one launch for all parameters). `auto`: on CUDA only; same update up to float rounding."
+        ),
+    )
+    compile_dit: bool = Field(
+        False,
+        description=(
+            "Regional torch.compile of the DiT's transformer blocks (opt-in: the first steps pay the compile time)."
+        ),
+    )
     checkpoint_every: int = Field(50, ge=1, description="Save a checkpoint every N optimizer steps (and at the end).")
     keep_last: int = Field(3, ge=1, description="Checkpoints kept on disk.")
-    resume: str | None = Field(None, description="`auto` (latest checkpoint in output_dir), a checkpoint directory, or null.")
+    resume: str | None = Field(
+        None, description="`auto` (latest checkpoint in output_dir), a checkpoint directory, or null."
+    )
 
     @field_validator("betas")
     @classmethod
@@ -190,9 +329,15 @@ class TrainConfig(_Strict):
 
 
 class DistributedConfig(_Strict):
-    accelerate_config: str | None = Field(None, description="accelerate config file (recipes/accelerate/*.yaml) used by `mrgrpo train --launch`.")
-    num_processes: int | None = Field(None, ge=1, description="Processes for `--launch`; default from the accelerate config.")
-    backend: Literal["auto", "nccl", "gloo"] = Field("auto", description="Process-group backend; `auto` = nccl on GPU, gloo on CPU.")
+    accelerate_config: str | None = Field(
+        None, description="accelerate config file (recipes/accelerate/*.yaml) used by `mrgrpo train --launch`."
+    )
+    num_processes: int | None = Field(
+        None, ge=1, description="Processes for `--launch`; default from the accelerate config."
+    )
+    backend: Literal["auto", "nccl", "gloo"] = Field(
+        "auto", description="Process-group backend; `auto` = nccl on GPU, gloo on CPU."
+    )
 
 
 class LoggingConfig(_Strict):
@@ -202,22 +347,33 @@ class LoggingConfig(_Strict):
     wandb: bool = Field(False, description="Also log to Weights & Biases (needs `wandb` installed).")
     wandb_project: str = Field("mrgrpo", description="W&B project name.")
     progress_bar: bool = Field(True, description="Show a progress bar on the console (main process).")
-    dump_rollouts: bool = Field(False, description="Write per-sample rewards, advantages and log-probs of every step to rollouts/step-N.rank-R.pt.")
+    dump_rollouts: bool = Field(
+        False,
+        description="Write per-sample rewards, advantages and log-probs of every step to rollouts/step-N.rank-R.pt.",
+    )
 
 
 class RunConfig(_Strict):
     """A whole run."""
 
     stage: Stage = Field("rl", description="Which trainer runs: `rl` (MR-GRPO), `pretrain` or `sft` (flow matching).")
-    output_dir: str = Field("outputs/run", description="Run folder: config.yaml, metrics.jsonl, checkpoints/, samples/.")
+    output_dir: str = Field(
+        "outputs/run", description="Run folder: config.yaml, metrics.jsonl, checkpoints/, samples/."
+    )
     policy: PolicyConfig = Field(default_factory=PolicyConfig, description="The diffusion policy.")
-    rewards: dict[str, RewardSpec] = Field(default_factory=dict, description="Rewards of the run by name (the names the mixtures use).")
+    rewards: dict[str, RewardSpec] = Field(
+        default_factory=dict, description="Rewards of the run by name (the names the mixtures use)."
+    )
     data: DataConfig = Field(default_factory=DataConfig, description="Prompt and image sources.")
     rl: RLConfig = Field(default_factory=RLConfig, description="MR-GRPO settings.")
-    sft: SFTConfig = Field(default_factory=SFTConfig, description="Flow-matching (pretrain/SFT and auxiliary) settings.")
+    sft: SFTConfig = Field(
+        default_factory=SFTConfig, description="Flow-matching (pretrain/SFT and auxiliary) settings."
+    )
     train: TrainConfig = Field(default_factory=TrainConfig, description="Optimisation and checkpointing.")
     distributed: DistributedConfig = Field(default_factory=DistributedConfig, description="Multi-process launch.")
-    eval: EvalConfig = Field(default_factory=EvalConfig, description="Periodic evaluation on held-out prompts and the sample grids' sampler.")
+    eval: EvalConfig = Field(
+        default_factory=EvalConfig, description="Periodic evaluation on held-out prompts and the sample grids' sampler."
+    )
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Metrics and sample grids.")
 
     # filled by load_recipe, not part of the schema
@@ -249,9 +405,11 @@ def expand_vars(text: str, field: str = "a path") -> str:
         value = os.environ.get(m.group(1))
         if value is None or (value == "" and m.group(2) is not None):
             if m.group(2) is None:
-                raise RecipeError(f"field `{field}`: {text!r} uses the environment variable {m.group(1)} "
-                                  "which is not set. "
-                                  f"Fix: export {m.group(1)}=..., or write ${{{m.group(1)}:-default}}.")
+                raise RecipeError(
+                    f"field `{field}`: {text!r} uses the environment variable {m.group(1)} "
+                    "which is not set. "
+                    f"Fix: export {m.group(1)}=..., or write ${{{m.group(1)}:-default}}."
+                )
             return m.group(2)
         return value
 
@@ -293,8 +451,10 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
                 node = _list_item(node, k, keys[: i + 1], text)
                 continue
             if not isinstance(node, dict):
-                raise RecipeError(f"--set {text!r}: {'.'.join(keys[:i])} is a value, not a section. "
-                                  f"Fix: set {'.'.join(keys[:i])}=... directly")
+                raise RecipeError(
+                    f"--set {text!r}: {'.'.join(keys[:i])} is a value, not a section. "
+                    f"Fix: set {'.'.join(keys[:i])}=... directly"
+                )
             if node.get(k) is None:
                 node[k] = {}
             node = node[k]
@@ -326,7 +486,9 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
         value = e.get("input")
         if e["type"] == "extra_forbidden":
             parent = ".".join(str(x) for x in e["loc"][:-1])
-            fix = f"remove it or fix its spelling; run `mrgrpo recipes schema` for the fields of {parent or 'the recipe'}"
+            fix = (
+                f"remove it or fix its spelling; run `mrgrpo recipes schema` for the fields of {parent or 'the recipe'}"
+            )
             shown = repr(value)
             if len(shown) > 80:
                 shown = shown[:77] + "..."
@@ -360,14 +522,20 @@ def load_recipe(
     recipe_path: Path | None = None
     if path is not None:
         recipe_path = Path(path)
-        text = read_text_file(recipe_path, "recipe file",
-                              "pass a YAML recipe; `mrgrpo recipes list` shows the shipped ones", error=RecipeError)
+        text = read_text_file(
+            recipe_path,
+            "recipe file",
+            "pass a YAML recipe; `mrgrpo recipes list` shows the shipped ones",
+            error=RecipeError,
+        )
         try:
             data = yaml.safe_load(text) or {}
         except yaml.YAMLError as exc:
             raise RecipeError(f"{source}: not valid YAML: {exc}. Fix: correct the YAML syntax.") from None
     if not isinstance(data or {}, dict):
-        raise RecipeError(f"{source}: the top level must be a mapping of sections (policy, rewards, data, rl, train, ...).")
+        raise RecipeError(
+            f"{source}: the top level must be a mapping of sections (policy, rewards, data, rl, train, ...)."
+        )
     data = copy.deepcopy(dict(data or {}))  # overrides must not write into the caller's dict
     apply_overrides(data, list(overrides or []))
     check_moved_fields(data, source)
@@ -386,13 +554,20 @@ def load_recipe(
     return cfg
 
 
-_MAGIC = {b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image", b"GIF8": "a GIF image",
-          b"PK\x03\x04": "a zip archive", b"\x1f\x8b": "a gzip file", b"%PDF": "a PDF",
-          b"RIFF": "a RIFF (WebP/WAV) file"}
+_MAGIC = {
+    b"\x89PNG": "a PNG image",
+    b"\xff\xd8\xff": "a JPEG image",
+    b"GIF8": "a GIF image",
+    b"PK\x03\x04": "a zip archive",
+    b"\x1f\x8b": "a gzip file",
+    b"%PDF": "a PDF",
+    b"RIFF": "a RIFF (WebP/WAV) file",
+}
 
 
-def read_text_file(path: str | os.PathLike, what: str, fix: str, *, error: type[Exception] | None = None,
-                   max_bytes: int | None = None) -> str:
+def read_text_file(
+    path: str | os.PathLike, what: str, fix: str, *, error: type[Exception] | None = None, max_bytes: int | None = None
+) -> str:
     """The UTF-8 text of ``path``, or ``error`` (default :class:`RecipeError`) naming the file and the fix.
 
     Catches what a careless path gives: a missing file, a folder, no read permission, a binary file
@@ -405,13 +580,16 @@ def read_text_file(path: str | os.PathLike, what: str, fix: str, *, error: type[
     if p.is_dir():
         raise err(f"{what} {str(p)!r} is a folder, not a file. Fix: {fix}.")
     if max_bytes is not None and p.stat().st_size > max_bytes:
-        raise err(f"{what} {str(p)!r} is {p.stat().st_size / 2**20:.1f} MiB, more than the {max_bytes / 2**20:.0f} MiB "
-                  f"such a file can be. Fix: {fix}.")
+        raise err(
+            f"{what} {str(p)!r} is {p.stat().st_size / 2**20:.1f} MiB, more than the {max_bytes / 2**20:.0f} MiB "
+            f"such a file can be. Fix: {fix}."
+        )
     try:
         raw = p.read_bytes()
     except PermissionError:
-        raise err(f"{what} {str(p)!r} cannot be read: permission denied. "
-                  f"Fix: `chmod u+r {p}` or copy it somewhere readable.") from None
+        raise err(
+            f"{what} {str(p)!r} cannot be read: permission denied. Fix: `chmod u+r {p}` or copy it somewhere readable."
+        ) from None
     except OSError as exc:
         raise err(f"{what} {str(p)!r} cannot be read: {exc.strerror or exc}. Fix: {fix}.") from None
     kind = next((name for magic, name in _MAGIC.items() if raw.startswith(magic)), None)
@@ -422,8 +600,10 @@ def read_text_file(path: str | os.PathLike, what: str, fix: str, *, error: type[
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise err(f"{what} {str(p)!r} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}). "
-                  f"Fix: save it as UTF-8 (e.g. `iconv -f latin1 -t utf-8`).") from None
+        raise err(
+            f"{what} {str(p)!r} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}). "
+            f"Fix: save it as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)."
+        ) from None
     return text.removeprefix("\ufeff")
 
 
@@ -443,8 +623,10 @@ def check_moved_fields(data: dict[str, Any], source: str = "<recipe>") -> None:
     for (section, key), new in MOVED_FIELDS.items():
         node = data.get(section)
         if isinstance(node, dict) and key in node:
-            problems.append(f"  - field `{section}.{key}`: moved to `{new}`. Fix: write it as `{new}: {node[key]!r}` "
-                            f"(section `{new.split('.')[0]}:`).")
+            problems.append(
+                f"  - field `{section}.{key}`: moved to `{new}`. Fix: write it as `{new}: {node[key]!r}` "
+                f"(section `{new.split('.')[0]}:`)."
+            )
     if problems:
         raise RecipeError(f"{source}: {len(problems)} problem(s):\n" + "\n".join(problems))
 
@@ -467,27 +649,59 @@ def check_recipe(cfg: RunConfig, *, check_files: bool = True, source: str = "<re
         return None if p.exists() else p
 
     if not cfg.output_dir.strip():
-        bad("output_dir", cfg.output_dir, "is empty (the run would write into the working directory)",
-            "name a run folder, e.g. outputs/my_run")
+        bad(
+            "output_dir",
+            cfg.output_dir,
+            "is empty (the run would write into the working directory)",
+            "name a run folder, e.g. outputs/my_run",
+        )
     if cfg.stage == "rl":
         if not cfg.data.sources:
-            bad("data.sources", [], "is empty: an RL run needs prompts", "add at least one prompt source with its reward mixture")
+            bad(
+                "data.sources",
+                [],
+                "is empty: an RL run needs prompts",
+                "add at least one prompt source with its reward mixture",
+            )
         if not cfg.rewards:
-            bad("rewards", {}, "is empty: an RL run needs rewards", "define the rewards the mixtures name (e.g. rewards: {ocr: {}})")
+            bad(
+                "rewards",
+                {},
+                "is empty: an RL run needs rewards",
+                "define the rewards the mixtures name (e.g. rewards: {ocr: {}})",
+            )
         if train.images_per_step % rl.group_size:
-            bad("train.images_per_step", train.images_per_step, f"is not divisible by rl.group_size={rl.group_size}",
-                f"use a multiple of {rl.group_size} (e.g. {max(1, train.images_per_step // rl.group_size) * rl.group_size})")
+            bad(
+                "train.images_per_step",
+                train.images_per_step,
+                f"is not divisible by rl.group_size={rl.group_size}",
+                f"use a multiple of {rl.group_size} (e.g. {max(1, train.images_per_step // rl.group_size) * rl.group_size})",
+            )
         for h_name in ("height", "width"):
             v = getattr(rl, h_name)
             if v % 16:
                 bad(f"rl.{h_name}", v, "is not a multiple of 16", f"use {((v + 15) // 16) * 16}")
         if rl.sde_window is not None and rl.sde_window[1] > rl.num_steps:
-            bad("rl.sde_window", list(rl.sde_window), f"ends after rl.num_steps={rl.num_steps}", f"use an end <= {rl.num_steps}")
+            bad(
+                "rl.sde_window",
+                list(rl.sde_window),
+                f"ends after rl.num_steps={rl.num_steps}",
+                f"use an end <= {rl.num_steps}",
+            )
         upr = train.updates_per_rollout
         if isinstance(upr, int) and cfg.prompts_per_step % upr:
-            bad("train.updates_per_rollout", upr, f"does not divide the {cfg.prompts_per_step} prompts (groups) of a step",
-                f"use a divisor of {cfg.prompts_per_step} (groups are kept whole), or per_timestep")
-        if isinstance(rl.clip_range, tuple) and min(rl.clip_range) < 0 or not isinstance(rl.clip_range, tuple) and rl.clip_range < 0:
+            bad(
+                "train.updates_per_rollout",
+                upr,
+                f"does not divide the {cfg.prompts_per_step} prompts (groups) of a step",
+                f"use a divisor of {cfg.prompts_per_step} (groups are kept whole), or per_timestep",
+            )
+        if (
+            isinstance(rl.clip_range, tuple)
+            and min(rl.clip_range) < 0
+            or not isinstance(rl.clip_range, tuple)
+            and rl.clip_range < 0
+        ):
             bad("rl.clip_range", rl.clip_range, "is negative", "use a small positive value such as 1e-4")
     for i, src in enumerate(cfg.data.sources + cfg.eval.sources):
         section = "data.sources" if i < len(cfg.data.sources) else "eval.sources"
@@ -495,51 +709,100 @@ def check_recipe(cfg: RunConfig, *, check_files: bool = True, source: str = "<re
         field = f"{section}.{j}"
         unknown = sorted(set(src.rewards) - set(cfg.rewards))
         if unknown:
-            bad(f"{field}.rewards", unknown, f"names reward(s) the run does not define (defined: {sorted(cfg.rewards)})",
-                "add them under `rewards:` or remove them from the mixture")
+            bad(
+                f"{field}.rewards",
+                unknown,
+                f"names reward(s) the run does not define (defined: {sorted(cfg.rewards)})",
+                "add them under `rewards:` or remove them from the mixture",
+            )
         if not src.rewards and cfg.stage == "rl":
-            bad(f"{field}.rewards", {}, "is empty: its prompts would get no reward",
-                f"give the mixture, e.g. {{{next(iter(sorted(cfg.rewards)), 'ocr')}: 1.0}}")
+            bad(
+                f"{field}.rewards",
+                {},
+                "is empty: its prompts would get no reward",
+                f"give the mixture, e.g. {{{next(iter(sorted(cfg.rewards)), 'ocr')}: 1.0}}",
+            )
         if src.rewards and all(w == 0 for w in src.rewards.values()):
             bad(f"{field}.rewards", src.rewards, "has only zero weights", "give at least one reward a positive weight")
         if any(w < 0 for w in src.rewards.values()):
             bad(f"{field}.rewards", src.rewards, "has a negative weight", "use weights >= 0")
         if check_files and src.required and (gone := missing(f"{field}.path", src.path)) is not None:
-            bad(f"{field}.path", src.path, f"does not exist (looked at {gone})",
-                "point it at an existing prompt file (relative paths are taken from the recipe's folder) or set `required: false`")
+            bad(
+                f"{field}.path",
+                src.path,
+                f"does not exist (looked at {gone})",
+                "point it at an existing prompt file (relative paths are taken from the recipe's folder) or set `required: false`",
+            )
     if cfg.stage == "rl" and cfg.data.sources and all(s.weight == 0 for s in cfg.data.sources):
-        bad("data.sources.*.weight", [s.weight for s in cfg.data.sources], "are all zero", "give at least one source a positive weight")
+        bad(
+            "data.sources.*.weight",
+            [s.weight for s in cfg.data.sources],
+            "are all zero",
+            "give at least one source a positive weight",
+        )
     if cfg.stage in ("pretrain", "sft"):
         if not cfg.data.sft_sources:
             bad("data.sft_sources", [], f"is empty: the {cfg.stage} stage trains on images", "add image sources")
         if cfg.sft.t2i_edit_ratio[0] < 0 or cfg.sft.t2i_edit_ratio[1] < 0 or sum(cfg.sft.t2i_edit_ratio) == 0:
-            bad("sft.t2i_edit_ratio", list(cfg.sft.t2i_edit_ratio), "must be two non-negative numbers, not both 0", "e.g. [3, 1]")
+            bad(
+                "sft.t2i_edit_ratio",
+                list(cfg.sft.t2i_edit_ratio),
+                "must be two non-negative numbers, not both 0",
+                "e.g. [3, 1]",
+            )
     if cfg.stage == "rl" and rl.sft_aux_coef > 0 and not cfg.data.sft_sources:
-        bad("rl.sft_aux_coef", rl.sft_aux_coef, "asks for the auxiliary SFT loss but data.sft_sources is empty",
-            "add data.sft_sources, or set rl.sft_aux_coef: 0")
+        bad(
+            "rl.sft_aux_coef",
+            rl.sft_aux_coef,
+            "asks for the auxiliary SFT loss but data.sft_sources is empty",
+            "add data.sft_sources, or set rl.sft_aux_coef: 0",
+        )
     for i, sft_src in enumerate(cfg.data.sft_sources):
-        if (check_files and sft_src.required and sft_src.format != "webdataset"
-                and (gone := missing(f"data.sft_sources.{i}.path", sft_src.path))):
-            bad(f"data.sft_sources.{i}.path", sft_src.path, f"does not exist (looked at {gone})",
-                "point it at your copy of the data set or set `required: false`")
+        if (
+            check_files
+            and sft_src.required
+            and sft_src.format != "webdataset"
+            and (gone := missing(f"data.sft_sources.{i}.path", sft_src.path))
+        ):
+            bad(
+                f"data.sft_sources.{i}.path",
+                sft_src.path,
+                f"does not exist (looked at {gone})",
+                "point it at your copy of the data set or set `required: false`",
+            )
     if train.micro_batch_size > train.images_per_step:
-        bad("train.micro_batch_size", train.micro_batch_size, f"exceeds train.images_per_step={train.images_per_step}",
-            f"use at most {train.images_per_step}")
+        bad(
+            "train.micro_batch_size",
+            train.micro_batch_size,
+            f"exceeds train.images_per_step={train.images_per_step}",
+            f"use at most {train.images_per_step}",
+        )
     else:
         _check_layout(cfg, bad)
     if cfg.stage == "rl" and sde_trainable_steps(rl.num_steps, rl.sde_window) == 0:
-        bad("rl.sde_window", list(rl.sde_window or ()),
+        bad(
+            "rl.sde_window",
+            list(rl.sde_window or ()),
             f"leaves no trainable SDE step among rl.num_steps={rl.num_steps} (the last step is never trained)",
-            f"widen it, e.g. [0, {rl.num_steps}]")
+            f"widen it, e.g. [0, {rl.num_steps}]",
+        )
     if isinstance(rl.clip_range, tuple) and rl.clip_range[0] > rl.clip_range[1]:
         bad("rl.clip_range", list(rl.clip_range), "has e_low > e_high", "give [e_low, e_high] with e_low <= e_high")
     if train.warmup_ratio is None and train.warmup_steps > train.max_steps and cfg.train.schedule == "cosine":
-        bad("train.warmup_steps", train.warmup_steps,
+        bad(
+            "train.warmup_steps",
+            train.warmup_steps,
             f"exceeds train.max_steps={train.max_steps}: the cosine decay never starts",
-            f"use at most {train.max_steps}")
+            f"use at most {train.max_steps}",
+        )
     accelerate_config = cfg.distributed.accelerate_config
     if accelerate_config and check_files and missing("distributed.accelerate_config", accelerate_config):
-        bad("distributed.accelerate_config", cfg.distributed.accelerate_config, "does not exist", "point it at a file in recipes/accelerate/")
+        bad(
+            "distributed.accelerate_config",
+            cfg.distributed.accelerate_config,
+            "does not exist",
+            "point it at a file in recipes/accelerate/",
+        )
     if problems:
         raise RecipeError(f"{source}: {len(problems)} problem(s):\n" + "\n".join(problems))
 
@@ -568,22 +831,32 @@ def _check_layout(cfg: RunConfig, bad) -> None:
             return  # reported above
         n_prompts = train.images_per_step // rl.group_size
         if n_prompts % world:
-            bad("train.images_per_step", train.images_per_step, f"gives {n_prompts} prompt(s) a step, not divisible by "
-                f"{world} processes", f"use a multiple of rl.group_size x processes = {rl.group_size * world}")
+            bad(
+                "train.images_per_step",
+                train.images_per_step,
+                f"gives {n_prompts} prompt(s) a step, not divisible by {world} processes",
+                f"use a multiple of rl.group_size x processes = {rl.group_size * world}",
+            )
             return
         local = n_prompts // world * rl.group_size
         micro = min(train.micro_batch_size, local)
         if local % micro:
             divisors = [d for d in range(1, local + 1) if local % d == 0]
-            bad("train.micro_batch_size", train.micro_batch_size, f"does not divide the {local} images each of {world} "
-                "process(es) trains on a step",
-                f"use a divisor of {local}, e.g. {max(d for d in divisors if d <= micro)}")
+            bad(
+                "train.micro_batch_size",
+                train.micro_batch_size,
+                f"does not divide the {local} images each of {world} process(es) trains on a step",
+                f"use a divisor of {local}, e.g. {max(d for d in divisors if d <= micro)}",
+            )
     else:
         per_step = train.micro_batch_size * world
         if train.images_per_step % per_step:
-            bad("train.images_per_step", train.images_per_step,
+            bad(
+                "train.images_per_step",
+                train.images_per_step,
                 f"is not a multiple of train.micro_batch_size x processes = {per_step}",
-                f"use a multiple of {per_step}")
+                f"use a multiple of {per_step}",
+            )
 
 
 def dump_config(cfg: RunConfig) -> str:

@@ -9,6 +9,7 @@ generator's seed alone, whatever device the model runs on) and then moved to the
 Generators made by :func:`mrgrpo.rollout.sample_generators` live on the policy's device; SFT
 and sampling generators may be CPU ones. Both work everywhere.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence

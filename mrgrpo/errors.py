@@ -21,7 +21,8 @@ from __future__ import annotations
 import os
 import sys
 import traceback
-from typing import Callable, TextIO
+from collections.abc import Callable
+from typing import TextIO
 
 #: exit status of an expected error (argparse uses 2 for bad arguments too)
 EXIT_ERROR = 2
@@ -76,8 +77,10 @@ def describe_expected(exc: BaseException) -> str | None:
     if isinstance(exc, MrgrpoError):
         return str(exc)
     if isinstance(exc, ModuleNotFoundError) and exc.name:
-        return (f"the Python package providing {exc.name!r} is not installed ({exc}). Fix: install it "
-                "(`pip install -e .[clip]` / `.[ocr]` for the optional rewards, see the README).")
+        return (
+            f"the Python package providing {exc.name!r} is not installed ({exc}). Fix: install it "
+            "(`pip install -e .[clip]` / `.[ocr]` for the optional rewards, see the README)."
+        )
     if isinstance(exc, UnicodeDecodeError):
         return (
             f"a file is not UTF-8 text ({exc.reason} at byte {exc.start}). Fix: pass a UTF-8 text file "

@@ -24,24 +24,31 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from mrgrpo.advantages import accelerate_sum_reduce, compute_advantages
 from mrgrpo.config import RecipeError, RunConfig
-from mrgrpo.prompts import PromptRecord, PromptSampler, load_sources, rank_slice
 from mrgrpo.losses import StepLossStats, flow_matching_step_loss, mean_kl, mrgrpo_step_loss, velocity_kl
+from mrgrpo.prompts import PromptRecord, PromptSampler, load_sources, rank_slice
 from mrgrpo.reward_mixture import RewardFailure, RewardMixture, ScoredRewards
-from mrgrpo.rollout import (RolloutBatch, choose_train_steps, guided_velocity, sample_generators, sample_ode,
-                            sample_trajectories, sde_step_mask)
-from mrgrpo.seeding import SeedStream, derive_seed, process_seed, train_order_rng
+from mrgrpo.rollout import (
+    RolloutBatch,
+    choose_train_steps,
+    guided_velocity,
+    sample_generators,
+    sample_ode,
+    sample_trajectories,
+    sde_step_mask,
+)
 from mrgrpo.sde import sde_step_with_logprob, step_mean_std
+from mrgrpo.seeding import SeedStream, derive_seed, process_seed, train_order_rng
 from mrgrpo.trainer_base import TrainerBase, build_policy, destroy_process_group, world_size
 from mrgrpo.updates import plan_updates, update_layout
-
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +83,9 @@ class GRPOTrainer(TrainerBase):
         self.G = rl.group_size  # read once: images per prompt (one group)
         self.out = Path(cfg.output_dir)
         self.sources = load_sources(cfg.data.sources, cfg.resolve_path)
-        self.sampler = PromptSampler(self.sources, seed=train.seed, sampling=cfg.data.source_sampling, shuffle=cfg.data.shuffle)
+        self.sampler = PromptSampler(
+            self.sources, seed=train.seed, sampling=cfg.data.source_sampling, shuffle=cfg.data.shuffle
+        )
         self.eval_sources = load_sources(cfg.eval.sources, cfg.resolve_path) if cfg.eval.sources else []
         self.mixtures = {s.name: s.rewards for s in self.sources}
         self.eval_mixtures = {s.name: s.rewards for s in self.eval_sources}
@@ -86,16 +95,25 @@ class GRPOTrainer(TrainerBase):
         world = world_size()
         n_prompts = cfg.prompts_per_step
         if n_prompts % world:
-            raise RecipeError(f"train.images_per_step={train.images_per_step} gives {n_prompts} prompts a step, not divisible by {world} processes. Fix: use a multiple of {self.G * world}.")
+            raise RecipeError(
+                f"train.images_per_step={train.images_per_step} gives {n_prompts} prompts a step, not divisible by {world} processes. Fix: use a multiple of {self.G * world}."
+            )
         self.local_prompts = n_prompts // world
         self.local_images = self.local_prompts * self.G
         n_sde = int(sde_step_mask(rl.num_steps, rl.sde_window).sum())
         if n_sde == 0:
-            raise RecipeError(f"rl.sde_window={rl.sde_window} leaves no trainable SDE step among rl.num_steps={rl.num_steps} (the last step is never trained). Fix: widen the window.")
+            raise RecipeError(
+                f"rl.sde_window={rl.sde_window} leaves no trainable SDE step among rl.num_steps={rl.num_steps} (the last step is never trained). Fix: widen the window."
+            )
         self.train_steps_per_sample = max(1, int(round(rl.timestep_fraction * n_sde)))
         try:
-            self.layout = update_layout(train.updates_per_rollout, prompts=self.local_prompts, group_size=self.G,
-                                        timesteps=self.train_steps_per_sample, micro_batch_size=train.micro_batch_size)
+            self.layout = update_layout(
+                train.updates_per_rollout,
+                prompts=self.local_prompts,
+                group_size=self.G,
+                timesteps=self.train_steps_per_sample,
+                micro_batch_size=train.micro_batch_size,
+            )
         except ValueError as exc:
             raise RecipeError(str(exc)) from None
         self.micro = self.layout.micro
@@ -115,13 +133,20 @@ class GRPOTrainer(TrainerBase):
     def _build_sft_stream(self):
         from mrgrpo.sft_data import build_sft_stream
 
-        return build_sft_stream(self.cfg.data.sft_sources, self.cfg.sft, self.cfg.rl.sft_aux_batch_size, self.cfg.train.seed,
-                                resolve_path=self.cfg.resolve_path, rank=self.accelerator.process_index,
-                                world_size=self.accelerator.num_processes)
+        return build_sft_stream(
+            self.cfg.data.sft_sources,
+            self.cfg.sft,
+            self.cfg.rl.sft_aux_batch_size,
+            self.cfg.train.seed,
+            resolve_path=self.cfg.resolve_path,
+            rank=self.accelerator.process_index,
+            world_size=self.accelerator.num_processes,
+        )
 
     def _velocity_fn(self, model) -> Callable:
         def fn(x, sigma, cond):
             return model("velocity", x.to(self.device), sigma.to(self.device), cond)
+
         return fn
 
     def _local_records(self, step: int) -> tuple[list[PromptRecord], int]:
@@ -139,44 +164,78 @@ class GRPOTrainer(TrainerBase):
         prompts, n_cut = self._fit_prompts(records)
         with torch.no_grad(), self.autocast():
             images = self._load_ref_images(records)
-            enc = self.policy.encode(prompts, images,
-                                     negative_prompt=rl.negative_prompt if rl.cfg_scale > 1 else None)
+            enc = self.policy.encode(prompts, images, negative_prompt=rl.negative_prompt if rl.cfg_scale > 1 else None)
         cond = enc.cond.repeat(G)
         uncond = enc.uncond.repeat(G) if enc.uncond is not None else None
         t_encode = time.perf_counter() - t0
 
         sample_ids = [(offset + i) * G + j for i in range(len(records)) for j in range(G)]
-        gens = sample_generators(self.cfg.train.seed, step, sample_ids, device=self.device,
-                                 stream=SeedStream.ROLLOUT_NOISE)
+        gens = sample_generators(
+            self.cfg.train.seed, step, sample_ids, device=self.device, stream=SeedStream.ROLLOUT_NOISE
+        )
         if rl.shared_noise:
-            group_gens = sample_generators(self.cfg.train.seed, step, [offset + i for i in range(len(records))], device=self.device,
-                                           stream=SeedStream.GROUP_NOISE)
-            noise = torch.cat([self.policy.init_noise(1, rl.height, rl.width, g).repeat(G, 1, 1, 1) for g in group_gens])
+            group_gens = sample_generators(
+                self.cfg.train.seed,
+                step,
+                [offset + i for i in range(len(records))],
+                device=self.device,
+                stream=SeedStream.GROUP_NOISE,
+            )
+            noise = torch.cat(
+                [self.policy.init_noise(1, rl.height, rl.width, g).repeat(G, 1, 1, 1) for g in group_gens]
+            )
         else:
             noise = torch.cat([self.policy.init_noise(1, rl.height, rl.width, g) for g in gens])
         sigmas = self.policy.sigmas(rl.num_steps).to(self.device)
         t1 = time.perf_counter()
         traj = sample_trajectories(
-            self._velocity_fn(self.policy), noise.to(self.device), sigmas, cond, uncond=uncond, cfg_scale=rl.cfg_scale,
-            sampler=rl.sampler, noise_level=rl.noise_level, sde_window=rl.sde_window, generators=gens,
-            cps_logprob=rl.cps_logprob, autocast=self.autocast,
+            self._velocity_fn(self.policy),
+            noise.to(self.device),
+            sigmas,
+            cond,
+            uncond=uncond,
+            cfg_scale=rl.cfg_scale,
+            sampler=rl.sampler,
+            noise_level=rl.noise_level,
+            sde_window=rl.sde_window,
+            generators=gens,
+            cps_logprob=rl.cps_logprob,
+            autocast=self.autocast,
         )
         t2 = time.perf_counter()
         with torch.no_grad(), self.autocast():
-            pixels = torch.cat([self.policy.decode(traj.final[i:i + self.micro]).float() for i in range(0, traj.final.shape[0], self.micro)])
+            pixels = torch.cat(
+                [
+                    self.policy.decode(traj.final[i : i + self.micro]).float()
+                    for i in range(0, traj.final.shape[0], self.micro)
+                ]
+            )
         t3 = time.perf_counter()
         group_ids = torch.tensor([offset + i for i in range(len(records)) for _ in range(G)], dtype=torch.long)
-        return RolloutBatch(records, G, cond, uncond, traj, pixels.cpu(), group_ids, sample_ids,
-                            {"time/encode": t_encode, "time/rollout": t2 - t1, "time/decode": t3 - t2},
-                            prompts_truncated=n_cut)
+        return RolloutBatch(
+            records,
+            G,
+            cond,
+            uncond,
+            traj,
+            pixels.cpu(),
+            group_ids,
+            sample_ids,
+            {"time/encode": t_encode, "time/rollout": t2 - t1, "time/decode": t3 - t2},
+            prompts_truncated=n_cut,
+        )
 
     def _fit_prompts(self, records: Sequence[PromptRecord]) -> tuple[list[str], int]:
         """Prompt texts cut to the policy's ``max_prompt_tokens`` (warned about), and how many were cut."""
         prompts, n_cut = self.policy.truncate_prompts([r.prompt for r in records])
         if n_cut:
             first = next(r.prompt for r, p in zip(records, prompts) if p != r.prompt)[:60]
-            log.warning("%d prompt(s) longer than the policy's limit of %s tokens were truncated (first: %r...)", n_cut,
-                        self.policy.max_prompt_tokens, first)
+            log.warning(
+                "%d prompt(s) longer than the policy's limit of %s tokens were truncated (first: %r...)",
+                n_cut,
+                self.policy.max_prompt_tokens,
+                first,
+            )
         return prompts, n_cut
 
     def _load_ref_images(self, records: Sequence[PromptRecord]):
@@ -187,22 +246,36 @@ class GRPOTrainer(TrainerBase):
         return [[load_image(p).convert("RGB") for p in r.images] for r in records]
 
     # -- 4: rewards -------------------------------------------------------------------------------
-    def score(self, pixels: torch.Tensor, records: Sequence[PromptRecord], group_ids: torch.Tensor, *,
-              mixtures: dict[str, dict[str, float]] | None = None, per_prompt: int | None = None) -> ScoredRewards:
+    def score(
+        self,
+        pixels: torch.Tensor,
+        records: Sequence[PromptRecord],
+        group_ids: torch.Tensor,
+        *,
+        mixtures: dict[str, dict[str, float]] | None = None,
+        per_prompt: int | None = None,
+    ) -> ScoredRewards:
         """Score ``pixels [N, 3, H, W]`` (``per_prompt`` consecutive images per record, default G) with
         the reward mixture of each record's source (``mixtures``: source -> mixture, default the training ones)."""
         from mrgrpo.policies.base import tensor_to_images
 
         mixtures = self.mixtures if mixtures is None else mixtures
-        return self.rewards.score(tensor_to_images(pixels), records, group_ids, mixtures,
-                                  self.G if per_prompt is None else per_prompt)
+        return self.rewards.score(
+            tensor_to_images(pixels), records, group_ids, mixtures, self.G if per_prompt is None else per_prompt
+        )
 
     # -- 5: advantages ---------------------------------------------------------------------------
     def advantages(self, scored: ScoredRewards, group_ids: torch.Tensor) -> torch.Tensor:
         rl = self.cfg.rl
         adv = compute_advantages(
-            scored.scores, scored.weights, group_ids, mode=rl.adv_mode, eps=rl.adv_eps, clip=rl.adv_clip,
-            valid=scored.valid, reduce_fn=accelerate_sum_reduce(self.accelerator) if self.accelerator.num_processes > 1 else None,
+            scored.scores,
+            scored.weights,
+            group_ids,
+            mode=rl.adv_mode,
+            eps=rl.adv_eps,
+            clip=rl.adv_clip,
+            valid=scored.valid,
+            reduce_fn=accelerate_sum_reduce(self.accelerator) if self.accelerator.num_processes > 1 else None,
         )
         return -adv if rl.flip_advantage_sign else adv
 
@@ -222,14 +295,20 @@ class GRPOTrainer(TrainerBase):
         stats = StepLossStats()
         grad_norms: list[float] = []
         for epoch in range(rl.inner_epochs):
-            plan = plan_updates(self.cfg.train.updates_per_rollout, self.layout, self.G, train_order_rng(seed, step, epoch))
+            plan = plan_updates(
+                self.cfg.train.updates_per_rollout, self.layout, self.G, train_order_rng(seed, step, epoch)
+            )
             conds: dict[int, tuple] = {}
             for u, passes in enumerate(plan):
                 for p_i, tp in enumerate(passes):
                     idx = torch.from_numpy(tp.samples).to(self.device)
                     if tp.micro_batch not in conds:
-                        conds = {tp.micro_batch: (batch.cond.select(idx.cpu()),
-                                                  batch.uncond.select(idx.cpu()) if batch.uncond is not None else None)}
+                        conds = {
+                            tp.micro_batch: (
+                                batch.cond.select(idx.cpu()),
+                                batch.uncond.select(idx.cpu()) if batch.uncond is not None else None,
+                            )
+                        }
                     cond_mb, uncond_mb = conds[tp.micro_batch]
                     with self.accelerator.accumulate(self.model):
                         t_idx = train_steps[idx, tp.column]
@@ -239,8 +318,17 @@ class GRPOTrainer(TrainerBase):
                         s_next = traj.sigmas[t_idx + 1]
                         with self.autocast():
                             v = guided_velocity(velocity, x_t, s, cond_mb, uncond_mb, rl.cfg_scale)
-                        step_out = sde_step_with_logprob(x_t, v.float(), s, s_next, sampler=rl.sampler, noise_level=rl.noise_level,
-                                                         prev_sample=x_next, sigma_max=sigma_max, cps_logprob=rl.cps_logprob)
+                        step_out = sde_step_with_logprob(
+                            x_t,
+                            v.float(),
+                            s,
+                            s_next,
+                            sampler=rl.sampler,
+                            noise_level=rl.noise_level,
+                            prev_sample=x_next,
+                            sigma_max=sigma_max,
+                            cps_logprob=rl.cps_logprob,
+                        )
                         kl = None
                         if rl.beta > 0:
                             with torch.no_grad(), self.policy.reference(), self.autocast():
@@ -248,16 +336,31 @@ class GRPOTrainer(TrainerBase):
                             if rl.kl_type == "velocity":
                                 kl = velocity_kl(v.float(), v_ref, step_out.std)
                             else:
-                                ref_mean, _ = step_mean_std(x_t, v_ref, s, s_next, sampler=rl.sampler, noise_level=rl.noise_level,
-                                                            sigma_max=sigma_max)
+                                ref_mean, _ = step_mean_std(
+                                    x_t,
+                                    v_ref,
+                                    s,
+                                    s_next,
+                                    sampler=rl.sampler,
+                                    noise_level=rl.noise_level,
+                                    sigma_max=sigma_max,
+                                )
                                 kl = mean_kl(step_out.mean, ref_mean, step_out.std)
                         l_sft = None
                         sft_due = self.sft_stream is not None and step % rl.sft_aux_every == 0
                         if rl.sft_aux_coef > 0 and p_i == 0 and sft_due:
                             l_sft = self._sft_loss(step, epoch * len(plan) + u)
-                        out = mrgrpo_step_loss(step_out.log_prob, traj.log_probs[idx, t_idx], adv[idx],
-                                               clip_range=rl.clip_range, kl=kl, beta=rl.beta, sft_loss=l_sft,
-                                               sft_coef=rl.sft_aux_coef, accumulation_steps=self.accum)
+                        out = mrgrpo_step_loss(
+                            step_out.log_prob,
+                            traj.log_probs[idx, t_idx],
+                            adv[idx],
+                            clip_range=rl.clip_range,
+                            kl=kl,
+                            beta=rl.beta,
+                            sft_loss=l_sft,
+                            sft_coef=rl.sft_aux_coef,
+                            accumulation_steps=self.accum,
+                        )
                         stats.add(out)
                         self.backward_and_maybe_step(out.loss, grad_norms, step_scheduler=False)
         self.lr_scheduler.step()  # once per rollout: the schedule counts steps (rollouts), not updates
@@ -271,14 +374,16 @@ class GRPOTrainer(TrainerBase):
         if self.sft_stream is None:
             raise RuntimeError("the auxiliary SFT loss needs rl.sft_aux_coef > 0 and data.sft_sources")
         sft_batch = next(self.sft_stream)
-        gen = torch.Generator(device=self.device).manual_seed(derive_seed(self.cfg.train.seed, SeedStream.SFT_NOISE, step, update,
-                                                        self.accelerator.process_index))
+        gen = torch.Generator(device=self.device).manual_seed(
+            derive_seed(self.cfg.train.seed, SeedStream.SFT_NOISE, step, update, self.accelerator.process_index)
+        )
         with self.autocast():
             return flow_matching_step_loss(self.model, sft_batch, generator=gen)
 
     # -- metrics -----------------------------------------------------------------------------------
-    def _global_reward_metrics(self, scored: ScoredRewards, adv: torch.Tensor, prefix: str = "reward",
-                               group_ids: torch.Tensor | None = None) -> dict[str, float]:
+    def _global_reward_metrics(
+        self, scored: ScoredRewards, adv: torch.Tensor, prefix: str = "reward", group_ids: torch.Tensor | None = None
+    ) -> dict[str, float]:
         """Global (all-process) means: per reward over its valid images, ``<prefix>/mean`` = the mean over
         images of each image's mixture-weighted reward (over its valid rewards), invalid fractions, advantage std;
         with ``group_ids``, ``zero_std_frac`` (groups whose weighted rewards are all equal: no learning signal)
@@ -338,9 +443,18 @@ class GRPOTrainer(TrainerBase):
             return
         d = self.out / "rollouts"
         d.mkdir(parents=True, exist_ok=True)
-        torch.save({"sample_ids": batch.sample_ids, "group_ids": batch.group_ids, "prompts": [r.prompt for r in batch.records],
-                    "scores": scored.scores, "valid": scored.valid, "advantages": adv.cpu(), "log_probs": batch.traj.log_probs.cpu()},
-                   d / f"step-{step:06d}.rank-{self.accelerator.process_index}.pt")
+        torch.save(
+            {
+                "sample_ids": batch.sample_ids,
+                "group_ids": batch.group_ids,
+                "prompts": [r.prompt for r in batch.records],
+                "scores": scored.scores,
+                "valid": scored.valid,
+                "advantages": adv.cpu(),
+                "log_probs": batch.traj.log_probs.cpu(),
+            },
+            d / f"step-{step:06d}.rank-{self.accelerator.process_index}.pt",
+        )
 
     # -- evaluation --------------------------------------------------------------------------------
     def evaluate(self, step: int) -> dict[str, float]:
@@ -354,24 +468,46 @@ class GRPOTrainer(TrainerBase):
         if not records:
             return {}
         with torch.no_grad(), self.autocast():
-            enc = self.policy.encode(self._fit_prompts(records)[0], self._load_ref_images(records),
-                                     negative_prompt=rl.negative_prompt if ev.cfg_scale > 1 else None)
-        gens = sample_generators(self.cfg.train.seed, 0, range(sl.start, sl.start + len(records)), device=self.device,
-                                 stream=SeedStream.EVAL_NOISE)
+            enc = self.policy.encode(
+                self._fit_prompts(records)[0],
+                self._load_ref_images(records),
+                negative_prompt=rl.negative_prompt if ev.cfg_scale > 1 else None,
+            )
+        gens = sample_generators(
+            self.cfg.train.seed,
+            0,
+            range(sl.start, sl.start + len(records)),
+            device=self.device,
+            stream=SeedStream.EVAL_NOISE,
+        )
         noise = torch.cat([self.policy.init_noise(1, rl.height, rl.width, g) for g in gens]).to(self.device)
-        final = sample_ode(self._velocity_fn(self.policy), noise, self.policy.sigmas(ev.num_steps).to(self.device), enc.cond,
-                           uncond=enc.uncond, cfg_scale=ev.cfg_scale, autocast=self.autocast)
+        final = sample_ode(
+            self._velocity_fn(self.policy),
+            noise,
+            self.policy.sigmas(ev.num_steps).to(self.device),
+            enc.cond,
+            uncond=enc.uncond,
+            cfg_scale=ev.cfg_scale,
+            autocast=self.autocast,
+        )
         with torch.no_grad(), self.autocast():
             pixels = self.policy.decode(final).float().cpu()
-        scored = self.score(pixels, records, torch.arange(sl.start, sl.start + len(records)), mixtures=self.eval_mixtures,
-                            per_prompt=1)
+        scored = self.score(
+            pixels, records, torch.arange(sl.start, sl.start + len(records)), mixtures=self.eval_mixtures, per_prompt=1
+        )
         if self.tracker is not None:
-            self.tracker.save_samples(step, pixels, nrow=min(8, len(records)), captions=[r.prompt for r in records], name="eval")
+            self.tracker.save_samples(
+                step, pixels, nrow=min(8, len(records)), captions=[r.prompt for r in records], name="eval"
+            )
         return self._global_reward_metrics(scored, torch.zeros(len(records)), prefix="eval")
 
     # -- checkpoints ----------------------------------------------------------------------------------
     def extra_state(self) -> dict[str, Any]:
-        sft = self.sft_stream.state_dict() if self.sft_stream is not None and hasattr(self.sft_stream, "state_dict") else None
+        sft = (
+            self.sft_stream.state_dict()
+            if self.sft_stream is not None and hasattr(self.sft_stream, "state_dict")
+            else None
+        )
         return {"sampler": self.sampler.state_dict(), "sft_stream": sft}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
@@ -416,14 +552,25 @@ class GRPOTrainer(TrainerBase):
             metrics.update(self.evaluate(step))
         if step % cfg.logging.sample_every == 0 or step == 1:
             G = self.G
-            self.run_tracker.save_samples(step, batch.pixels[: min(4, len(batch.records)) * G], nrow=G,
-                                      captions=[r.prompt for r in batch.records[:4]])
+            self.run_tracker.save_samples(
+                step,
+                batch.pixels[: min(4, len(batch.records)) * G],
+                nrow=G,
+                captions=[r.prompt for r in batch.records[:4]],
+            )
         return metrics
 
     def fit(self) -> list[dict[str, float]]:
         """Train until ``train.max_steps`` (resuming if asked); returns the per-step metrics."""
-        return self.run_loop(self.step_once, desc="MR-GRPO", plot=self.tracker_plot,
-                             postfix=lambda m: {"reward": f"{m.get('reward/mean', float('nan')):.4f}", "step_s": f"{m['time/step']:.2f}"})
+        return self.run_loop(
+            self.step_once,
+            desc="MR-GRPO",
+            plot=self.tracker_plot,
+            postfix=lambda m: {
+                "reward": f"{m.get('reward/mean', float('nan')):.4f}",
+                "step_s": f"{m['time/step']:.2f}",
+            },
+        )
 
     def tracker_plot(self) -> None:
         self.run_tracker.plot()

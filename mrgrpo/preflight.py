@@ -28,8 +28,9 @@ from __future__ import annotations
 import inspect
 import os
 import typing
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from mrgrpo.config import RecipeError, RunConfig, read_text_file
 

@@ -22,9 +22,10 @@ import csv
 import json
 import logging
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -66,13 +67,17 @@ def _detect_format(path: Path, fmt: str) -> str:
         return "jsonl"
     if ext == ".csv":
         return "csv"
-    raise RecipeError(f"prompt file {path}: cannot tell the format from {ext!r}. Fix: use .txt/.jsonl/.csv or set `format:`.")
+    raise RecipeError(
+        f"prompt file {path}: cannot tell the format from {ext!r}. Fix: use .txt/.jsonl/.csv or set `format:`."
+    )
 
 
 def _record_from_mapping(obj: dict[str, Any], source: str, where: str, base: Path) -> PromptRecord:
     key = next((k for k in _PROMPT_KEYS if isinstance(obj.get(k), str)), None)
     if key is None:
-        raise RecipeError(f"{where}: no prompt text (expected one of the keys {list(_PROMPT_KEYS)}). Fix: add a `prompt` field.")
+        raise RecipeError(
+            f"{where}: no prompt text (expected one of the keys {list(_PROMPT_KEYS)}). Fix: add a `prompt` field."
+        )
     images_raw = obj.get("images", obj.get("image", obj.get("input_image", [])))
     if isinstance(images_raw, str):
         images_raw = [images_raw]
@@ -99,8 +104,10 @@ def _read_records(p: Path, fmt: str, source: str) -> list[PromptRecord]:
             try:
                 items = [(i + 1, obj) for i, obj in enumerate(json.loads(text))]
             except json.JSONDecodeError as exc:
-                raise RecipeError(f"{p}:{exc.lineno}: not valid JSON ({exc.msg}). Fix: a JSON list of objects, "
-                                  "or one JSON object per line (.jsonl).") from None
+                raise RecipeError(
+                    f"{p}:{exc.lineno}: not valid JSON ({exc.msg}). Fix: a JSON list of objects, "
+                    "or one JSON object per line (.jsonl)."
+                ) from None
         else:
             items = []
             for i, line in enumerate(text.splitlines(), 1):
@@ -108,7 +115,9 @@ def _read_records(p: Path, fmt: str, source: str) -> list[PromptRecord]:
                     try:
                         items.append((i, json.loads(line)))
                     except json.JSONDecodeError as exc:
-                        raise RecipeError(f"{p}:{i}: not valid JSON ({exc.msg}). Fix: one JSON object per line.") from None
+                        raise RecipeError(
+                            f"{p}:{i}: not valid JSON ({exc.msg}). Fix: one JSON object per line."
+                        ) from None
         for i, obj in items:
             if not isinstance(obj, dict):
                 raise RecipeError(f"{p}:{i}: expected a JSON object, got {type(obj).__name__}.")
@@ -126,22 +135,29 @@ def load_prompt_file(path: str | Path, *, source: str, fmt: str = "auto", kind: 
     """Read a prompt file into records; raises :class:`RecipeError` with the line on bad input."""
     p = Path(path)
     if not p.is_file():
-        raise RecipeError(f"prompt file {p} of source {source!r} does not exist. Fix: point `path` at an existing file.")
+        raise RecipeError(
+            f"prompt file {p} of source {source!r} does not exist. Fix: point `path` at an existing file."
+        )
     fmt = _detect_format(p, fmt)
     try:
         records = _read_records(p, fmt, source)
     except UnicodeDecodeError as exc:
-        raise RecipeError(f"prompt file {p}: not UTF-8 text ({exc.reason} at byte {exc.start}). "
-                          "Fix: save it as UTF-8.") from None
+        raise RecipeError(
+            f"prompt file {p}: not UTF-8 text ({exc.reason} at byte {exc.start}). Fix: save it as UTF-8."
+        ) from None
     if kind == "edit":
         for r in records:
             if not r.images:
-                raise RecipeError(f"{p}: editing source {source!r} has a record without a reference image ({r.prompt[:40]!r}). Fix: add `image` to every record.")
+                raise RecipeError(
+                    f"{p}: editing source {source!r} has a record without a reference image ({r.prompt[:40]!r}). Fix: add `image` to every record."
+                )
             for img in r.images:
                 if not Path(img).is_file():
                     raise RecipeError(f"{p}: reference image {img} does not exist (record {r.prompt[:40]!r}).")
     if not records:
-        raise RecipeError(f"prompt file {p} of source {source!r} holds no prompts. Fix: add prompts or remove the source.")
+        raise RecipeError(
+            f"prompt file {p} of source {source!r} holds no prompts. Fix: add prompts or remove the source."
+        )
     return records
 
 
@@ -169,7 +185,9 @@ class PromptSampler:
     cursor, so :meth:`state_dict` / :meth:`load_state_dict` resume exactly.
     """
 
-    def __init__(self, sources: Sequence[LoadedSource], *, seed: int, sampling: str = "prompts_x_weight", shuffle: bool = True):
+    def __init__(
+        self, sources: Sequence[LoadedSource], *, seed: int, sampling: str = "prompts_x_weight", shuffle: bool = True
+    ):
         self.sources = list(sources)
         self.seed = int(seed)
         self.shuffle = shuffle
@@ -178,7 +196,10 @@ class PromptSampler:
                 raise RecipeError(f"prompt source {s.name!r} has weight {s.weight}. Fix: a finite weight >= 0.")
         if sampling not in ("prompts_x_weight", "weight"):
             raise RecipeError(f"unknown source sampling {sampling!r}. Fix: prompts_x_weight or weight.")
-        raw = np.array([(len(s.records) if sampling == "prompts_x_weight" else 1.0) * s.weight for s in self.sources], dtype=np.float64)
+        raw = np.array(
+            [(len(s.records) if sampling == "prompts_x_weight" else 1.0) * s.weight for s in self.sources],
+            dtype=np.float64,
+        )
         if raw.sum() <= 0:
             raise RecipeError("all prompt sources have zero weight. Fix: give one source a positive weight.")
         self.probs = raw / raw.sum()
@@ -208,11 +229,15 @@ class PromptSampler:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("sources") != [s.name for s in self.sources]:
-            raise RecipeError(f"cannot resume: checkpoint prompt sources {state.get('sources')} differ from the recipe's {[s.name for s in self.sources]}.")
+            raise RecipeError(
+                f"cannot resume: checkpoint prompt sources {state.get('sources')} differ from the recipe's {[s.name for s in self.sources]}."
+            )
         self.cursors = [int(c) for c in state["cursors"]]
 
 
-def reward_weight_matrix(records: Sequence[PromptRecord], sources: Sequence[LoadedSource], reward_names: Sequence[str]) -> np.ndarray:
+def reward_weight_matrix(
+    records: Sequence[PromptRecord], sources: Sequence[LoadedSource], reward_names: Sequence[str]
+) -> np.ndarray:
     """Per-record mixture weights ``[N, R]`` (columns in ``reward_names`` order)."""
     by_name = {s.name: s.rewards for s in sources}
     return np.array([[float(by_name[r.source].get(k, 0.0)) for k in reward_names] for r in records], dtype=np.float32)

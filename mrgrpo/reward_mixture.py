@@ -13,9 +13,10 @@ calls every reward's ``close()``; the trainer calls it when a run ends.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Mapping, Protocol, Sequence
+from typing import Any, Protocol
 
 import torch
 
@@ -97,9 +98,12 @@ class RewardMixture:
 
     @classmethod
     def from_config(
-        cls, cfg: RunConfig, names: Sequence[str], rewards: Mapping[str, Any] | None = None,
+        cls,
+        cfg: RunConfig,
+        names: Sequence[str],
+        rewards: Mapping[str, Any] | None = None,
         device: torch.device | str | None = None,
-    ) -> "RewardMixture":
+    ) -> RewardMixture:
         """Build every reward the recipe defines (unless ``rewards`` are given) and wrap them.
 
         Model-based rewards that take a ``device`` argument are built on ``device`` (the trainer's,
@@ -111,9 +115,12 @@ class RewardMixture:
             from mrgrpo.rewards.base import build_reward
 
             def build(key: str, spec: Any) -> Any:
-                return built_from(f"rewards.{key}", f"the reward {spec.name or key!r}",
-                                  lambda: build_reward(spec.name or key, spec.kwargs, label=key, device=device),
-                                  spec.kwargs)
+                return built_from(
+                    f"rewards.{key}",
+                    f"the reward {spec.name or key!r}",
+                    lambda: build_reward(spec.name or key, spec.kwargs, label=key, device=device),
+                    spec.kwargs,
+                )
 
             rewards = {key: build(key, spec) for key, spec in sorted(cfg.rewards.items())}
         return cls(
@@ -145,8 +152,7 @@ class RewardMixture:
         weights = self.weights(records, mixtures, per_prompt)
         prompts = [r.prompt for r in records for _ in range(per_prompt)]
         meta = [
-            _metadata(r, int(g))
-            for r, g in zip([r for r in records for _ in range(per_prompt)], group_ids.tolist())
+            _metadata(r, int(g)) for r, g in zip([r for r in records for _ in range(per_prompt)], group_ids.tolist())
         ]
         n = len(images)
         if weights.shape[0] != n:

@@ -13,15 +13,16 @@ so a sample's trajectory does not depend on how samples are split across process
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
+from mrgrpo.policies.base import Conditioning
 from mrgrpo.sde import SAMPLERS, sde_step_with_logprob
 from mrgrpo.seeding import SeedStream, derive_seed
-from mrgrpo.policies.base import Conditioning
 
 VelocityFn = Callable[[torch.Tensor, torch.Tensor, Conditioning], torch.Tensor]
 
@@ -80,8 +81,9 @@ class RolloutBatch:
         return len(self.sample_ids)
 
 
-def sample_generators(seed: int, step: int, sample_ids: Sequence[int], device: torch.device | str = "cpu", *,
-                      stream: SeedStream) -> list[torch.Generator]:
+def sample_generators(
+    seed: int, step: int, sample_ids: Sequence[int], device: torch.device | str = "cpu", *, stream: SeedStream
+) -> list[torch.Generator]:
     """One generator per sample id, seeded from ``derive_seed(seed, stream, step, sample id)``."""
     gens = []
     for sid in sample_ids:
@@ -95,13 +97,19 @@ def sde_step_mask(num_steps: int, window: tuple[int, int] | None) -> torch.Tenso
     """``[T]`` bool: steps taken with the SDE (inside ``window``, never the last step)."""
     mask = torch.zeros(num_steps, dtype=torch.bool)
     start, end = window if window is not None else (0, num_steps)
-    mask[start:min(end, num_steps)] = True
+    mask[start : min(end, num_steps)] = True
     mask[-1] = False
     return mask
 
 
-def guided_velocity(velocity_fn: VelocityFn, x: torch.Tensor, sigma: torch.Tensor, cond: Conditioning,
-                    uncond: Conditioning | None, cfg_scale: float) -> torch.Tensor:
+def guided_velocity(
+    velocity_fn: VelocityFn,
+    x: torch.Tensor,
+    sigma: torch.Tensor,
+    cond: Conditioning,
+    uncond: Conditioning | None,
+    cfg_scale: float,
+) -> torch.Tensor:
     """``v_u + w (v_c - v_u)`` with cond and uncond in ONE batch; plain ``v_c`` when ``w <= 1`` or no uncond.
 
     Shapes: ``x [B, C, h, w]``, ``sigma [B]``; returns ``[B, C, h, w]``.
@@ -155,9 +163,15 @@ def sample_trajectories(
         with autocast():
             v = guided_velocity(velocity_fn, x, s, cond, uncond, cfg_scale)
         step = sde_step_with_logprob(
-            x, v.float(), float(sigmas[t]), float(sigmas[t + 1]),
-            sampler=sampler if sde_mask[t] else "ode", noise_level=noise_level,
-            generator=generators, sigma_max=sigma_max, cps_logprob=cps_logprob,
+            x,
+            v.float(),
+            float(sigmas[t]),
+            float(sigmas[t + 1]),
+            sampler=sampler if sde_mask[t] else "ode",
+            noise_level=noise_level,
+            generator=generators,
+            sigma_max=sigma_max,
+            cps_logprob=cps_logprob,
         )
         x = step.prev_sample
         latents[:, t + 1] = x
@@ -168,9 +182,16 @@ def sample_trajectories(
 
 
 @torch.no_grad()
-def sample_ode(velocity_fn: VelocityFn, init_latents: torch.Tensor, sigmas: torch.Tensor, cond: Conditioning, *,
-               uncond: Conditioning | None = None, cfg_scale: float = 0.0,
-               autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext) -> torch.Tensor:
+def sample_ode(
+    velocity_fn: VelocityFn,
+    init_latents: torch.Tensor,
+    sigmas: torch.Tensor,
+    cond: Conditioning,
+    *,
+    uncond: Conditioning | None = None,
+    cfg_scale: float = 0.0,
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+) -> torch.Tensor:
     """Deterministic Euler sampling (evaluation); returns final latents ``[N, C, h, w]`` float32."""
     x = init_latents.float()
     n = x.shape[0]

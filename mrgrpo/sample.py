@@ -27,50 +27,72 @@ _OUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", metavar="RECIPE_OR_CKPT", help="recipe YAML, or a folder written by policy.save")
     p.add_argument("--prompt", action="append", required=True, help="prompt (repeatable: one image each)")
-    p.add_argument("--image", action="append", default=[], help="reference image for editing (repeatable; used with every prompt)")
+    p.add_argument(
+        "--image", action="append", default=[], help="reference image for editing (repeatable; used with every prompt)"
+    )
     p.add_argument("--out", default="sample.png", help="output PNG (several prompts: out-0.png, out-1.png, ...)")
-    p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the recipe's eval.num_steps, else 50)")
+    p.add_argument(
+        "--steps", type=int, default=None, help="denoising steps (default: the recipe's eval.num_steps, else 50)"
+    )
     p.add_argument("--cfg", type=float, default=None, help="CFG scale (default: the recipe's eval.cfg_scale, else 4.0)")
     p.add_argument("--height", type=int, default=None)
     p.add_argument("--width", type=int, default=None)
     p.add_argument("--negative-prompt", default="", help="negative prompt for CFG")
-    p.add_argument("--seed", type=int, default=0,
-                   help="noise seed (drawn on the CPU, so a seed gives the same starting noise on every device)")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="noise seed (drawn on the CPU, so a seed gives the same starting noise on every device)",
+    )
     p.add_argument("--device", default=None, help="torch device to sample on (default: cuda when available, else cpu)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="recipe override (a.b=c); for a saved folder only policy.kwargs.NAME=VALUE (e.g. policy.kwargs.mask_padding=false)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="recipe override (a.b=c); for a saved folder only policy.kwargs.NAME=VALUE (e.g. policy.kwargs.mask_padding=false)",
+    )
 
 
 def check_args(args: argparse.Namespace) -> None:
     """Raise :class:`UsageError` for options that cannot work, before anything is built."""
     if args.steps is not None and args.steps < 1:
-        raise UsageError(f"--steps {args.steps}: the number of denoising steps must be >= 1. Fix: e.g. --steps 50, "
-                         "or leave it out for the recipe's eval.num_steps.")
+        raise UsageError(
+            f"--steps {args.steps}: the number of denoising steps must be >= 1. Fix: e.g. --steps 50, "
+            "or leave it out for the recipe's eval.num_steps."
+        )
     if args.cfg is not None and (not math.isfinite(args.cfg) or args.cfg < 0):
-        raise UsageError(f"--cfg {args.cfg}: the CFG scale must be a finite number >= 0. "
-                         "Fix: e.g. --cfg 4 (<= 1 disables CFG).")
+        raise UsageError(
+            f"--cfg {args.cfg}: the CFG scale must be a finite number >= 0. Fix: e.g. --cfg 4 (<= 1 disables CFG)."
+        )
     for name in ("height", "width"):
         v = getattr(args, name)
         if v is not None and v <= 0:
-            raise UsageError(f"--{name} {v}: image sizes are positive pixel counts (multiples of 16). "
-                             f"Fix: e.g. --{name} 512.")
+            raise UsageError(
+                f"--{name} {v}: image sizes are positive pixel counts (multiples of 16). Fix: e.g. --{name} 512."
+            )
     if args.seed < 0:
         raise UsageError(f"--seed {args.seed}: seeds are >= 0. Fix: e.g. --seed 0.")
     for i, prompt in enumerate(args.prompt):
         if not prompt.strip():
-            raise UsageError(f"--prompt number {i + 1} is empty. "
-                             "Fix: give the text to draw, e.g. --prompt \"a red cube\".")
+            raise UsageError(
+                f'--prompt number {i + 1} is empty. Fix: give the text to draw, e.g. --prompt "a red cube".'
+            )
     out = Path(args.out)
     if out.is_dir() or args.out.endswith(("/", "\\")):
-        raise UsageError(f"--out {args.out} is a folder; it must name an image file. "
-                         f"Fix: e.g. --out {out / 'sample.png'}.")
+        raise UsageError(
+            f"--out {args.out} is a folder; it must name an image file. Fix: e.g. --out {out / 'sample.png'}."
+        )
     if out.suffix.lower() not in _OUT_SUFFIXES:
-        raise UsageError(f"--out {args.out}: unknown image type {out.suffix or '(no suffix)'!r}. Fix: end it in "
-                         f"{' / '.join(_OUT_SUFFIXES)}, e.g. --out {out.with_suffix('.png')}.")
+        raise UsageError(
+            f"--out {args.out}: unknown image type {out.suffix or '(no suffix)'!r}. Fix: end it in "
+            f"{' / '.join(_OUT_SUFFIXES)}, e.g. --out {out.with_suffix('.png')}."
+        )
     parent = next((q for q in out.absolute().parents if q.exists()), None)
     if parent is not None and not parent.is_dir():
-        raise UsageError(f"--out {args.out}: {parent} is a file, so the folder cannot be created. "
-                         "Fix: choose another path.")
+        raise UsageError(
+            f"--out {args.out}: {parent} is a file, so the folder cannot be created. Fix: choose another path."
+        )
     for path in args.image:
         check_image(path)
 
@@ -90,8 +112,10 @@ def check_image(path: str) -> None:
     except PermissionError:
         raise UsageError(f"--image {path} cannot be read: permission denied. Fix: `chmod u+r {path}`.") from None
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
-        raise UsageError(f"--image {path} is not a readable image ({type(exc).__name__}: {str(exc)[:120]}). "
-                         "Fix: give a PNG/JPEG/WebP image.") from None
+        raise UsageError(
+            f"--image {path} is not a readable image ({type(exc).__name__}: {str(exc)[:120]}). "
+            "Fix: give a PNG/JPEG/WebP image."
+        ) from None
 
 
 def _policy_info(src: Path) -> dict:
@@ -105,11 +129,12 @@ def _policy_info(src: Path) -> dict:
     try:
         info = json.loads(meta.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"the file {meta} is damaged ({type(exc).__name__}: {str(exc)[:120]}). Fix: {fix}; "
-                              "a policy.json is written by policy.save.") from None
+        raise CheckpointError(
+            f"the file {meta} is damaged ({type(exc).__name__}: {str(exc)[:120]}). Fix: {fix}; "
+            "a policy.json is written by policy.save."
+        ) from None
     if not (isinstance(info, dict) and isinstance(info.get("name"), str) and isinstance(info.get("kwargs", {}), dict)):
-        raise CheckpointError(f"the file {meta} is damaged: it needs {{\"name\": str, \"kwargs\": {{...}}}}. "
-                              f"Fix: {fix}.")
+        raise CheckpointError(f'the file {meta} is damaged: it needs {{"name": str, "kwargs": {{...}}}}. Fix: {fix}.')
     return info
 
 
@@ -131,8 +156,9 @@ def _build(args: argparse.Namespace):
         from mrgrpo.preflight import check_factory_kwargs
 
         factory = POLICIES.get(info["name"])
-        problems = check_factory_kwargs(factory, kwargs, "policy.kwargs", f"policy {info['name']!r}",
-                                        check_required=False)
+        problems = check_factory_kwargs(
+            factory, kwargs, "policy.kwargs", f"policy {info['name']!r}", check_required=False
+        )
         if problems:
             raise UsageError(f"{src / 'policy.json'} with --set: " + " ".join(problems))
         policy = factory(**kwargs)
@@ -146,8 +172,12 @@ def _build(args: argparse.Namespace):
                 saved = yaml.safe_load((parent / "config.yaml").read_text()) or {}
                 rl, ev = saved.get("rl", {}), saved.get("eval", {})
                 # runs written before the `eval:` section kept these under rl.eval_*
-                defaults.update(steps=ev.get("num_steps", rl.get("eval_num_steps", 50)), cfg=ev.get("cfg_scale", rl.get("eval_cfg_scale", 4.0)),
-                                height=rl.get("height", 512), width=rl.get("width", 512))
+                defaults.update(
+                    steps=ev.get("num_steps", rl.get("eval_num_steps", 50)),
+                    cfg=ev.get("cfg_scale", rl.get("eval_cfg_scale", 4.0)),
+                    height=rl.get("height", 512),
+                    width=rl.get("width", 512),
+                )
                 break
         return policy, defaults
     from mrgrpo.config import load_recipe
@@ -171,8 +201,10 @@ def run(args: argparse.Namespace) -> int:
     check_args(args)
     policy, d = _build(args)
     if args.image and not getattr(policy, "supports_editing", False):
-        raise UsageError(f"the {type(policy).__name__} policy does not take reference images (--image). "
-                         "Fix: drop --image, or use an editing policy (deepgen).")
+        raise UsageError(
+            f"the {type(policy).__name__} policy does not take reference images (--image). "
+            "Fix: drop --image, or use an editing policy (deepgen)."
+        )
     refs = None
     if args.image:
         refs = [[Image.open(p).convert("RGB") for p in args.image] for _ in args.prompt]
@@ -188,12 +220,23 @@ def run(args: argparse.Namespace) -> int:
     w = args.width if args.width is not None else d["width"]
     prompts, n_cut = policy.truncate_prompts(list(args.prompt))
     if n_cut:
-        print(f"warning: {n_cut} prompt(s) longer than the policy's limit of {policy.max_prompt_tokens} tokens were "
-              "truncated", file=sys.stderr)
+        print(
+            f"warning: {n_cut} prompt(s) longer than the policy's limit of {policy.max_prompt_tokens} tokens were "
+            "truncated",
+            file=sys.stderr,
+        )
     t = time.perf_counter()
     try:
-        images = policy.generate(prompts, refs, num_steps=steps, cfg_scale=cfg, height=h, width=w,
-                                 generator=torch.Generator().manual_seed(args.seed), negative_prompt=args.negative_prompt)
+        images = policy.generate(
+            prompts,
+            refs,
+            num_steps=steps,
+            cfg_scale=cfg,
+            height=h,
+            width=w,
+            generator=torch.Generator().manual_seed(args.seed),
+            negative_prompt=args.negative_prompt,
+        )
     except ValueError as exc:  # sizes, references: say what is wrong, not where in torch
         print(f"error: {exc}", file=sys.stderr)
         return 2

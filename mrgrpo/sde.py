@@ -20,7 +20,8 @@ clip range (1e-4).
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 
@@ -63,9 +64,7 @@ def _noise_like(ref: torch.Tensor, generator: torch.Generator | Sequence[torch.G
         return randn(ref.shape, generator, device=ref.device)
     if len(generator) != ref.shape[0]:
         raise ValueError(f"got {len(generator)} generators for a batch of {ref.shape[0]}")
-    return torch.stack(
-        [randn(ref.shape[1:], g, device=ref.device) for g in generator]
-    )
+    return torch.stack([randn(ref.shape[1:], g, device=ref.device) for g in generator])
 
 
 def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:

@@ -39,15 +39,24 @@ class SFTTrainer(TrainerBase):
         world = world_size()
         per_step = train.micro_batch_size * world
         if train.images_per_step % per_step:
-            raise RecipeError(f"train.images_per_step={train.images_per_step} is not a multiple of train.micro_batch_size x processes = {per_step}. "
-                              f"Fix: use a multiple of {per_step}.")
+            raise RecipeError(
+                f"train.images_per_step={train.images_per_step} is not a multiple of train.micro_batch_size x processes = {per_step}. "
+                f"Fix: use a multiple of {per_step}."
+            )
         super().__init__(cfg, train.images_per_step // per_step)
         from mrgrpo.sft_data import build_sft_stream
 
         rank = self.accelerator.process_index
-        self.stream = build_sft_stream(cfg.data.sft_sources, cfg.sft, train.micro_batch_size, train.seed,
-                                       resolve_path=cfg.resolve_path, rank=rank, world_size=self.accelerator.num_processes,
-                                       allow_empty=False)
+        self.stream = build_sft_stream(
+            cfg.data.sft_sources,
+            cfg.sft,
+            train.micro_batch_size,
+            train.seed,
+            resolve_path=cfg.resolve_path,
+            rank=rank,
+            world_size=self.accelerator.num_processes,
+            allow_empty=False,
+        )
         torch.manual_seed(derive_seed(train.seed, SeedStream.SFT_PROCESS, rank))
         self.setup_model(policy if policy is not None else build_policy(cfg), cfg.stage, reference=False)
         self.policy.train()
@@ -75,7 +84,9 @@ class SFTTrainer(TrainerBase):
             batch = next(self.stream)
             if self._sample_prompts is None:
                 self._sample_prompts = [p for p in batch.prompts if p][:4] or ["a photo"]
-            gen = torch.Generator(device=self.device).manual_seed(derive_seed(self.cfg.train.seed, SeedStream.SFT_NOISE, step, micro, self.accelerator.process_index))
+            gen = torch.Generator(device=self.device).manual_seed(
+                derive_seed(self.cfg.train.seed, SeedStream.SFT_NOISE, step, micro, self.accelerator.process_index)
+            )
             with self.accelerator.accumulate(self.model):
                 with self.autocast():
                     loss = flow_matching_step_loss(self.model, batch, generator=gen)
@@ -106,8 +117,15 @@ class SFTTrainer(TrainerBase):
             enc = self.policy.encode(prompts, negative_prompt=rl.negative_prompt if ev.cfg_scale > 1 else None)
         gens = [torch.Generator(device=self.device).manual_seed(i) for i in range(len(prompts))]
         noise = torch.cat([self.policy.init_noise(1, side, side, g) for g in gens]).to(self.device)
-        final = sample_ode(lambda x, s, c: self.policy.velocity(x, s, c), noise, self.policy.sigmas(ev.num_steps).to(self.device),
-                           enc.cond, uncond=enc.uncond, cfg_scale=ev.cfg_scale, autocast=self.autocast)
+        final = sample_ode(
+            lambda x, s, c: self.policy.velocity(x, s, c),
+            noise,
+            self.policy.sigmas(ev.num_steps).to(self.device),
+            enc.cond,
+            uncond=enc.uncond,
+            cfg_scale=ev.cfg_scale,
+            autocast=self.autocast,
+        )
         with self.autocast():
             pixels = self.policy.decode(final).float()
         self.run_tracker.save_samples(step, pixels, nrow=len(prompts), captions=prompts)
@@ -123,9 +141,14 @@ class SFTTrainer(TrainerBase):
         if self.accelerator.num_processes > 1:
             local = self.accelerator.reduce(local.to(self.device), reduction="sum").cpu()
             metrics["loss"] = float(local[0]) / self.accelerator.num_processes
-        metrics.update({"lr": float(self.lr_scheduler.get_last_lr()[0]), "time/step": dt,
-                        "images_per_s": float(local[1]) / dt,
-                        "optimizer_steps": self.optimizer_steps})
+        metrics.update(
+            {
+                "lr": float(self.lr_scheduler.get_last_lr()[0]),
+                "time/step": dt,
+                "images_per_s": float(local[1]) / dt,
+                "optimizer_steps": self.optimizer_steps,
+            }
+        )
         metrics.update(self._data_metrics())
         if step % cfg.logging.sample_every == 0 or step == cfg.train.max_steps:
             self.sample_grid(step)
@@ -133,11 +156,18 @@ class SFTTrainer(TrainerBase):
 
     def fit(self) -> list[dict[str, float]]:
         """Train until ``train.max_steps`` (resuming if asked); returns the per-step metrics."""
-        plot = lambda: plot_curves(self.run_tracker.metrics_path, self.out / "loss_curve.png",  # noqa: E731
-                                   prefixes=("loss",),
-                                   title=f"{self.cfg.stage} loss")
-        return self.run_loop(self.step_once, desc=self.cfg.stage.upper(), plot=plot,
-                             postfix=lambda m: {"loss": f"{m['loss']:.4f}", "step_s": f"{m['time/step']:.2f}"})
+        plot = lambda: plot_curves(
+            self.run_tracker.metrics_path,
+            self.out / "loss_curve.png",  # noqa: E731
+            prefixes=("loss",),
+            title=f"{self.cfg.stage} loss",
+        )
+        return self.run_loop(
+            self.step_once,
+            desc=self.cfg.stage.upper(),
+            plot=plot,
+            postfix=lambda m: {"loss": f"{m['loss']:.4f}", "step_s": f"{m['time/step']:.2f}"},
+        )
 
 
 def train(cfg: RunConfig) -> int:

@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -40,28 +41,51 @@ def truncate_metrics(path: str | os.PathLike, last_step: int) -> None:
     os.replace(tmp, p)
 
 
-def plot_curves(metrics_path: str | os.PathLike, out_path: str | os.PathLike, prefixes: Sequence[str] = ("reward", "eval"),
-                title: str = "") -> None:
+def plot_curves(
+    metrics_path: str | os.PathLike,
+    out_path: str | os.PathLike,
+    prefixes: Sequence[str] = ("reward", "eval"),
+    title: str = "",
+) -> None:
     """Curves of the ``metrics.jsonl`` keys starting with ``prefixes`` against step (PNG)."""
     plot_reward_curves(read_metrics(metrics_path), out_path, title=title or "MR-GRPO rewards", prefixes=prefixes)
 
 
-def plot_reward_curves(records: Sequence[dict[str, Any]], out_path: str | os.PathLike, title: str = "MR-GRPO rewards",
-                       prefixes: Sequence[str] = ("reward", "eval")) -> None:
+def plot_reward_curves(
+    records: Sequence[dict[str, Any]],
+    out_path: str | os.PathLike,
+    title: str = "MR-GRPO rewards",
+    prefixes: Sequence[str] = ("reward", "eval"),
+) -> None:
     """``reward*`` and ``eval*`` (or other ``prefixes``) curves against step, one panel, saved as PNG (atomic)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = sorted({k for r in records for k in r if k.split("/")[0] in prefixes
-                   and not k.endswith("invalid_frac") and not k.endswith("/failures") and not k.endswith("/std")})
+    keys = sorted(
+        {
+            k
+            for r in records
+            for k in r
+            if k.split("/")[0] in prefixes
+            and not k.endswith("invalid_frac")
+            and not k.endswith("/failures")
+            and not k.endswith("/std")
+        }
+    )
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
     for k in keys:
         pts = [(r["step"], r[k]) for r in records if k in r and isinstance(r[k], (int, float)) and math.isfinite(r[k])]
         if pts:
             xs, ys = zip(*pts)
-            ax.plot(xs, ys, label=k, marker="o" if k.startswith("eval/") else None, linewidth=2 if k in ("reward/mean", "loss") else 1)
+            ax.plot(
+                xs,
+                ys,
+                label=k,
+                marker="o" if k.startswith("eval/") else None,
+                linewidth=2 if k in ("reward/mean", "loss") else 1,
+            )
     ax.set_xlabel("step")
     ax.set_ylabel("/".join(prefixes))
     ax.set_title(title)
@@ -93,9 +117,17 @@ class Tracker:
         config: the resolved recipe (logged to W&B).
     """
 
-    def __init__(self, output_dir: str | os.PathLike, *, enabled: bool = True, tensorboard: bool = True,
-                 wandb: bool = False, wandb_project: str = "mrgrpo", config: dict[str, Any] | None = None,
-                 resume_step: int | None = None):
+    def __init__(
+        self,
+        output_dir: str | os.PathLike,
+        *,
+        enabled: bool = True,
+        tensorboard: bool = True,
+        wandb: bool = False,
+        wandb_project: str = "mrgrpo",
+        config: dict[str, Any] | None = None,
+        resume_step: int | None = None,
+    ):
         self.dir = Path(output_dir)
         self.enabled = enabled
         self.metrics_path = self.dir / "metrics.jsonl"
@@ -112,14 +144,18 @@ class Tracker:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self._tb = SummaryWriter(str(self.dir / "tensorboard"), purge_step=resume_step + 1 if resume_step is not None else None)
+                self._tb = SummaryWriter(
+                    str(self.dir / "tensorboard"), purge_step=resume_step + 1 if resume_step is not None else None
+                )
             except Exception as exc:  # tensorboard is optional at run time
                 print(f"warning: tensorboard disabled ({exc})")
         if wandb:
             try:
                 import wandb as _wandb
             except ImportError as exc:
-                raise RuntimeError("logging.wandb is true but wandb is not installed. Fix: pip install wandb, or set logging.wandb: false.") from exc
+                raise RuntimeError(
+                    "logging.wandb is true but wandb is not installed. Fix: pip install wandb, or set logging.wandb: false."
+                ) from exc
             self._wandb = _wandb.init(project=wandb_project, dir=str(self.dir), config=config, resume="allow")
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
@@ -147,8 +183,9 @@ class Tracker:
         if self.enabled:
             plot_reward_curves(read_metrics(self.metrics_path), self.dir / "reward_curve.png")
 
-    def save_samples(self, step: int, pixels: torch.Tensor, nrow: int, captions: Sequence[str] | None = None,
-                     name: str = "samples") -> Path | None:
+    def save_samples(
+        self, step: int, pixels: torch.Tensor, nrow: int, captions: Sequence[str] | None = None, name: str = "samples"
+    ) -> Path | None:
         """Write ``<name>/step-XXXXXX.png`` (and the captions next to it)."""
         if not self.enabled:
             return None

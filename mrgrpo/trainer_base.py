@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -67,10 +68,13 @@ def build_optimizer(params: Sequence[tuple[str, torch.nn.Parameter]], cfg: RunCo
     on_cuda = all(p.is_cuda for _, p in params)
     fused = cfg.train.fused_optimizer
     if fused is True and not on_cuda:
-        raise RecipeError("train.fused_optimizer: true needs every trained parameter on CUDA. Fix: use `auto` or false on CPU.")
+        raise RecipeError(
+            "train.fused_optimizer: true needs every trained parameter on CUDA. Fix: use `auto` or false on CPU."
+        )
     extra = {"fused": True} if (fused is True or (fused == "auto" and on_cuda)) else {}
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.train.lr, betas=cfg.train.betas, eps=1e-8,
-                             **extra)
+    return torch.optim.AdamW(
+        [g for g in groups if g["params"]], lr=cfg.train.lr, betas=cfg.train.betas, eps=1e-8, **extra
+    )
 
 
 def static_training_bytes(policy: torch.nn.Module, trainable: Sequence[tuple[str, torch.nn.Parameter]]) -> int:
@@ -110,13 +114,20 @@ def build_policy(cfg: RunConfig):
     from mrgrpo.preflight import built_from
     from mrgrpo.registry import POLICIES
 
-    policy = built_from("policy.kwargs", f"the policy {cfg.policy.name!r}",
-                        lambda: POLICIES.build(cfg.policy.name, **cfg.policy.kwargs), cfg.policy.kwargs)
+    policy = built_from(
+        "policy.kwargs",
+        f"the policy {cfg.policy.name!r}",
+        lambda: POLICIES.build(cfg.policy.name, **cfg.policy.kwargs),
+        cfg.policy.kwargs,
+    )
     if cfg.policy.checkpoint:
         local = cfg.resolve_path(cfg.policy.checkpoint)
         # a path that exists locally, else the string as given (a hub id the policy may resolve)
-        built_from("policy.checkpoint", f"the starting weights {cfg.policy.checkpoint!r}",
-                   lambda: policy.load(str(local) if local.exists() else cfg.policy.checkpoint))
+        built_from(
+            "policy.checkpoint",
+            f"the starting weights {cfg.policy.checkpoint!r}",
+            lambda: policy.load(str(local) if local.exists() else cfg.policy.checkpoint),
+        )
     return policy
 
 
@@ -151,12 +162,15 @@ class TrainerBase:
         self.policy = policy
         self.trainable = policy.trainable_parameters()
         self.gradient_checkpointing = want_gradient_checkpointing(
-            cfg.train.gradient_checkpointing, self.device, static_training_bytes(policy, self.trainable))
+            cfg.train.gradient_checkpointing, self.device, static_training_bytes(policy, self.trainable)
+        )
         if self.gradient_checkpointing and hasattr(policy, "enable_gradient_checkpointing"):
             policy.enable_gradient_checkpointing()
         if cfg.train.compile_dit:
             if not hasattr(policy, "compile_blocks"):
-                raise RecipeError(f"train.compile_dit: the {type(policy).__name__} policy has no compile_blocks(). Fix: set it to false.")
+                raise RecipeError(
+                    f"train.compile_dit: the {type(policy).__name__} policy has no compile_blocks(). Fix: set it to false."
+                )
             policy.compile_blocks()
         optimizer = build_optimizer(self.trainable, cfg)
         # the schedule drives the torch optimizer's param groups, which DDP and DeepSpeed wrappers share;
@@ -171,7 +185,9 @@ class TrainerBase:
     def autocast(self):
         return self.accelerator.autocast()
 
-    def backward_and_maybe_step(self, loss: torch.Tensor, grad_norms: list[float], *, step_scheduler: bool = True) -> bool:
+    def backward_and_maybe_step(
+        self, loss: torch.Tensor, grad_norms: list[float], *, step_scheduler: bool = True
+    ) -> bool:
         """Backward one micro-batch (inside ``accelerator.accumulate``); step when gradients are synced.
 
         The LR schedule steps with the optimizer unless ``step_scheduler`` is False (the MR-GRPO
@@ -201,9 +217,15 @@ class TrainerBase:
         resume_from = ckpt.load_with_fallback(cfg.train.resume, self.out, self.load_checkpoint)
         if acc.is_main_process:
             save_resolved_config(cfg, self.out)
-        self.tracker = Tracker(self.out, enabled=acc.is_main_process, tensorboard=cfg.logging.tensorboard, wandb=cfg.logging.wandb,
-                               wandb_project=cfg.logging.wandb_project, config=cfg.model_dump(mode="json"),
-                               resume_step=self.step if resume_from is not None else None)
+        self.tracker = Tracker(
+            self.out,
+            enabled=acc.is_main_process,
+            tensorboard=cfg.logging.tensorboard,
+            wandb=cfg.logging.wandb,
+            wandb_project=cfg.logging.wandb_project,
+            config=cfg.model_dump(mode="json"),
+            resume_step=self.step if resume_from is not None else None,
+        )
 
     @property
     def run_tracker(self) -> Tracker:
@@ -212,8 +234,14 @@ class TrainerBase:
             raise RuntimeError("the run's tracker is not open yet: start_run() (called by run_loop / fit) opens it")
         return self.tracker
 
-    def run_loop(self, one_step: Callable[[int], dict[str, float]], *, desc: str,
-                 postfix: Callable[[Mapping[str, float]], dict[str, str]], plot: Callable[[], None]) -> list[dict[str, float]]:
+    def run_loop(
+        self,
+        one_step: Callable[[int], dict[str, float]],
+        *,
+        desc: str,
+        postfix: Callable[[Mapping[str, float]], dict[str, str]],
+        plot: Callable[[], None],
+    ) -> list[dict[str, float]]:
         """Resume, then ``one_step(step) -> metrics`` until ``train.max_steps``: log and plot every
         ``log_every`` steps, progress bar, checkpoint every ``checkpoint_every`` steps and at the end, final save."""
         cfg = self.cfg
@@ -269,7 +297,10 @@ class TrainerBase:
             torch.save(self.lr_scheduler.state_dict(), tmp / "scheduler.pt")
             if self.ema is not None:
                 torch.save(self.ema.state_dict(), tmp / "ema.pt")
-            ckpt.write_json(tmp / "trainer_state.json", {"step": step, "optimizer_steps": self.optimizer_steps, **self.extra_state()})
+            ckpt.write_json(
+                tmp / "trainer_state.json",
+                {"step": step, "optimizer_steps": self.optimizer_steps, **self.extra_state()},
+            )
         torch.save(ckpt.rng_state(), tmp / f"rng-rank{acc.process_index}.pt")
         acc.wait_for_everyone()
         final = ckpt.commit(self.out, step, self.cfg.train.keep_last) if acc.is_main_process else None
@@ -282,19 +313,41 @@ class TrainerBase:
         state = ckpt.read_trainer_state(path)
         part(path / "policy", "policy weights", lambda: acc.unwrap_model(self.model).load(str(path / "policy")))
         if acc.distributed_type.name == "DEEPSPEED":
-            part(path / "deepspeed", "DeepSpeed state",
-                 lambda: self.model.load_checkpoint(str(path / "deepspeed"), tag="state", load_module_strict=False))
+            part(
+                path / "deepspeed",
+                "DeepSpeed state",
+                lambda: self.model.load_checkpoint(str(path / "deepspeed"), tag="state", load_module_strict=False),
+            )
         else:
-            part(path / "optimizer.pt", "optimizer state", lambda: self.optimizer.load_state_dict(
-                torch.load(path / "optimizer.pt", map_location=self.device, weights_only=False)))
-        part(path / "scheduler.pt", "LR schedule", lambda: self.lr_scheduler.load_state_dict(
-            torch.load(path / "scheduler.pt", map_location="cpu", weights_only=False)))
+            part(
+                path / "optimizer.pt",
+                "optimizer state",
+                lambda: self.optimizer.load_state_dict(
+                    torch.load(path / "optimizer.pt", map_location=self.device, weights_only=False)
+                ),
+            )
+        part(
+            path / "scheduler.pt",
+            "LR schedule",
+            lambda: self.lr_scheduler.load_state_dict(
+                torch.load(path / "scheduler.pt", map_location="cpu", weights_only=False)
+            ),
+        )
         if self.ema is not None and (path / "ema.pt").exists():
-            part(path / "ema.pt", "EMA weights",
-                 lambda: self.ema.load_state_dict(torch.load(path / "ema.pt", map_location=self.device, weights_only=False)))
+            part(
+                path / "ema.pt",
+                "EMA weights",
+                lambda: self.ema.load_state_dict(
+                    torch.load(path / "ema.pt", map_location=self.device, weights_only=False)
+                ),
+            )
         rng_file = path / f"rng-rank{acc.process_index}.pt"
         if rng_file.exists():
-            part(rng_file, "RNG state", lambda: ckpt.set_rng_state(torch.load(rng_file, map_location="cpu", weights_only=False)))
+            part(
+                rng_file,
+                "RNG state",
+                lambda: ckpt.set_rng_state(torch.load(rng_file, map_location="cpu", weights_only=False)),
+            )
         self.step = int(state["step"])
         self.optimizer_steps = int(state["optimizer_steps"])
         part(path / "trainer_state.json", "trainer state", lambda: self.load_extra_state(state))

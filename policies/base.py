@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import abc
 import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -46,17 +47,19 @@ class Conditioning:
             return len(v)
         return 0
 
-    def repeat(self, n: int) -> "Conditioning":
+    def repeat(self, n: int) -> Conditioning:
         """Each sample repeated ``n`` times in place (``[a, b] -> [a]*n + [b]*n``): one prompt -> G samples."""
         return Conditioning(
             {k: t.repeat_interleave(n, dim=0) for k, t in self.tensors.items()},
             {k: [x for x in v for _ in range(n)] for k, v in self.items.items()},
         )
 
-    def select(self, index: Sequence[int] | torch.Tensor | slice) -> "Conditioning":
+    def select(self, index: Sequence[int] | torch.Tensor | slice) -> Conditioning:
         """The samples at ``index`` (a slice, or integer positions)."""
         if isinstance(index, slice):
-            return Conditioning({k: t[index] for k, t in self.tensors.items()}, {k: v[index] for k, v in self.items.items()})
+            return Conditioning(
+                {k: t[index] for k, t in self.tensors.items()}, {k: v[index] for k, v in self.items.items()}
+            )
         idx = torch.as_tensor(index, dtype=torch.long).reshape(-1)
         positions = idx.tolist()
         return Conditioning(
@@ -65,7 +68,7 @@ class Conditioning:
         )
 
     @staticmethod
-    def concat(parts: Sequence["Conditioning"]) -> "Conditioning":
+    def concat(parts: Sequence[Conditioning]) -> Conditioning:
         """Concatenate along the batch; sequence tensors of different lengths must be padded by the policy."""
         first = parts[0]
         return Conditioning(
@@ -73,7 +76,7 @@ class Conditioning:
             {k: [x for p in parts for x in p.items[k]] for k in first.items},
         )
 
-    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "Conditioning":
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> Conditioning:
         def move(t: torch.Tensor) -> torch.Tensor:
             if dtype is not None and t.is_floating_point():
                 return t.to(device=device, dtype=dtype)
@@ -86,7 +89,9 @@ class Conditioning:
                 return type(x)(move_item(y) for y in x)
             return x
 
-        return Conditioning({k: move(t) for k, t in self.tensors.items()}, {k: [move_item(x) for x in v] for k, v in self.items.items()})
+        return Conditioning(
+            {k: move(t) for k, t in self.tensors.items()}, {k: [move_item(x) for x in v] for k, v in self.items.items()}
+        )
 
 
 @dataclass
@@ -194,9 +199,7 @@ class DiffusionPolicy(nn.Module, abc.ABC):
         """
 
     # -- latents <-> pixels ------------------------------------------------------------------
-    def init_noise(
-        self, batch: int, height: int, width: int, generator: torch.Generator | None = None
-    ) -> torch.Tensor:
+    def init_noise(self, batch: int, height: int, width: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Initial latents ``[batch, C, height / f, width / f]`` ~ N(0, I), float32 on the policy's device."""
         f = self.vae_scale_factor
         if height % (2 * f) or width % (2 * f):
@@ -237,7 +240,7 @@ class DiffusionPolicy(nn.Module, abc.ABC):
         return [(n, p) for n, p in self.named_parameters() if p.requires_grad]
 
     @contextlib.contextmanager
-    def reference(self) -> Iterator["DiffusionPolicy"]:
+    def reference(self) -> Iterator[DiffusionPolicy]:
         """Within the context, :meth:`velocity` is the reference model's (initial) velocity.
 
         LoRA-trained policies disable their adapters; fully-trained ones swap in a frozen copy.

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from mrgrpo.policies.base import DiffusionPolicy
 from mrgrpo.policies.common import DIT_LORA_TARGETS, prefix_bare_keys, read_state_dict, strip_wrapper_prefixes
 
@@ -45,9 +46,14 @@ def lora_config(spec: dict[str, Any], default_targets: Any, init: str | bool = "
     if unknown:
         raise ValueError(f"unknown LoRA option(s) {sorted(unknown)}; use rank, alpha, dropout, target_modules")
     rank = int(spec.get("rank", 32))
-    return LoraConfig(r=rank, lora_alpha=float(spec.get("alpha", 2 * rank)), lora_dropout=float(spec.get("dropout", 0.0)),
-                      target_modules=spec.get("target_modules") or default_targets, rank_pattern=dict(spec.get("rank_pattern") or {}),
-                      init_lora_weights=init)
+    return LoraConfig(
+        r=rank,
+        lora_alpha=float(spec.get("alpha", 2 * rank)),
+        lora_dropout=float(spec.get("dropout", 0.0)),
+        target_modules=spec.get("target_modules") or default_targets,
+        rank_pattern=dict(spec.get("rank_pattern") or {}),
+        init_lora_weights=init,
+    )
 
 
 def save_adapter(module: torch.nn.Module, config: Any, directory: Path) -> None:
@@ -57,8 +63,11 @@ def save_adapter(module: torch.nn.Module, config: Any, directory: Path) -> None:
 
     directory.mkdir(parents=True, exist_ok=True)
     state = get_peft_model_state_dict(module, adapter_name="default", save_embedding_layers=False)
-    save_file({f"base_model.model.{k}": v.detach().float().cpu().contiguous() for k, v in state.items()},
-              str(directory / "adapter_model.safetensors"), metadata={"format": "pt"})
+    save_file(
+        {f"base_model.model.{k}": v.detach().float().cpu().contiguous() for k, v in state.items()},
+        str(directory / "adapter_model.safetensors"),
+        metadata={"format": "pt"},
+    )
     config.save_pretrained(str(directory))
 
 
@@ -79,7 +88,9 @@ def load_adapter_state(module: torch.nn.Module, state: dict[str, torch.Tensor], 
     result = set_peft_model_state_dict(module, state, adapter_name="default")
     missing = [k for k in result.missing_keys if "lora_" in k]
     if result.unexpected_keys or missing:
-        raise RuntimeError(f"LoRA adapter {where} does not fit: missing {missing[:10]}, unexpected {list(result.unexpected_keys)[:10]}")
+        raise RuntimeError(
+            f"LoRA adapter {where} does not fit: missing {missing[:10]}, unexpected {list(result.unexpected_keys)[:10]}"
+        )
 
 
 class DiTPolicy(DiffusionPolicy):
@@ -108,14 +119,18 @@ class DiTPolicy(DiffusionPolicy):
     def _record_load(self, path: str, components: list[str]) -> None:
         p = Path(path)
         where = str(p.resolve()) if p.exists() else str(path)
-        self._lineage()[:] = [e for e in self._lineage() if e["path"] != where] + [{"path": where, "components": sorted(components)}]
+        self._lineage()[:] = [e for e in self._lineage() if e["path"] != where] + [
+            {"path": where, "components": sorted(components)}
+        ]
 
     def init_noise(self, batch: int, height: int, width: int, generator: torch.Generator | None = None) -> torch.Tensor:
         cfg = self.transformer.config
         grid = getattr(cfg, "pos_embed_max_size", None)  # SD3's learnt position table; RoPE DiTs have no limit
         largest = grid * cfg.patch_size * self.vae_scale_factor if grid else None
         if largest and max(height, width) > largest:
-            raise ValueError(f"{height}x{width} is larger than this DiT's position grid allows ({largest} px per side); use a smaller size")
+            raise ValueError(
+                f"{height}x{width} is larger than this DiT's position grid allows ({largest} px per side); use a smaller size"
+            )
         return super().init_noise(batch, height, width, generator)
 
     # -- latents <-> pixels ------------------------------------------------------------------
@@ -153,8 +168,14 @@ class DiTPolicy(DiffusionPolicy):
             raise RuntimeError(f"the DiT already has a LoRA ({self.dit_lora}); build a fresh policy for another one")
         config = lora_config(spec, list(DIT_LORA_TARGETS))
         self.transformer.add_adapter(config)
-        self.dit_lora = {"rank": config.r, "alpha": config.lora_alpha, "dropout": config.lora_dropout,
-                         "target_modules": sorted(config.target_modules) if isinstance(config.target_modules, (set, list)) else config.target_modules}
+        self.dit_lora = {
+            "rank": config.r,
+            "alpha": config.lora_alpha,
+            "dropout": config.lora_dropout,
+            "target_modules": sorted(config.target_modules)
+            if isinstance(config.target_modules, (set, list))
+            else config.target_modules,
+        }
         for n, p in self.transformer.named_parameters():
             if "lora_" in n:
                 p.data = p.data.float()
@@ -165,7 +186,9 @@ class DiTPolicy(DiffusionPolicy):
         """Make the DiT trainable (float32): a LoRA on it when ``lora`` is given, else all of it."""
         if not lora or not lora.get("enabled", True):
             if self.dit_lora is not None:
-                raise RuntimeError("this policy's DiT carries a LoRA: train it with set_stage(stage, lora=...) or build a fresh policy")
+                raise RuntimeError(
+                    "this policy's DiT carries a LoRA: train it with set_stage(stage, lora=...) or build a fresh policy"
+                )
             self.transformer.float().requires_grad_(True)
             return
         if self.dit_lora is None:
@@ -230,8 +253,18 @@ class DiTPolicy(DiffusionPolicy):
 
     # -- generation ---------------------------------------------------------------------------
     @torch.no_grad()
-    def generate(self, prompts: list[str], images: list[list[Any]] | None = None, *, num_steps: int = 50, cfg_scale: float = 4.0,
-                 height: int = 512, width: int = 512, generator: torch.Generator | None = None, negative_prompt: str = "") -> list[Any]:
+    def generate(
+        self,
+        prompts: list[str],
+        images: list[list[Any]] | None = None,
+        *,
+        num_steps: int = 50,
+        cfg_scale: float = 4.0,
+        height: int = 512,
+        width: int = 512,
+        generator: torch.Generator | None = None,
+        negative_prompt: str = "",
+    ) -> list[Any]:
         """Euler ODE sampling with CFG (cond and uncond encoded in one batch and denoised in one batch).
 
         Args:
@@ -239,12 +272,18 @@ class DiTPolicy(DiffusionPolicy):
             height, width: multiples of 16. Returns B PIL images.
         """
         from mrgrpo.policies.base import tensor_to_images
-
         from mrgrpo.rollout import sample_ode
 
         noise = self.init_noise(len(prompts), height, width, generator)  # size errors before any model work
         enc = self.encode(prompts, images, negative_prompt=negative_prompt if cfg_scale > 1 else None)
-        final = sample_ode(self.velocity, noise, self.sigmas(num_steps).to(self.device), enc.cond, uncond=enc.uncond, cfg_scale=cfg_scale)
+        final = sample_ode(
+            self.velocity,
+            noise,
+            self.sigmas(num_steps).to(self.device),
+            enc.cond,
+            uncond=enc.uncond,
+            cfg_scale=cfg_scale,
+        )
         return tensor_to_images(self.decode(final))
 
     # -- persistence ----------------------------------------------------------------------------
@@ -285,13 +324,22 @@ class DiTPolicy(DiffusionPolicy):
             result = self.transformer.load_state_dict(state, strict=False)
             missing = [k for k in result.missing_keys if "lora_" not in k]
             if missing or result.unexpected_keys:
-                raise RuntimeError(f"{directory / 'transformer'} does not fit the DiT: missing {missing[:10]}, "
-                                   f"unexpected {list(result.unexpected_keys)[:10]}")
+                raise RuntimeError(
+                    f"{directory / 'transformer'} does not fit the DiT: missing {missing[:10]}, "
+                    f"unexpected {list(result.unexpected_keys)[:10]}"
+                )
         elif name == "transformer_lora":
             config, state = read_adapter(directory / "transformer_lora")
             if self.dit_lora is None:
-                self.add_dit_lora({"rank": config.r, "alpha": config.lora_alpha, "dropout": config.lora_dropout,
-                                   "target_modules": config.target_modules, "rank_pattern": config.rank_pattern})
+                self.add_dit_lora(
+                    {
+                        "rank": config.r,
+                        "alpha": config.lora_alpha,
+                        "dropout": config.lora_dropout,
+                        "target_modules": config.target_modules,
+                        "rank_pattern": config.rank_pattern,
+                    }
+                )
             load_adapter_state(self.transformer, state, str(directory / "transformer_lora"))
         else:
             raise ValueError(f"unknown component {name!r} in {directory}/policy.json")
@@ -304,8 +352,15 @@ class DiTPolicy(DiffusionPolicy):
             if not set(entry["components"]) <= covered:
                 lineage.insert(0, entry)
             covered |= set(entry["components"])
-        return {"format": SAVE_FORMAT, "name": self.policy_name, "kwargs": self.policy_kwargs, "stage": self.stage,
-                "components": components, "dit_lora": self.dit_lora, "lineage": lineage}
+        return {
+            "format": SAVE_FORMAT,
+            "name": self.policy_name,
+            "kwargs": self.policy_kwargs,
+            "stage": self.stage,
+            "components": components,
+            "dit_lora": self.dit_lora,
+            "lineage": lineage,
+        }
 
     def save(self, directory: str) -> None:
         """Write the trained parts (see the module docstring) and ``policy.json`` to ``directory``."""
@@ -326,7 +381,10 @@ class DiTPolicy(DiffusionPolicy):
 
     def _load_saved(self, d: Path) -> None:
         info = json.loads((d / "policy.json").read_text())
-        if info.get("name") not in (None, self.policy_name) and self.policy_name.split("-")[0] != str(info["name"]).split("-")[0]:
+        if (
+            info.get("name") not in (None, self.policy_name)
+            and self.policy_name.split("-")[0] != str(info["name"]).split("-")[0]
+        ):
             raise ValueError(f"{d} was saved by policy {info['name']!r}, not {self.policy_name!r}")
         known = {e["path"] for e in self._lineage()}
         for entry in info.get("lineage", []):

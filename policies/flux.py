@@ -23,13 +23,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+
+from mrgrpo.devices import randn
+from mrgrpo.losses import add_flow_noise, flow_matching_loss, sample_flow_sigmas
 from mrgrpo.policies.base import STAGES, Conditioning, EncodedPrompts, images_to_tensor
 from mrgrpo.policies.common import resolve_dtype
 from mrgrpo.policies.dit_policy import DiTPolicy
 from mrgrpo.policies.packed_latents import dynamic_shift_mu, pack_latents, patch_ids, shifted_sigmas, unpack_latents
-
-from mrgrpo.devices import randn
-from mrgrpo.losses import add_flow_noise, flow_matching_loss, sample_flow_sigmas
 
 if TYPE_CHECKING:
     from mrgrpo.sft_data.batch import SFTBatch
@@ -285,7 +285,6 @@ class FluxPolicy(DiTPolicy):
     ) -> list[Any]:
         """Euler ODE sampling with the guidance embedding (``cfg_scale`` > 1 adds true CFG); B PIL images."""
         from mrgrpo.policies.base import tensor_to_images
-
         from mrgrpo.rollout import sample_ode
 
         noise = self.init_noise(len(prompts), height, width, generator)

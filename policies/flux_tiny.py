@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from mrgrpo.policies.flux import FluxPolicy
 from mrgrpo.policies.tiny_models import build_once, byte_level_tokenizer, tiny_cache_root
 

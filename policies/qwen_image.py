@@ -26,13 +26,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+
+from mrgrpo.devices import randn
+from mrgrpo.losses import add_flow_noise, flow_matching_loss, sample_flow_sigmas
 from mrgrpo.policies.base import STAGES, Conditioning, EncodedPrompts, images_to_tensor
 from mrgrpo.policies.common import resolve_dtype
 from mrgrpo.policies.dit_policy import DiTPolicy
 from mrgrpo.policies.packed_latents import dynamic_shift_mu, pack_latents, shifted_sigmas, unpack_latents
-
-from mrgrpo.devices import randn
-from mrgrpo.losses import add_flow_noise, flow_matching_loss, sample_flow_sigmas
 
 if TYPE_CHECKING:
     from mrgrpo.sft_data.batch import SFTBatch
@@ -352,7 +352,6 @@ class QwenImagePolicy(DiTPolicy):
         """Euler ODE sampling with plain CFG (``cfg_scale``; the pipelines' ``true_cfg_scale`` 4.0, without their
         norm rescale); B PIL images."""
         from mrgrpo.policies.base import tensor_to_images
-
         from mrgrpo.rollout import sample_ode
 
         noise = self.init_noise(len(prompts), height, width, generator)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from mrgrpo.policies.qwen_image import QwenImagePolicy
 from mrgrpo.policies.tiny_models import QWEN_SPECIALS, build_once, byte_level_tokenizer, tiny_cache_root
 

@@ -45,7 +45,6 @@ BIG_REQUEST_PIXELS = 2**22
 #: decoded pixels kept for small requests on top of ``max_inflight_pixels`` (64 MiB)
 SMALL_RESERVE_PIXELS = 2**24
 
-from mrgrpo.rewards.base import group_chunks
 
 
 @dataclass
@@ -178,8 +177,9 @@ def parse_request(data: Any, limits: ServerLimits) -> tuple[list[Any], list[str]
     if not isinstance(metadata, list):
         raise HTTPException(400, "`metadata` must be a list of objects, one per image")
     if len(images) != len(prompts) or len(metadata) != len(images):
-        raise HTTPException(400, f"length mismatch: {len(images)} images, {len(prompts)} prompts, "
-                                 f"{len(metadata)} metadata")
+        raise HTTPException(
+            400, f"length mismatch: {len(images)} images, {len(prompts)} prompts, {len(metadata)} metadata"
+        )
     if not images:
         raise HTTPException(400, "no images")
     if len(images) > limits.max_images:
@@ -225,13 +225,21 @@ def _in_order(result: dict, order: list[int]) -> dict:
     def reorder(seq: list) -> list:
         return [seq[p] for p in inverse]
 
-    details = {k: reorder(v) if isinstance(v, list) and len(v) == len(order) else v
-               for k, v in result["details"].items()}
+    details = {
+        k: reorder(v) if isinstance(v, list) and len(v) == len(order) else v for k, v in result["details"].items()
+    }
     return {"scores": reorder(result["scores"]), "valid": reorder(result["valid"]), "details": details}
 
 
-def create_app(reward: Any, *, name: str = "reward", max_batch: int = 64, token: str | None = None,
-               limits: ServerLimits | None = None, decode_threads: int = 2) -> FastAPI:
+def create_app(
+    reward: Any,
+    *,
+    name: str = "reward",
+    max_batch: int = 64,
+    token: str | None = None,
+    limits: ServerLimits | None = None,
+    decode_threads: int = 2,
+) -> FastAPI:
     """A FastAPI app serving ``reward`` (any :class:`~mrgrpo.rewards.base.Reward`)."""
     limits = limits or ServerLimits()
     scorer = BatchingScorer(reward, max_batch)
@@ -261,15 +269,27 @@ def create_app(reward: Any, *, name: str = "reward", max_batch: int = 64, token:
             return
         got = request.headers.get("authorization", "").encode("utf-8", "replace")
         if not hmac.compare_digest(got, expected):
-            raise HTTPException(401, "missing or wrong bearer token (send 'Authorization: Bearer <token>')",
-                                headers={"WWW-Authenticate": "Bearer"})
+            raise HTTPException(
+                401,
+                "missing or wrong bearer token (send 'Authorization: Bearer <token>')",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
 
     @app.get("/health")
     def health() -> dict:
-        return {"status": "ok", "reward": name, "max_batch": scorer.max_batch, "needs_groups": scorer.needs_groups,
-                "is_remote": bool(getattr(reward, "is_remote", False)), "max_images": limits.max_images,
-                "max_pixels": limits.max_pixels, "max_request_pixels": limits.max_request_pixels,
-                "inflight_pixels": budget.used, "waiting_requests": len(budget.waiters), **scorer.stats()}
+        return {
+            "status": "ok",
+            "reward": name,
+            "max_batch": scorer.max_batch,
+            "needs_groups": scorer.needs_groups,
+            "is_remote": bool(getattr(reward, "is_remote", False)),
+            "max_images": limits.max_images,
+            "max_pixels": limits.max_pixels,
+            "max_request_pixels": limits.max_request_pixels,
+            "inflight_pixels": budget.used,
+            "waiting_requests": len(budget.waiters),
+            **scorer.stats(),
+        }
 
     async def handle(request: Request) -> Response:
         loop = asyncio.get_running_loop()
@@ -312,15 +332,27 @@ def create_app(reward: Any, *, name: str = "reward", max_batch: int = 64, token:
             raise
         except _Disconnected as exc:
             if TIMED_OUT in request.scope:
-                log.warning("closed the connection of %s: body not complete within the read timeout of %g s "
-                            "(%d bytes received)", _peer(request), request.scope[TIMED_OUT], exc.received)
+                log.warning(
+                    "closed the connection of %s: body not complete within the read timeout of %g s "
+                    "(%d bytes received)",
+                    _peer(request),
+                    request.scope[TIMED_OUT],
+                    exc.received,
+                )
             else:
-                log.warning("client %s disconnected before sending its whole body (%d bytes received)",
-                            _peer(request), exc.received)
+                log.warning(
+                    "client %s disconnected before sending its whole body (%d bytes received)",
+                    _peer(request),
+                    exc.received,
+                )
             return Response(status_code=400)
         except Exception as exc:  # noqa: BLE001 - one line in the log, a message to the client, never a traceback
-            log.error("internal error on a request from %s: %s: %s", _peer(request), type(exc).__name__,
-                      str(exc).replace("\n", " ")[:300])
+            log.error(
+                "internal error on a request from %s: %s: %s",
+                _peer(request),
+                type(exc).__name__,
+                str(exc).replace("\n", " ")[:300],
+            )
             return JSONResponse({"detail": f"internal error: {type(exc).__name__}"}, status_code=500)
 
     return app

@@ -46,8 +46,13 @@ class _Chunk:
     queued: float
 
 
-def group_chunks(metadata: list[dict], max_batch: int, needs_groups: bool, pixels: list[int] | None = None,
-                 max_pixels: int | None = None) -> list[tuple[int, int]]:
+def group_chunks(
+    metadata: list[dict],
+    max_batch: int,
+    needs_groups: bool,
+    pixels: list[int] | None = None,
+    max_pixels: int | None = None,
+) -> list[tuple[int, int]]:
     """Contiguous (start, stop) chunks of at most ``max_batch`` items and, when ``pixels`` (per item) and
     ``max_pixels`` are given, at most ``max_pixels`` pixels (at least one item); whole groups when
     ``needs_groups`` (a group bigger than ``max_batch`` is one chunk). Groups must be contiguous in the request."""
@@ -159,8 +164,10 @@ class BatchingScorer:
             images += job.images[a:b]
             prompts += job.prompts[a:b]
             # keep the groups of different requests apart
-            metadata += [dict(m, group_id=f"{job.tag}:{m['group_id']}") if "group_id" in m else dict(m)
-                         for m in job.metadata[a:b]]
+            metadata += [
+                dict(m, group_id=f"{job.tag}:{m['group_id']}") if "group_id" in m else dict(m)
+                for m in job.metadata[a:b]
+            ]
         size = len(images)
         self.calls += 1
         self.largest_call = max(self.largest_call, size)
@@ -177,8 +184,12 @@ class BatchingScorer:
                     _fail(job, exc)
                 return
             # a merged call failed: score each request on its own so only the guilty one fails
-            log.warning("a merged reward call of %d requests failed (%s: %s); scoring them one by one",
-                        len(batch), type(exc).__name__, _short(exc))
+            log.warning(
+                "a merged reward call of %d requests failed (%s: %s); scoring them one by one",
+                len(batch),
+                type(exc).__name__,
+                _short(exc),
+            )
             del exc
             self.rescored += 1
             for item in batch:
@@ -197,8 +208,11 @@ class BatchingScorer:
         offset = 0
         for job, a, b in batch:
             n = b - a
-            part = (scores[offset:offset + n], valid[offset:offset + n],
-                    slice_details(out.details, offset, offset + n, size))
+            part = (
+                scores[offset : offset + n],
+                valid[offset : offset + n],
+                slice_details(out.details, offset, offset + n, size),
+            )
             offset += n
             with job.lock:
                 job.results[a] = part
@@ -208,8 +222,13 @@ class BatchingScorer:
                 job.images = []  # the request handler holds its own list until it answers
 
     def stats(self) -> dict[str, int]:
-        return {"calls": self.calls, "largest_call": self.largest_call, "images_scored": self.images_scored,
-                "queued_chunks": len(self.pending), "rescored_batches": self.rescored}
+        return {
+            "calls": self.calls,
+            "largest_call": self.largest_call,
+            "images_scored": self.images_scored,
+            "queued_chunks": len(self.pending),
+            "rescored_batches": self.rescored,
+        }
 
     def close(self) -> None:
         with self.cond:

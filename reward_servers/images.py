@@ -95,9 +95,12 @@ def open_images(texts: list[Any], max_pixels: int, max_request_pixels: int) -> l
         im = _open_header(raw, i, max_pixels)
         total += im.pixels
         if total > max_request_pixels:
-            raise ImageError(413, f"the images of this request have over {max_request_pixels} pixels in all "
-                                  f"(the limit per request, reached at images[{i}]); send fewer or smaller images "
-                                  "per request")
+            raise ImageError(
+                413,
+                f"the images of this request have over {max_request_pixels} pixels in all "
+                f"(the limit per request, reached at images[{i}]); send fewer or smaller images "
+                "per request",
+            )
         opened.append(im)
     return opened
 

@@ -68,8 +68,11 @@ class ReadTimeoutH11Protocol(H11Protocol):
             cycle.scope[TIMED_OUT] = self.read_timeout  # the handler reading the body logs the one line
         else:
             peer = "%s:%d" % self.client if self.client else "a client"
-            log.warning("closed the connection of %s: no complete request within the read timeout of %g s",
-                        peer, self.read_timeout)
+            log.warning(
+                "closed the connection of %s: no complete request within the read timeout of %g s",
+                peer,
+                self.read_timeout,
+            )
         self.transport.close()
 
 

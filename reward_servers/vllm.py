@@ -6,13 +6,25 @@ import json
 import shlex
 import subprocess
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 
-def build_vllm_command(model: str, *, host: str = "127.0.0.1", port: int = 8000, served_model_name: str | None = None,
-                       tensor_parallel: int = 1, data_parallel: int = 1, images_per_prompt: int = 2,
-                       prefix_caching: bool = True, gpu_memory_utilization: float = 0.9, max_model_len: int | None = None,
-                       trust_remote_code: bool = False, api_key: str | None = None, extra: Sequence[str] = ()) -> list[str]:
+def build_vllm_command(
+    model: str,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    served_model_name: str | None = None,
+    tensor_parallel: int = 1,
+    data_parallel: int = 1,
+    images_per_prompt: int = 2,
+    prefix_caching: bool = True,
+    gpu_memory_utilization: float = 0.9,
+    max_model_len: int | None = None,
+    trust_remote_code: bool = False,
+    api_key: str | None = None,
+    extra: Sequence[str] = (),
+) -> list[str]:
     """The ``vllm serve`` command line for the judge (the pairwise judge sends 2 images per prompt).
 
     Serves the OpenAI API at ``http://host:port/v1`` under ``served_model_name`` (default: the
@@ -27,11 +39,25 @@ def build_vllm_command(model: str, *, host: str = "127.0.0.1", port: int = 8000,
         raise ValueError("--images-per-prompt must be >= 1")
     if not 0 < gpu_memory_utilization <= 1:
         raise ValueError("--gpu-memory-utilization must be in (0, 1]")
-    cmd = ["vllm", "serve", model, "--host", host, "--port", str(port),
-           "--served-model-name", served_model_name or model.rstrip("/").split("/")[-1],
-           "--tensor-parallel-size", str(tensor_parallel), "--data-parallel-size", str(data_parallel),
-           "--limit-mm-per-prompt", json.dumps({"image": images_per_prompt}),
-           "--gpu-memory-utilization", str(gpu_memory_utilization)]
+    cmd = [
+        "vllm",
+        "serve",
+        model,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--served-model-name",
+        served_model_name or model.rstrip("/").split("/")[-1],
+        "--tensor-parallel-size",
+        str(tensor_parallel),
+        "--data-parallel-size",
+        str(data_parallel),
+        "--limit-mm-per-prompt",
+        json.dumps({"image": images_per_prompt}),
+        "--gpu-memory-utilization",
+        str(gpu_memory_utilization),
+    ]
     cmd.append("--enable-prefix-caching" if prefix_caching else "--no-enable-prefix-caching")
     if max_model_len:
         cmd += ["--max-model-len", str(max_model_len)]
@@ -42,7 +68,9 @@ def build_vllm_command(model: str, *, host: str = "127.0.0.1", port: int = 8000,
     return cmd + list(extra)
 
 
-def wait_healthy(url: str, timeout: float = 1800.0, proc: subprocess.Popen | None = None, interval: float = 2.0) -> None:
+def wait_healthy(
+    url: str, timeout: float = 1800.0, proc: subprocess.Popen | None = None, interval: float = 2.0
+) -> None:
     """Poll ``url`` (e.g. ``http://127.0.0.1:8000/health``) until it answers 200; raise if the process dies or time runs out."""
     import httpx
 

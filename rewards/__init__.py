@@ -10,25 +10,48 @@ from mrgrpo.registry import REWARDS
 _BUILTINS = {
     "ocr": ("mrgrpo.rewards.ocr:OCRReward", "OCR accuracy of the quoted text (RapidOCR offline, or PaddleOCR)"),
     "clip": ("mrgrpo.rewards.clip:CLIPScore", "CLIP cosine similarity of image and prompt (open_clip)"),
-    "unifiedreward_think": ("mrgrpo.rewards.unified_reward:UnifiedRewardThink", "pairwise UnifiedReward-Think judge via an OpenAI-compatible server (group win rate)"),
+    "unifiedreward_think": (
+        "mrgrpo.rewards.unified_reward:UnifiedRewardThink",
+        "pairwise UnifiedReward-Think judge via an OpenAI-compatible server (group win rate)",
+    ),
     "unifiedreward-think": ("mrgrpo.rewards.unified_reward:UnifiedRewardThink", "alias of unifiedreward_think"),
-    "unifiedreward_point": ("mrgrpo.rewards.unified_reward:UnifiedRewardPoint", "pointwise UnifiedReward 1-5 score via an OpenAI-compatible server"),
+    "unifiedreward_point": (
+        "mrgrpo.rewards.unified_reward:UnifiedRewardPoint",
+        "pointwise UnifiedReward 1-5 score via an OpenAI-compatible server",
+    ),
     "brightness": ("mrgrpo.rewards.pixel:Brightness", "mean luminance in [0, 1] (smoke tests)"),
-    "color_match": ("mrgrpo.rewards.pixel:ColorMatch", "closeness of the mean colour to the colour named in the prompt"),
-    "jpeg_compressibility": ("mrgrpo.rewards.pixel:JPEGCompressibility", "negative JPEG size (simpler images score higher)"),
+    "color_match": (
+        "mrgrpo.rewards.pixel:ColorMatch",
+        "closeness of the mean colour to the colour named in the prompt",
+    ),
+    "jpeg_compressibility": (
+        "mrgrpo.rewards.pixel:JPEGCompressibility",
+        "negative JPEG size (simpler images score higher)",
+    ),
     "remote": ("mrgrpo.rewards.remote:RemoteReward", "a reward served by `mrgrpo serve`, over HTTP"),
 }
-_BUILTINS.update({  # model-based scorers
-    "pickscore": ("mrgrpo.rewards.pickscore:PickScore", "PickScore (CLIP-H preference model), logit_scale * cosine"),
-    "hpsv2": ("mrgrpo.rewards.hps:HPSv2", "HPS v2.1 human preference score (open_clip ViT-H-14), cosine"),
-    "imagereward": ("mrgrpo.rewards.imagereward:ImageReward", "ImageReward-v1.0 (BLIP + MLP), normalised score"),
-    "aesthetic": ("mrgrpo.rewards.aesthetic:Aesthetic", "LAION improved aesthetic predictor (CLIP ViT-L/14 + MLP)"),
-    "image_similarity": ("mrgrpo.rewards.similarity:ImageSimilarity",
-                         "CLIP image-image cosine of result and source (editing)"),
-    "vlm_judge": ("mrgrpo.rewards.vlm_judge:VLMJudge",
-                  "P(Yes) of a yes/no question from a VLM server's logprobs (VQAScore style)"),
-    "geneval": ("mrgrpo.rewards.geneval.reward:GenEvalReward",
-                "GenEval clauses (Mask2Former + CLIP colour), partial credit or strict"),
-})
+_BUILTINS.update(
+    {  # model-based scorers
+        "pickscore": (
+            "mrgrpo.rewards.pickscore:PickScore",
+            "PickScore (CLIP-H preference model), logit_scale * cosine",
+        ),
+        "hpsv2": ("mrgrpo.rewards.hps:HPSv2", "HPS v2.1 human preference score (open_clip ViT-H-14), cosine"),
+        "imagereward": ("mrgrpo.rewards.imagereward:ImageReward", "ImageReward-v1.0 (BLIP + MLP), normalised score"),
+        "aesthetic": ("mrgrpo.rewards.aesthetic:Aesthetic", "LAION improved aesthetic predictor (CLIP ViT-L/14 + MLP)"),
+        "image_similarity": (
+            "mrgrpo.rewards.similarity:ImageSimilarity",
+            "CLIP image-image cosine of result and source (editing)",
+        ),
+        "vlm_judge": (
+            "mrgrpo.rewards.vlm_judge:VLMJudge",
+            "P(Yes) of a yes/no question from a VLM server's logprobs (VQAScore style)",
+        ),
+        "geneval": (
+            "mrgrpo.rewards.geneval.reward:GenEvalReward",
+            "GenEval clauses (Mask2Former + CLIP colour), partial credit or strict",
+        ),
+    }
+)
 
 REWARDS.register_builtins(_BUILTINS)

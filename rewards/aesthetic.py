@@ -28,8 +28,16 @@ class AestheticMLP(nn.Module):
 
     def __init__(self, input_size: int = 768):
         super().__init__()
-        self.layers = nn.Sequential(nn.Linear(input_size, 1024), nn.Dropout(0.2), nn.Linear(1024, 128), nn.Dropout(0.2),
-                                    nn.Linear(128, 64), nn.Dropout(0.1), nn.Linear(64, 16), nn.Linear(16, 1))
+        self.layers = nn.Sequential(
+            nn.Linear(input_size, 1024),
+            nn.Dropout(0.2),
+            nn.Linear(1024, 128),
+            nn.Dropout(0.2),
+            nn.Linear(128, 64),
+            nn.Dropout(0.1),
+            nn.Linear(64, 16),
+            nn.Linear(16, 1),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x)
@@ -46,8 +54,10 @@ def load_head(path: str, input_size: int, who: str = "aesthetic") -> AestheticML
             repo, _, fname = path.rpartition("/")
             path = hf_hub_download(repo, fname) if repo else path
         except Exception as exc:  # offline, unknown repo, ...
-            raise RuntimeError(f"{who}: cannot find the head {path!r} ({exc}). Fix: pass `head` as a local file "
-                               f"or 'repo_id/filename' on the hub.") from exc
+            raise RuntimeError(
+                f"{who}: cannot find the head {path!r} ({exc}). Fix: pass `head` as a local file "
+                f"or 'repo_id/filename' on the hub."
+            ) from exc
     if path.endswith(".safetensors"):
         from safetensors.torch import load_file
 
@@ -59,8 +69,10 @@ def load_head(path: str, input_size: int, who: str = "aesthetic") -> AestheticML
     try:
         head.load_state_dict(state)
     except RuntimeError as exc:
-        raise RuntimeError(f"{who}: {path} is not an aesthetic-predictor head for {input_size}-d embeddings "
-                           f"(expected keys layers.0/2/4/6/7.weight/bias): {str(exc)[:300]}") from exc
+        raise RuntimeError(
+            f"{who}: {path} is not an aesthetic-predictor head for {input_size}-d embeddings "
+            f"(expected keys layers.0/2/4/6/7.weight/bias): {str(exc)[:300]}"
+        ) from exc
     return head
 
 
@@ -78,9 +90,15 @@ class Aesthetic(Reward):
 
     name = "aesthetic"
 
-    def __init__(self, model: str = AESTHETIC_CLIP, processor: str | None = None,
-                 head: str = f"{AESTHETIC_HEAD_REPO}/{AESTHETIC_HEAD_FILE}", device: str | None = None,
-                 dtype: str | None = None, batch_size: int = 32):
+    def __init__(
+        self,
+        model: str = AESTHETIC_CLIP,
+        processor: str | None = None,
+        head: str = f"{AESTHETIC_HEAD_REPO}/{AESTHETIC_HEAD_FILE}",
+        device: str | None = None,
+        dtype: str | None = None,
+        batch_size: int = 32,
+    ):
         if batch_size < 1:
             raise ValueError(f"aesthetic: batch_size must be >= 1, got {batch_size}")
         self.device = hf_clip.resolve_device(device)

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import inspect
 import math
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Hashable, Sequence
+from typing import Any
 
 import torch
 
@@ -122,7 +123,11 @@ def build_reward(
 
     factory = REWARDS.get(name)
     kwargs = dict(kwargs or {})
-    if device is not None and "device" not in kwargs and (isinstance(factory, type) or getattr(factory, "_mrgrpo_factory", False)):
+    if (
+        device is not None
+        and "device" not in kwargs
+        and (isinstance(factory, type) or getattr(factory, "_mrgrpo_factory", False))
+    ):
         accepted = accepted_kwargs(factory)
         if accepted is not None and "device" in accepted:
             kwargs["device"] = str(device)
@@ -153,8 +158,10 @@ def check_kwargs(factory: Callable[..., Any], kwargs: dict[str, Any], name: str)
         return
     unknown = sorted(set(kwargs) - set(known))
     if unknown:
-        raise TypeError(f"reward {name!r} got unknown argument(s) {', '.join(map(repr, unknown))}. "
-                        f"It accepts: {', '.join(known) or '(none)'}.")
+        raise TypeError(
+            f"reward {name!r} got unknown argument(s) {', '.join(map(repr, unknown))}. "
+            f"It accepts: {', '.join(known) or '(none)'}."
+        )
 
 
 def batched(seq: Sequence[Any], size: int) -> list[Sequence[Any]]:

@@ -26,8 +26,12 @@ def register_model_config(model_name: str, config: dict | str) -> None:
         with open(config) as f:
             config = json.load(f)
     if not isinstance(config, dict) or "vision_cfg" not in config or "text_cfg" not in config:
-        raise ValueError("clip: model_config must be an open_clip config (dict or JSON file) with embed_dim, vision_cfg and text_cfg")
-    factory._MODEL_CONFIGS[model_name] = dict(config)  # open_clip keeps its registry here (add_model_config reads files only)
+        raise ValueError(
+            "clip: model_config must be an open_clip config (dict or JSON file) with embed_dim, vision_cfg and text_cfg"
+        )
+    factory._MODEL_CONFIGS[model_name] = dict(
+        config
+    )  # open_clip keeps its registry here (add_model_config reads files only)
 
 
 class CLIPScore(Reward):
@@ -44,8 +48,15 @@ class CLIPScore(Reward):
 
     name = "clip"
 
-    def __init__(self, model_name: str = "ViT-L-14", pretrained: str | None = "openai", model_config: dict | str | None = None,
-                 device: str | None = None, batch_size: int = 32, dtype: str = "float32"):
+    def __init__(
+        self,
+        model_name: str = "ViT-L-14",
+        pretrained: str | None = "openai",
+        model_config: dict | str | None = None,
+        device: str | None = None,
+        batch_size: int = 32,
+        dtype: str = "float32",
+    ):
         try:
             import open_clip
         except ImportError as exc:
@@ -60,12 +71,16 @@ class CLIPScore(Reward):
             raise ValueError(f"clip: dtype must be one of {sorted(dtypes)}, got {dtype!r}")
         self.dtype = dtypes[dtype]
         try:
-            model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=pretrained, device=self.device)
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                model_name, pretrained=pretrained, device=self.device
+            )
         except (RuntimeError, FileNotFoundError, ValueError) as exc:
             known = ", ".join(open_clip.list_models()[:8])
-            raise RuntimeError(f"clip: cannot load model {model_name!r} with pretrained={pretrained!r}: {exc}. "
-                               f"model_name is an open_clip architecture (e.g. {known}, ...) or one given by model_config; "
-                               f"pretrained is an open_clip tag or a local checkpoint file.") from exc
+            raise RuntimeError(
+                f"clip: cannot load model {model_name!r} with pretrained={pretrained!r}: {exc}. "
+                f"model_name is an open_clip architecture (e.g. {known}, ...) or one given by model_config; "
+                f"pretrained is an open_clip tag or a local checkpoint file."
+            ) from exc
         self.model = model.to(self.dtype).eval().requires_grad_(False)
         self.preprocess = preprocess
         self.tokenizer = open_clip.get_tokenizer(model_name)
@@ -78,8 +93,10 @@ class CLIPScore(Reward):
         """Unit-normalised image ``[N, D]`` and text ``[N, D]`` embeddings."""
         img_parts, txt_parts = [], []
         for i in range(0, len(images), self.batch_size):
-            pix = torch.stack([self.preprocess(im.convert("RGB")) for im in images[i:i + self.batch_size]]).to(self.device, self.dtype)
-            tok = self.tokenizer(prompts[i:i + self.batch_size]).to(self.device)
+            pix = torch.stack([self.preprocess(im.convert("RGB")) for im in images[i : i + self.batch_size]]).to(
+                self.device, self.dtype
+            )
+            tok = self.tokenizer(prompts[i : i + self.batch_size]).to(self.device)
             img_parts.append(torch.nn.functional.normalize(self.model.encode_image(pix).float(), dim=-1))
             txt_parts.append(torch.nn.functional.normalize(self.model.encode_text(tok).float(), dim=-1))
         return torch.cat(img_parts), torch.cat(txt_parts)

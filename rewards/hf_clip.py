@@ -7,12 +7,19 @@ batches. Nothing heavy is imported until a function is called.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -49,24 +56,29 @@ def load_clip(model: str, processor: str | None, device: torch.device, dtype: to
     try:
         net = CLIPModel.from_pretrained(model, dtype=dtype)
     except (OSError, ValueError) as exc:
-        raise RuntimeError(f"{who}: cannot load the CLIP model {model!r} ({exc}). Fix: pass `model` as a hub id or a "
-                           "local folder saved with save_pretrained (offline: download it first).") from exc
+        raise RuntimeError(
+            f"{who}: cannot load the CLIP model {model!r} ({exc}). Fix: pass `model` as a hub id or a "
+            "local folder saved with save_pretrained (offline: download it first)."
+        ) from exc
     try:
         proc = AutoProcessor.from_pretrained(processor or model)
     except (OSError, ValueError) as exc:
-        raise RuntimeError(f"{who}: cannot load the CLIP processor {processor or model!r} ({exc}). Fix: pass "
-                           "`processor` as a hub id or a local folder with the tokenizer and image processor.") from exc
+        raise RuntimeError(
+            f"{who}: cannot load the CLIP processor {processor or model!r} ({exc}). Fix: pass "
+            "`processor` as a hub id or a local folder with the tokenizer and image processor."
+        ) from exc
     return net.to(device).eval().requires_grad_(False), proc
 
 
 @torch.no_grad()
-def image_embeds(model: Any, processor: Any, images: Sequence[Any], batch_size: int,
-                 normalize: bool = True) -> torch.Tensor:
+def image_embeds(
+    model: Any, processor: Any, images: Sequence[Any], batch_size: int, normalize: bool = True
+) -> torch.Tensor:
     """Projected CLIP image embeddings ``[N, D]`` float32 on the model's device (unit norm when ``normalize``)."""
     device, dtype = model.device, model.dtype
     parts = []
     for i in range(0, len(images), batch_size):
-        pix = processor(images=rgb(images[i:i + batch_size]), return_tensors="pt")["pixel_values"]
+        pix = processor(images=rgb(images[i : i + batch_size]), return_tensors="pt")["pixel_values"]
         pooled = model.vision_model(pixel_values=pix.to(device, dtype)).pooler_output
         parts.append(model.visual_projection(pooled).float())
     out = torch.cat(parts) if parts else torch.zeros(0, model.config.projection_dim, device=device)
@@ -74,16 +86,23 @@ def image_embeds(model: Any, processor: Any, images: Sequence[Any], batch_size: 
 
 
 @torch.no_grad()
-def text_embeds(model: Any, processor: Any, texts: Sequence[str], batch_size: int,
-                max_length: int = 77) -> torch.Tensor:
+def text_embeds(
+    model: Any, processor: Any, texts: Sequence[str], batch_size: int, max_length: int = 77
+) -> torch.Tensor:
     """Unit-norm projected CLIP text embeddings ``[N, D]`` float32 (texts truncated to ``max_length`` tokens)."""
     device = model.device
     parts = []
     for i in range(0, len(texts), batch_size):
-        tok = processor(text=list(texts[i:i + batch_size]), padding=True, truncation=True, max_length=max_length,
-                        return_tensors="pt")
-        pooled = model.text_model(input_ids=tok["input_ids"].to(device),
-                                  attention_mask=tok["attention_mask"].to(device)).pooler_output
+        tok = processor(
+            text=list(texts[i : i + batch_size]),
+            padding=True,
+            truncation=True,
+            max_length=max_length,
+            return_tensors="pt",
+        )
+        pooled = model.text_model(
+            input_ids=tok["input_ids"].to(device), attention_mask=tok["attention_mask"].to(device)
+        ).pooler_output
         parts.append(model.text_projection(pooled).float())
     out = torch.cat(parts) if parts else torch.zeros(0, model.config.projection_dim, device=device)
     return torch.nn.functional.normalize(out, dim=-1)

@@ -38,9 +38,10 @@ def _resolve(path: str) -> str:
 
         return hf_hub_download(repo, fname)
     except Exception as exc:
-        raise RuntimeError(f"hpsv2: cannot find the checkpoint {path!r} ({exc}). Fix: pass `checkpoint` as a local "
-                           "file or 'repo_id/filename' on the hub (default xswu/HPSv2/HPS_v2.1_compressed.pt)."
-                           ) from exc
+        raise RuntimeError(
+            f"hpsv2: cannot find the checkpoint {path!r} ({exc}). Fix: pass `checkpoint` as a local "
+            "file or 'repo_id/filename' on the hub (default xswu/HPSv2/HPS_v2.1_compressed.pt)."
+        ) from exc
 
 
 class HPSv2(Reward):
@@ -57,9 +58,15 @@ class HPSv2(Reward):
 
     name = "hpsv2"
 
-    def __init__(self, checkpoint: str = HPS_CHECKPOINT, model_name: str = "ViT-H-14",
-                 model_config: dict | str | None = None, device: str | None = None, dtype: str | None = None,
-                 batch_size: int = 32):
+    def __init__(
+        self,
+        checkpoint: str = HPS_CHECKPOINT,
+        model_name: str = "ViT-H-14",
+        model_config: dict | str | None = None,
+        device: str | None = None,
+        dtype: str | None = None,
+        batch_size: int = 32,
+    ):
         try:
             import open_clip
         except ImportError as exc:
@@ -83,9 +90,13 @@ class HPSv2(Reward):
             raise RuntimeError(f"hpsv2: {path} does not fit open_clip {model_name!r}: {str(exc)[:300]}") from exc
         self.model = model.to(self.device, self.dtype).eval().requires_grad_(False)
         # HPSv2's evaluation transform: longest side to the model size, padded to a square (fill 0), not cropped
-        self.preprocess = open_clip.image_transform(model.visual.image_size, is_train=False,
-                                                    mean=getattr(model.visual, "image_mean", None),
-                                                    std=getattr(model.visual, "image_std", None), resize_mode="longest")
+        self.preprocess = open_clip.image_transform(
+            model.visual.image_size,
+            is_train=False,
+            mean=getattr(model.visual, "image_mean", None),
+            std=getattr(model.visual, "image_std", None),
+            resize_mode="longest",
+        )
         self.tokenizer = open_clip.get_tokenizer(model_name)
         self.batch_size = batch_size
         self.lock = threading.Lock()
@@ -95,8 +106,8 @@ class HPSv2(Reward):
         parts = []
         with self.lock:
             for i in range(0, len(images), self.batch_size):
-                pix = torch.stack([self.preprocess(im) for im in hf_clip.rgb(images[i:i + self.batch_size])])
-                tok = self.tokenizer(list(prompts[i:i + self.batch_size]))
+                pix = torch.stack([self.preprocess(im) for im in hf_clip.rgb(images[i : i + self.batch_size])])
+                tok = self.tokenizer(list(prompts[i : i + self.batch_size]))
                 fi = self.model.encode_image(pix.to(self.device, self.dtype), normalize=True).float()
                 ft = self.model.encode_text(tok.to(self.device), normalize=True).float()
                 parts.append((fi * ft).sum(-1).cpu())

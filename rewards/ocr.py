@@ -42,7 +42,8 @@ from __future__ import annotations
 
 import re
 import threading
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -89,8 +90,9 @@ def flowgrpo_score(recognised: str, target: str) -> float:
     return 1.0 - min(d, len(tgt)) / len(tgt)
 
 
-def ngram_candidates(lines: Sequence[str], *, ngram_max: int = 3, case_sensitive: bool = True,
-                     ignore_punct: bool = True) -> list[str]:
+def ngram_candidates(
+    lines: Sequence[str], *, ngram_max: int = 3, case_sensitive: bool = True, ignore_punct: bool = True
+) -> list[str]:
     """Normalised candidate strings of the OCR output (order kept, duplicates dropped).
 
     Lines, runs of up to ``ngram_max`` adjacent lines, the whole text, and runs of up to 8
@@ -100,7 +102,7 @@ def ngram_candidates(lines: Sequence[str], *, ngram_max: int = 3, case_sensitive
     toks = [t for t in (norm(line) for line in lines) if t]
     cands = list(toks)
     for n in range(2, max(1, ngram_max) + 1):
-        cands += ["".join(toks[i:i + n]) for i in range(len(toks) - n + 1)]
+        cands += ["".join(toks[i : i + n]) for i in range(len(toks) - n + 1)]
     if toks:
         cands.append("".join(toks))
     words = [w for w in (norm(w) for line in lines for w in line.split()) if w]
@@ -110,8 +112,15 @@ def ngram_candidates(lines: Sequence[str], *, ngram_max: int = 3, case_sensitive
     return list(dict.fromkeys(c for c in cands if c))
 
 
-def multi_segment_score(lines: Sequence[str], segments: Sequence[str], *, ngram_max: int = 3, case_sensitive: bool = True,
-                        ignore_punct: bool = True, confusion_fold: bool = True) -> tuple[float, list[float]]:
+def multi_segment_score(
+    lines: Sequence[str],
+    segments: Sequence[str],
+    *,
+    ngram_max: int = 3,
+    case_sensitive: bool = True,
+    ignore_punct: bool = True,
+    confusion_fold: bool = True,
+) -> tuple[float, list[float]]:
     """Length-weighted mean over segments of the best ``1 - min(d, len) / len`` over the n-gram candidates.
 
     Returns (reward, per-segment rewards). Raises ValueError when no segment is left after normalisation.
@@ -165,22 +174,30 @@ def deepgen_normalise(text: str, *, case_sensitive: bool = True, ignore_punct: b
     return s if case_sensitive else s.lower()
 
 
-def deepgen_candidates(lines: Sequence[str], *, ngram_max: int = 3, case_sensitive: bool = True,
-                       ignore_punct: bool = True) -> list[str]:
+def deepgen_candidates(
+    lines: Sequence[str], *, ngram_max: int = 3, case_sensitive: bool = True, ignore_punct: bool = True
+) -> list[str]:
     """The release's candidate strings: normalised non-empty lines, joins of 2..``ngram_max`` adjacent
     ones, and all lines joined; order kept, duplicates dropped."""
     norm = [deepgen_normalise(x, case_sensitive=case_sensitive, ignore_punct=ignore_punct) for x in lines]
     toks = [t for t in norm if t]
     cands = list(toks)
     for n in range(2, max(1, int(ngram_max)) + 1):
-        cands += ["".join(toks[i:i + n]) for i in range(len(toks) - n + 1)]
+        cands += ["".join(toks[i : i + n]) for i in range(len(toks) - n + 1)]
     if toks:
         cands.append("".join(toks))
     return list(dict.fromkeys(cands))
 
 
-def deepgen_score(lines: Sequence[str], segments: Sequence[str], *, ngram_max: int = 3, case_sensitive: bool = True,
-                  ignore_punct: bool = True, confusion_fold: bool = True) -> tuple[float, list[float]]:
+def deepgen_score(
+    lines: Sequence[str],
+    segments: Sequence[str],
+    *,
+    ngram_max: int = 3,
+    case_sensitive: bool = True,
+    ignore_punct: bool = True,
+    confusion_fold: bool = True,
+) -> tuple[float, list[float]]:
     """DeepGen's released OCR reward of one image from its OCR ``lines`` and target ``segments``.
 
     Returns (``sum_s len_s * r_s / sum_s len_s``, per-segment ``r_s``; a segment with no scorable
@@ -223,7 +240,9 @@ class RapidOCREngine:
         try:
             from rapidocr_onnxruntime import RapidOCR
         except ImportError as exc:
-            raise ImportError("the OCR reward's default engine needs rapidocr-onnxruntime. Fix: pip install 'mrgrpo[ocr]'.") from exc
+            raise ImportError(
+                "the OCR reward's default engine needs rapidocr-onnxruntime. Fix: pip install 'mrgrpo[ocr]'."
+            ) from exc
         self.engine = RapidOCR(**engine_kwargs)
         self.lock = threading.Lock()  # one onnxruntime session set shared by all threads
 
@@ -240,27 +259,44 @@ class PaddleOCREngine:
     ``model_dir`` holds ``det/`` and ``rec/`` (or give ``det_model_dir`` / ``rec_model_dir``).
     """
 
-    def __init__(self, model_dir: str | None = None, det_model_dir: str | None = None, rec_model_dir: str | None = None,
-                 lang: str = "en", **engine_kwargs: Any):
+    def __init__(
+        self,
+        model_dir: str | None = None,
+        det_model_dir: str | None = None,
+        rec_model_dir: str | None = None,
+        lang: str = "en",
+        **engine_kwargs: Any,
+    ):
         det = det_model_dir or (f"{model_dir}/det" if model_dir else None)
         rec = rec_model_dir or (f"{model_dir}/rec" if model_dir else None)
         if not det or not rec:
-            raise ValueError("ocr engine 'paddle' needs model_dir (a local folder with det/ and rec/ PaddleOCR models) "
-                             "or det_model_dir and rec_model_dir: models are never downloaded at run time.")
+            raise ValueError(
+                "ocr engine 'paddle' needs model_dir (a local folder with det/ and rec/ PaddleOCR models) "
+                "or det_model_dir and rec_model_dir: models are never downloaded at run time."
+            )
         try:
             import paddleocr
         except ImportError as exc:
-            raise ImportError("ocr engine 'paddle' needs paddleocr and paddlepaddle. Fix: pip install 'mrgrpo[paddle]', "
-                              "or use engine: rapidocr (offline, the default).") from exc
+            raise ImportError(
+                "ocr engine 'paddle' needs paddleocr and paddlepaddle. Fix: pip install 'mrgrpo[paddle]', "
+                "or use engine: rapidocr (offline, the default)."
+            ) from exc
         major = int(str(getattr(paddleocr, "__version__", "3")).split(".")[0] or 3)
         self.v3 = major >= 3
         if self.v3:
-            self.engine = paddleocr.PaddleOCR(lang=lang, text_detection_model_dir=det, text_recognition_model_dir=rec,
-                                              use_doc_orientation_classify=False, use_doc_unwarping=False,
-                                              use_textline_orientation=False, **engine_kwargs)
+            self.engine = paddleocr.PaddleOCR(
+                lang=lang,
+                text_detection_model_dir=det,
+                text_recognition_model_dir=rec,
+                use_doc_orientation_classify=False,
+                use_doc_unwarping=False,
+                use_textline_orientation=False,
+                **engine_kwargs,
+            )
         else:
-            self.engine = paddleocr.PaddleOCR(lang=lang, det_model_dir=det, rec_model_dir=rec, use_angle_cls=False,
-                                              show_log=False, **engine_kwargs)
+            self.engine = paddleocr.PaddleOCR(
+                lang=lang, det_model_dir=det, rec_model_dir=rec, use_angle_cls=False, show_log=False, **engine_kwargs
+            )
         self.lock = threading.Lock()
 
     def __call__(self, image: Any) -> list[tuple[str, float]]:
@@ -313,10 +349,20 @@ class OCRReward(Reward):
 
     name = "ocr"
 
-    def __init__(self, mode: str = "flowgrpo", engine: str = "rapidocr", model_dir: str | None = None,
-                 det_model_dir: str | None = None, rec_model_dir: str | None = None, engine_kwargs: dict | None = None,
-                 min_confidence: float = 0.0, ngram_max: int = 3, case_sensitive: bool = True, ignore_punct: bool = True,
-                 confusion_fold: bool = True):
+    def __init__(
+        self,
+        mode: str = "flowgrpo",
+        engine: str = "rapidocr",
+        model_dir: str | None = None,
+        det_model_dir: str | None = None,
+        rec_model_dir: str | None = None,
+        engine_kwargs: dict | None = None,
+        min_confidence: float = 0.0,
+        ngram_max: int = 3,
+        case_sensitive: bool = True,
+        ignore_punct: bool = True,
+        confusion_fold: bool = True,
+    ):
         if mode not in MODES:
             raise ValueError(f"ocr: mode must be 'flowgrpo', 'deepgen' or 'multi', got {mode!r}")
         if ngram_max < 1:
@@ -330,8 +376,12 @@ class OCRReward(Reward):
         self.engine_name = engine
         self.engine = get_engine(engine, **kwargs)
         self.min_confidence = float(min_confidence)
-        self.multi_options: dict[str, Any] = dict(ngram_max=int(ngram_max), case_sensitive=bool(case_sensitive),
-                                                  ignore_punct=bool(ignore_punct), confusion_fold=bool(confusion_fold))
+        self.multi_options: dict[str, Any] = dict(
+            ngram_max=int(ngram_max),
+            case_sensitive=bool(case_sensitive),
+            ignore_punct=bool(ignore_punct),
+            confusion_fold=bool(confusion_fold),
+        )
 
     def targets(self, prompt: str, meta: dict | None) -> list[str]:
         """The target segments of one image (``metadata["ocr_text"]`` first, else the quoted text)."""
@@ -383,6 +433,14 @@ class OCRReward(Reward):
                 scores.append(multi_segment_score(lines, segments, **self.multi_options)[0])
             valid.append(True)
             reasons.append(None)
-        return RewardOutput(torch.tensor(scores), torch.tensor(valid),
-                            {"mode": self.mode, "engine": self.engine_name, "recognised": recognised, "invalid_reason": reasons,
-                             "failures": failures})
+        return RewardOutput(
+            torch.tensor(scores),
+            torch.tensor(valid),
+            {
+                "mode": self.mode,
+                "engine": self.engine_name,
+                "recognised": recognised,
+                "invalid_reason": reasons,
+                "failures": failures,
+            },
+        )

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import threading
 
-import torch
-
 from mrgrpo.rewards import hf_clip
 from mrgrpo.rewards.base import Reward, RewardOutput
 
@@ -32,8 +30,15 @@ class PickScore(Reward):
 
     name = "pickscore"
 
-    def __init__(self, model: str = PICKSCORE_MODEL, processor: str | None = PICKSCORE_PROCESSOR, divisor: float = 1.0,
-                 device: str | None = None, dtype: str | None = None, batch_size: int = 32):
+    def __init__(
+        self,
+        model: str = PICKSCORE_MODEL,
+        processor: str | None = PICKSCORE_PROCESSOR,
+        divisor: float = 1.0,
+        device: str | None = None,
+        dtype: str | None = None,
+        batch_size: int = 32,
+    ):
         if batch_size < 1 or divisor <= 0:
             raise ValueError(f"pickscore: batch_size must be >= 1 and divisor > 0, got {batch_size}, {divisor}")
         self.device = hf_clip.resolve_device(device)

@@ -16,10 +16,20 @@ from mrgrpo.rewards.base import Reward, RewardOutput
 
 #: colour words recognised in prompts (RGB in [0, 1])
 COLORS: dict[str, tuple[float, float, float]] = {
-    "red": (1.0, 0.0, 0.0), "green": (0.0, 0.6, 0.0), "blue": (0.0, 0.0, 1.0), "yellow": (1.0, 1.0, 0.0),
-    "orange": (1.0, 0.55, 0.0), "purple": (0.5, 0.0, 0.5), "pink": (1.0, 0.75, 0.8), "white": (1.0, 1.0, 1.0),
-    "black": (0.0, 0.0, 0.0), "gray": (0.5, 0.5, 0.5), "grey": (0.5, 0.5, 0.5), "brown": (0.55, 0.27, 0.07),
-    "cyan": (0.0, 1.0, 1.0), "magenta": (1.0, 0.0, 1.0),
+    "red": (1.0, 0.0, 0.0),
+    "green": (0.0, 0.6, 0.0),
+    "blue": (0.0, 0.0, 1.0),
+    "yellow": (1.0, 1.0, 0.0),
+    "orange": (1.0, 0.55, 0.0),
+    "purple": (0.5, 0.0, 0.5),
+    "pink": (1.0, 0.75, 0.8),
+    "white": (1.0, 1.0, 1.0),
+    "black": (0.0, 0.0, 0.0),
+    "gray": (0.5, 0.5, 0.5),
+    "grey": (0.5, 0.5, 0.5),
+    "brown": (0.55, 0.27, 0.07),
+    "cyan": (0.0, 1.0, 1.0),
+    "magenta": (1.0, 0.0, 1.0),
 }
 _COLOR_RE = re.compile(r"\b(" + "|".join(COLORS) + r")\b", re.IGNORECASE)
 

@@ -29,12 +29,13 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
-from mrgrpo.rewards.base import Reward, RewardOutput, group_chunks
+from mrgrpo.rewards.base import Reward, RewardOutput
 
 log = logging.getLogger("mrgrpo.rewards.remote")
 
@@ -128,8 +129,17 @@ class RemoteReward(Reward):
     name = "remote"
     is_remote = True
 
-    def __init__(self, urls: str | Sequence[str], token: str | None = None, timeout: float = 120.0, max_retries: int = 3,
-                 backoff: float = 0.5, batch_size: int = 64, max_concurrency: int | None = None, needs_groups: bool | None = None):
+    def __init__(
+        self,
+        urls: str | Sequence[str],
+        token: str | None = None,
+        timeout: float = 120.0,
+        max_retries: int = 3,
+        backoff: float = 0.5,
+        batch_size: int = 64,
+        max_concurrency: int | None = None,
+        needs_groups: bool | None = None,
+    ):
         import httpx
 
         self.urls = [urls] if isinstance(urls, str) else list(urls or [])
@@ -188,8 +198,9 @@ class RemoteReward(Reward):
     def _attempt(self, url: str, payload: bytes) -> Any:
         """One POST; the parsed answer, or raises (retriable unless RemoteRequestError)."""
         deadline = time.monotonic() + self.timeout
-        with self.http.stream("POST", f"{url.rstrip('/')}/v1/score", content=payload,
-                              headers={"content-type": "application/json"}) as r:
+        with self.http.stream(
+            "POST", f"{url.rstrip('/')}/v1/score", content=payload, headers={"content-type": "application/json"}
+        ) as r:
             if r.status_code >= 500 or r.status_code in (408, 429):
                 raise BadAnswer(f"answered {r.status_code}: {_head(r)}")
             if r.status_code >= 400:
@@ -257,8 +268,14 @@ class RemoteReward(Reward):
         cur_px = 0
         limit = self.max_request_pixels or 0
         for members in groups.values():  # whole groups; a group bigger than the limits goes alone
-            px = sum(int(getattr(images[i], "size", (0, 0))[0]) * int(getattr(images[i], "size", (0, 0))[1])
-                     for i in members) if images else 0
+            px = (
+                sum(
+                    int(getattr(images[i], "size", (0, 0))[0]) * int(getattr(images[i], "size", (0, 0))[1])
+                    for i in members
+                )
+                if images
+                else 0
+            )
             if cur and (len(cur) + len(members) > self.batch_size or (limit and cur_px + px > limit)):
                 chunks.append(cur)
                 cur, cur_px = [], 0
@@ -267,8 +284,11 @@ class RemoteReward(Reward):
         return chunks + ([cur] if cur else [])
 
     def _score_chunk(self, idx: list[int], images, prompts, metadata) -> tuple[list[int], tuple | None, str | None]:
-        body = {"images": [encode_png(images[i]) for i in idx], "prompts": [prompts[i] for i in idx],
-                "metadata": [_jsonable(metadata[i]) for i in idx]}
+        body = {
+            "images": [encode_png(images[i]) for i in idx],
+            "prompts": [prompts[i] for i in idx],
+            "metadata": [_jsonable(metadata[i]) for i in idx],
+        }
         try:
             return idx, self._post(body, len(idx)), None
         except ConnectionError as exc:
@@ -280,8 +300,10 @@ class RemoteReward(Reward):
         n = len(images)
         scores, valid = [0.0] * n, [False] * n
         details, errors, failures = [], [], 0
-        futures = [self.pool.submit(self._score_chunk, idx, images, prompts, metadata)
-                   for idx in self._chunks(metadata, images)]
+        futures = [
+            self.pool.submit(self._score_chunk, idx, images, prompts, metadata)
+            for idx in self._chunks(metadata, images)
+        ]
         for fut in futures:
             idx, answer, err = fut.result()  # RemoteRequestError (a 4xx) propagates
             if answer is None:
@@ -294,13 +316,15 @@ class RemoteReward(Reward):
             if bad:
                 failures += len(bad)
                 errors.append(f"{len(bad)} image(s) with {problems[bad[0]]} from the server")
-                log.warning("remote reward: %d image(s) invalid (masked): the server sent %s", len(bad),
-                            problems[bad[0]])
+                log.warning(
+                    "remote reward: %d image(s) invalid (masked): the server sent %s", len(bad), problems[bad[0]]
+                )
             for k, i in enumerate(idx):
                 scores[i], valid[i] = s[k], v[k]
             details.append(d)
-        return RewardOutput(torch.tensor(scores), torch.tensor(valid),
-                            {"failures": failures, "errors": errors, "server": details})
+        return RewardOutput(
+            torch.tensor(scores), torch.tensor(valid), {"failures": failures, "errors": errors, "server": details}
+        )
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)

@@ -51,8 +51,14 @@ class ImageSimilarity(Reward):
 
     name = "image_similarity"
 
-    def __init__(self, model: str = "openai/clip-vit-large-patch14", processor: str | None = None,
-                 device: str | None = None, dtype: str | None = None, batch_size: int = 32):
+    def __init__(
+        self,
+        model: str = "openai/clip-vit-large-patch14",
+        processor: str | None = None,
+        device: str | None = None,
+        dtype: str | None = None,
+        batch_size: int = 32,
+    ):
         if batch_size < 1:
             raise ValueError(f"image_similarity: batch_size must be >= 1, got {batch_size}")
         self.device = hf_clip.resolve_device(device)

@@ -38,8 +38,9 @@ import random
 import re
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Sequence
+from typing import Any
 from urllib.parse import urlparse
 
 import torch
@@ -198,8 +199,9 @@ def pairwise_win_rates(n: int, verdicts: dict[tuple[int, int], float | None]) ->
     return [w / max(1, n - 1) for w in wins], failed
 
 
-def _load_template(template: str, template_text: str | None, template_file: str | None, table: dict[str, str],
-                   who: str) -> tuple[str, str]:
+def _load_template(
+    template: str, template_text: str | None, template_file: str | None, table: dict[str, str], who: str
+) -> tuple[str, str]:
     if template_text is not None and template_file is not None:
         raise ValueError(f"{who}: give template_text or template_file, not both")
     if template_file is not None:
@@ -210,7 +212,9 @@ def _load_template(template: str, template_text: str | None, template_file: str 
     elif template in table:
         text, label = table[template], template
     else:
-        raise ValueError(f"{who}: template must be one of {sorted(table)} (or give template_text / template_file), got {template!r}")
+        raise ValueError(
+            f"{who}: template must be one of {sorted(table)} (or give template_text / template_file), got {template!r}"
+        )
     if "{prompt}" not in text:
         raise ValueError(f"{who}: the template must contain '{{prompt}}' where the prompt goes")
     return text, label
@@ -219,9 +223,19 @@ def _load_template(template: str, template_text: str | None, template_file: str 
 class ChatClient:
     """A thread-safe OpenAI chat-completions client with timeouts and bounded retries with exponential backoff."""
 
-    def __init__(self, base_url: str, model: str | None = None, api_key: str | None = None, timeout: float = 120.0,
-                 max_retries: int = 4, backoff: float = 1.0, backoff_cap: float = 30.0, max_tokens: int = 4096,
-                 temperature: float = 0.0, max_connections: int = 64):
+    def __init__(
+        self,
+        base_url: str,
+        model: str | None = None,
+        api_key: str | None = None,
+        timeout: float = 120.0,
+        max_retries: int = 4,
+        backoff: float = 1.0,
+        backoff_cap: float = 30.0,
+        max_tokens: int = 4096,
+        temperature: float = 0.0,
+        max_connections: int = 64,
+    ):
         import httpx
 
         if max_retries < 0 or timeout <= 0 or backoff < 0:
@@ -267,8 +281,13 @@ class ChatClient:
     def complete_choice(self, content: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
         """The first choice (``{"message": ..., "logprobs": ...}``) for one user message; ``extra`` request fields
         (e.g. ``logprobs``) override the defaults. Raises RuntimeError after the last retry or on a malformed reply."""
-        payload = {"model": self.model_name(), "messages": [{"role": "user", "content": content}],
-                   "max_tokens": self.max_tokens, "temperature": self.temperature, **extra}
+        payload = {
+            "model": self.model_name(),
+            "messages": [{"role": "user", "content": content}],
+            "max_tokens": self.max_tokens,
+            "temperature": self.temperature,
+            **extra,
+        }
         r = self._with_retries(lambda: self.http.post(f"{self.base_url}/chat/completions", json=payload))
         try:
             choice = r.json()["choices"][0]
@@ -289,15 +308,38 @@ class ChatClient:
 class _JudgeBase(Reward):
     is_remote = True
 
-    def _init_client(self, base_url, model, api_key, timeout, max_retries, backoff, backoff_cap, max_tokens, temperature,
-                     max_concurrency, image_format, jpeg_quality):
+    def _init_client(
+        self,
+        base_url,
+        model,
+        api_key,
+        timeout,
+        max_retries,
+        backoff,
+        backoff_cap,
+        max_tokens,
+        temperature,
+        max_concurrency,
+        image_format,
+        jpeg_quality,
+    ):
         if max_concurrency < 1:
             raise ValueError(f"{self.name}: max_concurrency must be >= 1, got {max_concurrency}")
         if str(image_format).lower() not in ("jpeg", "jpg", "png"):
             raise ValueError(f"{self.name}: image_format must be 'jpeg' or 'png', got {image_format!r}")
         self.image_format, self.jpeg_quality = image_format, jpeg_quality
-        self.client = ChatClient(base_url, model, api_key, timeout, max_retries, backoff, backoff_cap, max_tokens, temperature,
-                                 max_connections=max_concurrency)
+        self.client = ChatClient(
+            base_url,
+            model,
+            api_key,
+            timeout,
+            max_retries,
+            backoff,
+            backoff_cap,
+            max_tokens,
+            temperature,
+            max_connections=max_concurrency,
+        )
         self.pool = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix=self.name)
 
     def _url(self, image: Any) -> str:
@@ -326,21 +368,51 @@ class UnifiedRewardThink(_JudgeBase):
     name = "unifiedreward_think"
     needs_groups = True
 
-    def __init__(self, base_url: str = "http://127.0.0.1:8000/v1", model: str | None = None, template: str = "deepgen",
-                 template_text: str | None = None, template_file: str | None = None, swap: bool = False,
-                 require_answer_tag: bool = True, max_concurrency: int = 32, timeout: float = 300.0, max_retries: int = 4,
-                 backoff: float = 1.0, backoff_cap: float = 30.0, api_key: str | None = None, max_tokens: int = 4096,
-                 temperature: float = 0.0, image_format: str = "jpeg", jpeg_quality: int = 95):
+    def __init__(
+        self,
+        base_url: str = "http://127.0.0.1:8000/v1",
+        model: str | None = None,
+        template: str = "deepgen",
+        template_text: str | None = None,
+        template_file: str | None = None,
+        swap: bool = False,
+        require_answer_tag: bool = True,
+        max_concurrency: int = 32,
+        timeout: float = 300.0,
+        max_retries: int = 4,
+        backoff: float = 1.0,
+        backoff_cap: float = 30.0,
+        api_key: str | None = None,
+        max_tokens: int = 4096,
+        temperature: float = 0.0,
+        image_format: str = "jpeg",
+        jpeg_quality: int = 95,
+    ):
         self.template, self.template_name = _load_template(template, template_text, template_file, TEMPLATES, self.name)
         self.swap = bool(swap)
         self.require_answer_tag = bool(require_answer_tag)
-        self._init_client(base_url, model, api_key, timeout, max_retries, backoff, backoff_cap, max_tokens, temperature,
-                          max_concurrency, image_format, jpeg_quality)
+        self._init_client(
+            base_url,
+            model,
+            api_key,
+            timeout,
+            max_retries,
+            backoff,
+            backoff_cap,
+            max_tokens,
+            temperature,
+            max_concurrency,
+            image_format,
+            jpeg_quality,
+        )
 
     def _judge(self, prompt: str, first: str, second: str) -> tuple[float | None, str | None]:
         """(share of the pair won by ``first``: 1, 0 or 0.5 when unparsable; None on failure, and the error)."""
-        content = [{"type": "image_url", "image_url": {"url": first}}, {"type": "image_url", "image_url": {"url": second}},
-                   {"type": "text", "text": self.template.replace("{prompt}", prompt)}]
+        content = [
+            {"type": "image_url", "image_url": {"url": first}},
+            {"type": "image_url", "image_url": {"url": second}},
+            {"type": "text", "text": self.template.replace("{prompt}", prompt)},
+        ]
         try:
             reply = self.client.complete(content)
         except Exception as exc:  # after retries: the pair is reported and counted as a tie
@@ -379,7 +451,9 @@ class UnifiedRewardThink(_JudgeBase):
                     if err == "unparsable":
                         unparsable += 1
                     elif err is not None and len(failed_list) < 50:
-                        failed_list.append({"group": str(key), "i": members[a], "j": members[b], "order": order, "error": err[:300]})
+                        failed_list.append(
+                            {"group": str(key), "i": members[a], "j": members[b], "order": order, "error": err[:300]}
+                        )
                     if share is not None:
                         results.append(share if order == 0 else 1.0 - share)
                 verdicts[(a, b)] = sum(results) / len(results) if results else None
@@ -391,10 +465,21 @@ class UnifiedRewardThink(_JudgeBase):
             elif len(members) > 1:  # every pair of the group failed
                 failures += len(members)
         n_pairs = sum(len(m) * (len(m) - 1) // 2 for m in groups.values())
-        return RewardOutput(scores, valid, {
-            "template": self.template_name, "swap": self.swap, "pairs": n_pairs, "requests": len(jobs),
-            "failed_pairs": n_failed_pairs, "failed": failed_list, "ties_unparsable": unparsable, "failures": failures,
-            "singleton_groups": sum(1 for m in groups.values() if len(m) == 1)})
+        return RewardOutput(
+            scores,
+            valid,
+            {
+                "template": self.template_name,
+                "swap": self.swap,
+                "pairs": n_pairs,
+                "requests": len(jobs),
+                "failed_pairs": n_failed_pairs,
+                "failed": failed_list,
+                "ties_unparsable": unparsable,
+                "failures": failures,
+                "singleton_groups": sum(1 for m in groups.values() if len(m) == 1),
+            },
+        )
 
 
 class UnifiedRewardPoint(_JudgeBase):
@@ -409,19 +494,49 @@ class UnifiedRewardPoint(_JudgeBase):
 
     name = "unifiedreward_point"
 
-    def __init__(self, base_url: str = "http://127.0.0.1:8000/v1", model: str | None = None, template: str = "unifiedreward",
-                 template_text: str | None = None, template_file: str | None = None, dimensions: Sequence[str] | None = None,
-                 max_concurrency: int = 32, timeout: float = 300.0, max_retries: int = 4, backoff: float = 1.0,
-                 backoff_cap: float = 30.0, api_key: str | None = None, max_tokens: int = 4096, temperature: float = 0.0,
-                 image_format: str = "jpeg", jpeg_quality: int = 95):
-        self.template, self.template_name = _load_template(template, template_text, template_file, POINT_TEMPLATES, self.name)
+    def __init__(
+        self,
+        base_url: str = "http://127.0.0.1:8000/v1",
+        model: str | None = None,
+        template: str = "unifiedreward",
+        template_text: str | None = None,
+        template_file: str | None = None,
+        dimensions: Sequence[str] | None = None,
+        max_concurrency: int = 32,
+        timeout: float = 300.0,
+        max_retries: int = 4,
+        backoff: float = 1.0,
+        backoff_cap: float = 30.0,
+        api_key: str | None = None,
+        max_tokens: int = 4096,
+        temperature: float = 0.0,
+        image_format: str = "jpeg",
+        jpeg_quality: int = 95,
+    ):
+        self.template, self.template_name = _load_template(
+            template, template_text, template_file, POINT_TEMPLATES, self.name
+        )
         self.dimensions = list(dimensions) if dimensions else None
-        self._init_client(base_url, model, api_key, timeout, max_retries, backoff, backoff_cap, max_tokens, temperature,
-                          max_concurrency, image_format, jpeg_quality)
+        self._init_client(
+            base_url,
+            model,
+            api_key,
+            timeout,
+            max_retries,
+            backoff,
+            backoff_cap,
+            max_tokens,
+            temperature,
+            max_concurrency,
+            image_format,
+            jpeg_quality,
+        )
 
     def _one(self, image: Any, prompt: str) -> tuple[float | None, str | None]:
-        content = [{"type": "image_url", "image_url": {"url": self._url(image)}},
-                   {"type": "text", "text": self.template.replace("{prompt}", prompt)}]
+        content = [
+            {"type": "image_url", "image_url": {"url": self._url(image)}},
+            {"type": "text", "text": self.template.replace("{prompt}", prompt)},
+        ]
         try:
             reply = self.client.complete(content)
         except Exception as exc:
@@ -434,7 +549,14 @@ class UnifiedRewardPoint(_JudgeBase):
         scores = torch.tensor([(s - 1.0) / 4.0 if s is not None else 0.0 for s, _ in results])
         valid = torch.tensor([s is not None for s, _ in results], dtype=torch.bool)
         errors = [e for _, e in results if e not in (None, "unparsable")]
-        return RewardOutput(scores, valid, {"template": self.template_name, "failures": len(errors),
-                                            "unparsable": sum(1 for _, e in results if e == "unparsable"),
-                                            "errors": [e[:300] for e in errors[:20]],
-                                            "raw_scores": [s for s, _ in results]})
+        return RewardOutput(
+            scores,
+            valid,
+            {
+                "template": self.template_name,
+                "failures": len(errors),
+                "unparsable": sum(1 for _, e in results if e == "unparsable"),
+                "errors": [e[:300] for e in errors[:20]],
+                "raw_scores": [s for s, _ in results],
+            },
+        )

@@ -68,8 +68,10 @@ def load_judge_template(template: str, template_text: str | None, template_file:
     elif template in JUDGE_TEMPLATES:
         text, label = JUDGE_TEMPLATES[template], template
     else:
-        raise ValueError(f"vlm_judge: template must be one of {sorted(JUDGE_TEMPLATES)} "
-                         f"(or give template_text / template_file), got {template!r}")
+        raise ValueError(
+            f"vlm_judge: template must be one of {sorted(JUDGE_TEMPLATES)} "
+            f"(or give template_text / template_file), got {template!r}"
+        )
     if "{prompt}" not in text and "{question}" not in text:
         raise ValueError("vlm_judge: the template must contain '{prompt}' and/or '{question}'")
     return text, label
@@ -90,18 +92,45 @@ class VLMJudge(_JudgeBase):
 
     name = "vlm_judge"
 
-    def __init__(self, base_url: str = "http://127.0.0.1:8000/v1", model: str | None = None, template: str = "vqascore",
-                 template_text: str | None = None, template_file: str | None = None, questions_key: str = "questions",
-                 normalize: bool = False, top_logprobs: int = 20, max_concurrency: int = 32, timeout: float = 120.0,
-                 max_retries: int = 4, backoff: float = 1.0, backoff_cap: float = 30.0, api_key: str | None = None,
-                 temperature: float = 0.0, image_format: str = "png", jpeg_quality: int = 95):
+    def __init__(
+        self,
+        base_url: str = "http://127.0.0.1:8000/v1",
+        model: str | None = None,
+        template: str = "vqascore",
+        template_text: str | None = None,
+        template_file: str | None = None,
+        questions_key: str = "questions",
+        normalize: bool = False,
+        top_logprobs: int = 20,
+        max_concurrency: int = 32,
+        timeout: float = 120.0,
+        max_retries: int = 4,
+        backoff: float = 1.0,
+        backoff_cap: float = 30.0,
+        api_key: str | None = None,
+        temperature: float = 0.0,
+        image_format: str = "png",
+        jpeg_quality: int = 95,
+    ):
         if not 1 <= top_logprobs <= 20:
             raise ValueError(f"vlm_judge: top_logprobs must be in [1, 20], got {top_logprobs}")
         self.template, self.template_name = load_judge_template(template, template_text, template_file)
         self.per_question = "{question}" in self.template
         self.questions_key, self.normalize, self.top_logprobs = questions_key, bool(normalize), top_logprobs
-        self._init_client(base_url, model, api_key, timeout, max_retries, backoff, backoff_cap, 1, temperature,
-                          max_concurrency, image_format, jpeg_quality)
+        self._init_client(
+            base_url,
+            model,
+            api_key,
+            timeout,
+            max_retries,
+            backoff,
+            backoff_cap,
+            1,
+            temperature,
+            max_concurrency,
+            image_format,
+            jpeg_quality,
+        )
 
     def questions(self, prompt: str, meta: dict[str, Any]) -> list[str]:
         """The filled-in texts to ask about one image (empty when the template needs questions the record lacks)."""
@@ -119,7 +148,7 @@ class VLMJudge(_JudgeBase):
             return None, str(exc)
         p = yes_probability(choice, self.normalize)
         if p is None:
-            has = bool(((choice.get("logprobs") or {}).get("content")))
+            has = bool((choice.get("logprobs") or {}).get("content"))
             why = "neither yes nor no in the top logprobs" if has else "no logprobs in the reply (enable logprobs)"
             return None, why
         return p, None
@@ -144,6 +173,15 @@ class VLMJudge(_JudgeBase):
                 continue
             probs[i] = [p for p, _ in results]
             scores[i], valid[i] = sum(probs[i]) / len(probs[i]), True
-        return RewardOutput(scores, valid, {"template": self.template_name, "requests": len(jobs),
-                                            "failures": len(errors), "errors": errors[:20],
-                                            "no_question": sum(1 for t in asked if not t), "p_yes": probs})
+        return RewardOutput(
+            scores,
+            valid,
+            {
+                "template": self.template_name,
+                "requests": len(jobs),
+                "failures": len(errors),
+                "errors": errors[:20],
+                "no_question": sum(1 for t in asked if not t),
+                "p_yes": probs,
+            },
+        )

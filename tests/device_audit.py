@@ -19,8 +19,15 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 RANDOM_FACTORIES = {torch.randn, torch.rand, torch.randint, torch.randperm, torch.normal}
-RANDOM_IN_PLACE = {torch.Tensor.normal_, torch.Tensor.uniform_, torch.Tensor.random_, torch.Tensor.bernoulli_,
-                   torch.Tensor.exponential_, torch.bernoulli, torch.multinomial}
+RANDOM_IN_PLACE = {
+    torch.Tensor.normal_,
+    torch.Tensor.uniform_,
+    torch.Tensor.random_,
+    torch.Tensor.bernoulli_,
+    torch.Tensor.exponential_,
+    torch.bernoulli,
+    torch.multinomial,
+}
 
 
 def same_device(a: torch.device | str, b: torch.device | str) -> bool:
@@ -64,7 +71,9 @@ class DeviceAudit(TorchFunctionMode):
             if func in RANDOM_FACTORIES:
                 out = kwargs.get("device")
                 if out is None or not same_device(out, gen.device):
-                    self.violations.append(f"{name}: draws on {out or 'the default device'} with a {gen.device} generator")
+                    self.violations.append(
+                        f"{name}: draws on {out or 'the default device'} with a {gen.device} generator"
+                    )
             elif args and isinstance(args[0], torch.Tensor) and not same_device(args[0].device, gen.device):
                 self.violations.append(f"{name}: fills a {args[0].device} tensor with a {gen.device} generator")
         return func(*args, **kwargs)
@@ -79,11 +88,15 @@ class DeviceAudit(TorchFunctionMode):
                 for t in _tensors((args, kwargs)):
                     self.checked_inputs += 1
                     if not same_device(t.device, self.device):
-                        self.violations.append(f"{_name}: input {tuple(t.shape)} on {t.device}, policy on {self.device}")
+                        self.violations.append(
+                            f"{_name}: input {tuple(t.shape)} on {t.device}, policy on {self.device}"
+                        )
                 out = _orig(*args, **kwargs)
                 for t in _tensors(out):
                     if not same_device(t.device, self.device):
-                        self.violations.append(f"{_name}: output {tuple(t.shape)} on {t.device}, policy on {self.device}")
+                        self.violations.append(
+                            f"{_name}: output {tuple(t.shape)} on {t.device}, policy on {self.device}"
+                        )
                 return out
 
             setattr(policy, name, checked)

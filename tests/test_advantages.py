@@ -115,8 +115,10 @@ def test_gdpo_balances_rewards_grpo_drowns_the_small_one():
     # two groups of 4. `big` (scale 100) ranks the images 0<1<2<3; `small` (scale 0.01, weight 0.6)
     # ranks them the other way round.
     groups = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
-    rewards = {"big": torch.tensor([0.0, 100.0, 200.0, 300.0, 50.0, 60.0, 70.0, 80.0]),
-               "small": torch.tensor([0.03, 0.02, 0.01, 0.0, 0.09, 0.05, 0.03, 0.01])}
+    rewards = {
+        "big": torch.tensor([0.0, 100.0, 200.0, 300.0, 50.0, 60.0, 70.0, 80.0]),
+        "small": torch.tensor([0.03, 0.02, 0.01, 0.0, 0.09, 0.05, 0.03, 0.01]),
+    }
     w = {"big": 0.4, "small": 0.6}
     grpo = compute_advantages(rewards, w, groups, mode="grpo", clip=None)
     gdpo = compute_advantages(rewards, w, groups, mode="gdpo", clip=None)
@@ -124,7 +126,9 @@ def test_gdpo_balances_rewards_grpo_drowns_the_small_one():
         assert torch.all(grpo[sl][1:] > grpo[sl][:-1])  # grpo: ranking follows `big` alone
         assert torch.all(gdpo[sl][1:] < gdpo[sl][:-1])  # gdpo: `small` weighs 0.6 > 0.4 and wins
     # grpo is (almost) the z-score of `big` alone; gdpo is the weighted mix of both z-scores
-    torch.testing.assert_close(grpo, torch.tensor(zscore_loop(L(rewards["big"] * 0.4 + rewards["small"] * 0.6), groups.tolist())))
+    torch.testing.assert_close(
+        grpo, torch.tensor(zscore_loop(L(rewards["big"] * 0.4 + rewards["small"] * 0.6), groups.tolist()))
+    )
     z_big = zscore_loop(L(rewards["big"]), groups.tolist())
     assert max(abs(a - b) for a, b in zip(L(grpo), z_big)) < 1e-3
     expected = gdpo_loop({k: L(v) for k, v in rewards.items()}, [w] * 8, groups.tolist())
@@ -164,8 +168,10 @@ def test_masked_rewards_are_excluded_and_contribute_zero(batch):
 
 def test_a_group_of_identical_rewards_gives_zero():
     groups = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2])
-    r = {"a": torch.tensor([0.5, 0.5, 0.5, 0.2, 0.9, 0.4, 0.7, 0.7, 0.7]),
-         "b": torch.tensor([3.0, 3.0, 3.0, 1.0, 2.0, 5.0, 1.0, 1.0, 1.0])}
+    r = {
+        "a": torch.tensor([0.5, 0.5, 0.5, 0.2, 0.9, 0.4, 0.7, 0.7, 0.7]),
+        "b": torch.tensor([3.0, 3.0, 3.0, 1.0, 2.0, 5.0, 1.0, 1.0, 1.0]),
+    }
     for mode in ("gdpo", "grpo"):
         adv = compute_advantages(r, {"a": 0.5, "b": 0.5}, groups, mode=mode)
         assert torch.isfinite(adv).all()
@@ -195,13 +201,15 @@ def test_tensor_weights_equal_dict_weights(batch):
     d = {"ocr": 0.7, "judge": 0.2, "clip": 0.1}
     w = torch.tensor([[0.1, 0.2, 0.7]]).repeat(20, 1)  # columns in sorted order: clip, judge, ocr
     for mode in ("gdpo", "grpo"):
-        torch.testing.assert_close(compute_advantages(rewards, w, groups, mode=mode),
-                                   compute_advantages(rewards, d, groups, mode=mode))
+        torch.testing.assert_close(
+            compute_advantages(rewards, w, groups, mode=mode), compute_advantages(rewards, d, groups, mode=mode)
+        )
     # a reward missing from the dict weighs 0 (same as a 0 column)
     w0 = w.clone()
     w0[:, 1] = 0
-    torch.testing.assert_close(compute_advantages(rewards, w0, groups),
-                               compute_advantages(rewards, {"ocr": 0.7, "clip": 0.1}, groups))
+    torch.testing.assert_close(
+        compute_advantages(rewards, w0, groups), compute_advantages(rewards, {"ocr": 0.7, "clip": 0.1}, groups)
+    )
     # columns in another order would be a different (wrong) answer: the order matters
     assert not torch.allclose(compute_advantages(rewards, w.flip(1), groups), compute_advantages(rewards, d, groups))
     with pytest.raises(ValueError, match="weights must be"):
@@ -222,8 +230,14 @@ def test_reduce_fn_two_processes_match_the_full_batch(batch):
     halves = [torch.nonzero(groups < 2).flatten(), torch.nonzero(groups >= 2).flatten()]  # 8 and 12 images
 
     def part(idx, reduce_fn=None):
-        return compute_advantages({k: v[idx] for k, v in rewards.items()}, w[idx], groups[idx], mode="gdpo",
-                                  valid={k: v[idx] for k, v in valid.items()}, reduce_fn=reduce_fn)
+        return compute_advantages(
+            {k: v[idx] for k, v in rewards.items()},
+            w[idx],
+            groups[idx],
+            mode="gdpo",
+            valid={k: v[idx] for k, v in valid.items()},
+            reduce_fn=reduce_fn,
+        )
 
     sent = []
     for idx in halves:

@@ -26,7 +26,9 @@ class _LinearPolicy:
 def test_flops_of_a_linear_velocity_and_the_step_totals():
     import contextlib
 
-    f = velocity_flops_per_image(_LinearPolicy(), torch.randn(4, 4, 4, 4), torch.rand(4), _Cond(), contextlib.nullcontext)
+    f = velocity_flops_per_image(
+        _LinearPolicy(), torch.randn(4, 4, 4, 4), torch.rand(4), _Cond(), contextlib.nullcontext
+    )
     assert f == 2 * 64 * 32  # one image: a [1, 64] x [64, 32] matmul
     t = step_flops(f, images=8, num_steps=10, trained_steps=6, cfg=True, beta=0.1)
     assert t["rollout"] == f * 8 * 10 * 2

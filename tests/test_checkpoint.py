@@ -6,11 +6,10 @@ import random
 
 import numpy as np
 import pytest
-
-from mrgrpo.errors import CheckpointError
 import torch
 
 from mrgrpo import checkpoint as ckpt
+from mrgrpo.errors import CheckpointError
 
 
 def _save(out, step, keep_last=3, payload="x"):

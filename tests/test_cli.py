@@ -24,9 +24,17 @@ def test_help_is_fast_and_lists_commands():
     for cmd in ("train", "sample", "serve", "rewards", "recipes", "data"):
         assert cmd in res.stdout
     assert "torch" not in sys.modules or elapsed < 30  # informative: --help must not import the ML stack
-    mods = subprocess.run([sys.executable, "-c", "import sys; from mrgrpo.cli import build_parser; build_parser(); "
-                           "print(int('torch' in sys.modules), int('transformers' in sys.modules))"],
-                          capture_output=True, text=True, timeout=60)
+    mods = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from mrgrpo.cli import build_parser; build_parser(); "
+            "print(int('torch' in sys.modules), int('transformers' in sys.modules))",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert mods.stdout.split() == ["0", "0"], mods.stdout + mods.stderr
 
 

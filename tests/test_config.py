@@ -18,16 +18,26 @@ from mrgrpo.config import RecipeError, RunConfig, load_recipe, save_resolved_con
 @pytest.fixture
 def recipe(tmp_path):
     (tmp_path / "prompts").mkdir()
-    (tmp_path / "prompts" / "text.txt").write_text("a sign saying \"hi\"\na poster saying \"sale\"\n")
+    (tmp_path / "prompts" / "text.txt").write_text('a sign saying "hi"\na poster saying "sale"\n')
     (tmp_path / "prompts" / "general.txt").write_text("a red square\na blue circle\n")
     return {
         "policy": {"name": "deepgen-tiny"},
         "rewards": {"ocr": {}, "clip": {}, "unifiedreward_think": {}},
-        "data": {"sources": [
-            {"name": "text", "path": "prompts/text.txt", "weight": 3.0,
-             "rewards": {"unifiedreward_think": 0.2, "clip": 0.1, "ocr": 0.7}},
-            {"name": "general", "path": "prompts/general.txt", "rewards": {"unifiedreward_think": 0.7, "clip": 0.3}},
-        ]},
+        "data": {
+            "sources": [
+                {
+                    "name": "text",
+                    "path": "prompts/text.txt",
+                    "weight": 3.0,
+                    "rewards": {"unifiedreward_think": 0.2, "clip": 0.1, "ocr": 0.7},
+                },
+                {
+                    "name": "general",
+                    "path": "prompts/general.txt",
+                    "rewards": {"unifiedreward_think": 0.7, "clip": 0.3},
+                },
+            ]
+        },
         "rl": {"sft_aux_coef": 0.0},
         "train": {"images_per_step": 16},
     }
@@ -107,7 +117,14 @@ def test_all_zero_source_weights(tmp_path, recipe):
 
 def test_prompt_file_that_does_not_exist(tmp_path, recipe):
     recipe["data"]["sources"][0]["path"] = "prompts/nope.txt"
-    fails(tmp_path, recipe, "data.sources.0.path", "prompts/nope.txt", "does not exist", str(tmp_path / "prompts" / "nope.txt"))
+    fails(
+        tmp_path,
+        recipe,
+        "data.sources.0.path",
+        "prompts/nope.txt",
+        "does not exist",
+        str(tmp_path / "prompts" / "nope.txt"),
+    )
     # an optional source may be missing
     recipe["data"]["sources"][0]["required"] = False
     load_recipe(write(tmp_path, recipe))
@@ -126,10 +143,19 @@ def test_several_problems_are_reported_together(tmp_path, recipe):
 
 
 def test_overrides_are_typed(tmp_path, recipe):
-    cfg = load_recipe(write(tmp_path, recipe), [
-        "rl.group_size=4", "train.lr=1e-5", "data.sources.0.weight=2.5", "rl.shared_noise=true",
-        "logging.tensorboard=false", "rl.sde_window=[0,3]", "rl.clip_range=[1e-4,2e-4]", "policy.kwargs.dtype=bf16",
-    ])
+    cfg = load_recipe(
+        write(tmp_path, recipe),
+        [
+            "rl.group_size=4",
+            "train.lr=1e-5",
+            "data.sources.0.weight=2.5",
+            "rl.shared_noise=true",
+            "logging.tensorboard=false",
+            "rl.sde_window=[0,3]",
+            "rl.clip_range=[1e-4,2e-4]",
+            "policy.kwargs.dtype=bf16",
+        ],
+    )
     assert type(cfg.rl.group_size) is int and cfg.rl.group_size == 4
     assert type(cfg.train.lr) is float and cfg.train.lr == 1e-5
     assert type(cfg.data.sources[0].weight) is float and cfg.data.sources[0].weight == 2.5
@@ -184,7 +210,9 @@ def test_resolved_config_round_trip(tmp_path, recipe, monkeypatch):
     absolute = copy.deepcopy(recipe)
     for src in absolute["data"]["sources"]:
         src["path"] = str(tmp_path / src["path"])
-    cfg = load_recipe(write(tmp_path, absolute), ["rl.group_size=4", "rl.sde_window=[0,3]", "rl.clip_range=[1e-4,2e-4]"])
+    cfg = load_recipe(
+        write(tmp_path, absolute), ["rl.group_size=4", "rl.sde_window=[0,3]", "rl.clip_range=[1e-4,2e-4]"]
+    )
     path = save_resolved_config(cfg, tmp_path / "out")
     assert path == tmp_path / "out" / "config.yaml"
     again = load_recipe(path)
@@ -220,7 +248,11 @@ def _fields(model: type[BaseModel], prefix=""):
     """Every field of every schema model reachable from RunConfig, as (dotted name, FieldInfo)."""
     for name, info in model.model_fields.items():
         yield prefix + name, info
-        sub = [a for a in (info.annotation, *getattr(info.annotation, "__args__", ())) if isinstance(a, type) and issubclass(a, BaseModel)]
+        sub = [
+            a
+            for a in (info.annotation, *getattr(info.annotation, "__args__", ()))
+            if isinstance(a, type) and issubclass(a, BaseModel)
+        ]
         for s in sub:
             yield from _fields(s, prefix + name + ".")
 
@@ -245,15 +277,21 @@ def test_schema_markdown_lists_every_field_with_a_description():
         assert any(c[0] == f"`{key}`" and row in c[-1] for c in cells), key
     # docs/recipe_schema.md is this generator's output (`mrgrpo recipes schema > docs/recipe_schema.md`)
     doc = Path(__file__).resolve().parents[1] / "docs" / "recipe_schema.md"
-    assert doc.read_text().strip() == md.strip(), "docs/recipe_schema.md is stale: regenerate it with `mrgrpo recipes schema`"
+    assert doc.read_text().strip() == md.strip(), (
+        "docs/recipe_schema.md is stale: regenerate it with `mrgrpo recipes schema`"
+    )
 
 
 def test_moved_eval_fields_name_their_new_place():
     """Evaluation settings live in `eval:`; the old places are refused with the new name."""
     base = {"stage": "sft", "data": {"sft_sources": [{"name": "s", "path": "x.jsonl", "required": False}]}}
-    for section, key, value, new in (("rl", "eval_cfg_scale", 3.0, "eval.cfg_scale"), ("rl", "eval_num_steps", 8, "eval.num_steps"),
-                                     ("logging", "eval_every", 5, "eval.every"), ("logging", "eval_prompts", 4, "eval.prompts"),
-                                     ("data", "eval_sources", [], "eval.sources")):
+    for section, key, value, new in (
+        ("rl", "eval_cfg_scale", 3.0, "eval.cfg_scale"),
+        ("rl", "eval_num_steps", 8, "eval.num_steps"),
+        ("logging", "eval_every", 5, "eval.every"),
+        ("logging", "eval_prompts", 4, "eval.prompts"),
+        ("data", "eval_sources", [], "eval.sources"),
+    ):
         data = copy.deepcopy(base)
         data.setdefault(section, {})[key] = value
         with pytest.raises(RecipeError, match=rf"field `{section}.{key}`: moved to `{new}`"):

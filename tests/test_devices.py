@@ -108,16 +108,31 @@ def test_sft_steps_and_generation_keep_draws_on_the_policy_device(device, tmp_pa
     if device == "cpu":
         monkeypatch.setenv("ACCELERATE_USE_CPU", "true")
     precision = "bf16" if device == "cuda" else '"no"'  # quoted: YAML reads a bare no as false
-    cfg = load_recipe(REPO / "recipes" / "quickstart_sft.yaml", [
-        f"data.sft_sources.0.path={synth_dir}/t2i.jsonl", f"data.sft_sources.1.path={synth_dir}/edit.jsonl",
-        f"output_dir={tmp_path}/sft", "logging.progress_bar=false", "logging.tensorboard=false", "train.max_steps=2",
-        "logging.sample_every=1", f"train.mixed_precision={precision}"])
+    cfg = load_recipe(
+        REPO / "recipes" / "quickstart_sft.yaml",
+        [
+            f"data.sft_sources.0.path={synth_dir}/t2i.jsonl",
+            f"data.sft_sources.1.path={synth_dir}/edit.jsonl",
+            f"output_dir={tmp_path}/sft",
+            "logging.progress_bar=false",
+            "logging.tensorboard=false",
+            "train.max_steps=2",
+            "logging.sample_every=1",
+            f"train.mixed_precision={precision}",
+        ],
+    )
     trainer = SFTTrainer(cfg)
     with DeviceAudit(trainer.device) as audit:
         audit.watch(trainer.policy)
         hist = trainer.fit()
-        images = trainer.policy.generate(["a red square"], num_steps=3, cfg_scale=2.0, height=64, width=64,
-                                         generator=torch.Generator(device=trainer.device).manual_seed(0))
+        images = trainer.policy.generate(
+            ["a red square"],
+            num_steps=3,
+            cfg_scale=2.0,
+            height=64,
+            width=64,
+            generator=torch.Generator(device=trainer.device).manual_seed(0),
+        )
     assert audit.violations == [], audit.violations[:5]
     assert len(hist) == 2 and images[0].size == (64, 64)
 
@@ -138,8 +153,10 @@ def test_speed_levers_resolve_on_cpu(tmp_path, monkeypatch):
     n_trained = sum(p.numel() for _, p in trainable)
     weights = sum(p.numel() * p.element_size() for p in policy.parameters())
     assert static_training_bytes(policy, trainable) == weights + 12 * n_trained
-    cfg = load_recipe(data={**yaml.safe_load((REPO / "recipes" / "quickstart.yaml").read_text()),
-                            "output_dir": str(tmp_path / "o")}, check_files=False)
+    cfg = load_recipe(
+        data={**yaml.safe_load((REPO / "recipes" / "quickstart.yaml").read_text()), "output_dir": str(tmp_path / "o")},
+        check_files=False,
+    )
     opt = build_optimizer(trainable, cfg)
     assert not opt.defaults.get("fused")
     cfg.train.fused_optimizer = True

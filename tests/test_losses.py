@@ -7,8 +7,15 @@ import math
 import pytest
 import torch
 
-from mrgrpo.losses import (StepLossStats, clipped_policy_loss, flow_matching_loss, mean_kl, mrgrpo_step_loss,
-                           sample_flow_sigmas, velocity_kl)
+from mrgrpo.losses import (
+    StepLossStats,
+    clipped_policy_loss,
+    flow_matching_loss,
+    mean_kl,
+    mrgrpo_step_loss,
+    sample_flow_sigmas,
+    velocity_kl,
+)
 
 
 def test_on_policy_ratio_is_one_and_loss_is_minus_mean_advantage():
@@ -82,8 +89,10 @@ def test_asymmetric_clip_range():
 
 
 def mse_loop(a, b):
-    return torch.tensor([((a[i].double() - b[i].double()) ** 2).sum().item() / a[i].numel() for i in range(a.shape[0])],
-                        dtype=torch.float64)
+    return torch.tensor(
+        [((a[i].double() - b[i].double()) ** 2).sum().item() / a[i].numel() for i in range(a.shape[0])],
+        dtype=torch.float64,
+    )
 
 
 def test_velocity_kl():
@@ -159,15 +168,26 @@ def test_step_loss_value_against_the_formula():
     lp = torch.log(torch.tensor(ratios))
     e, beta, lam, n_acc, sft = 0.1, 0.5, 0.25, 6, 3.0
     policy = sum(max(-a * r, -a * min(max(r, 1 - e), 1 + e)) for a, r in zip(adv, ratios)) / 3
-    out = mrgrpo_step_loss(lp, torch.zeros(3), torch.tensor(adv), clip_range=e, kl=torch.tensor(kl), beta=beta,
-                           sft_loss=torch.tensor(sft), sft_coef=lam, accumulation_steps=n_acc)
+    out = mrgrpo_step_loss(
+        lp,
+        torch.zeros(3),
+        torch.tensor(adv),
+        clip_range=e,
+        kl=torch.tensor(kl),
+        beta=beta,
+        sft_loss=torch.tensor(sft),
+        sft_coef=lam,
+        accumulation_steps=n_acc,
+    )
     assert out.loss.item() == pytest.approx((1 - lam) * (policy + beta * 0.5) + lam * n_acc * sft, rel=1e-6)
     assert out.policy_loss.item() == pytest.approx(policy, rel=1e-6)
     assert out.kl.item() == pytest.approx(0.5, rel=1e-6) and out.sft_loss.item() == 3.0
     torch.testing.assert_close(out.ratio, torch.tensor(ratios))
     assert out.clipped_high.tolist() == [True, False, False] and out.clipped_low.tolist() == [False, False, True]
     # without an SFT batch on this micro-batch the GRPO part is still scaled by (1 - lambda)
-    no_sft = mrgrpo_step_loss(lp, torch.zeros(3), torch.tensor(adv), clip_range=e, kl=torch.tensor(kl), beta=beta, sft_coef=lam)
+    no_sft = mrgrpo_step_loss(
+        lp, torch.zeros(3), torch.tensor(adv), clip_range=e, kl=torch.tensor(kl), beta=beta, sft_coef=lam
+    )
     assert no_sft.loss.item() == pytest.approx((1 - lam) * (policy + beta * 0.5), rel=1e-6) and no_sft.sft_loss is None
     # lambda = 0 and beta = 0: the clipped surrogate alone (the KL is still reported)
     bare = mrgrpo_step_loss(lp, torch.zeros(3), torch.tensor(adv), clip_range=e, kl=torch.tensor(kl))
@@ -214,9 +234,17 @@ def test_step_loss_gradient_under_accelerate_accumulation_equals_the_mixed_objec
         for i in range(n_acc):
             with acc.accumulate(model):
                 w = model.weight[0]
-                out = mrgrpo_step_loss(feats[i] @ w * 0.01, old[i], adv[i], clip_range=e, kl=(feats[i] @ w) ** 2, beta=beta,
-                                       sft_loss=((sft_x @ w) ** 2).mean() if i == 0 else None, sft_coef=lam,
-                                       accumulation_steps=scale_sft)
+                out = mrgrpo_step_loss(
+                    feats[i] @ w * 0.01,
+                    old[i],
+                    adv[i],
+                    clip_range=e,
+                    kl=(feats[i] @ w) ** 2,
+                    beta=beta,
+                    sft_loss=((sft_x @ w) ** 2).mean() if i == 0 else None,
+                    sft_coef=lam,
+                    accumulation_steps=scale_sft,
+                )
                 acc.backward(out.loss)
                 synced.append(acc.sync_gradients)
         assert synced == [False] * (n_acc - 1) + [True]
@@ -231,14 +259,30 @@ def test_step_loss_gradient_under_accelerate_accumulation_equals_the_mixed_objec
 
 def test_step_loss_stats_collect_means_and_extremes():
     stats = StepLossStats()
-    stats.add(mrgrpo_step_loss(torch.log(torch.tensor([1.0, 1.2])), torch.zeros(2), torch.tensor([1.0, -1.0]), clip_range=0.1,
-                               kl=torch.tensor([1.0, 3.0])))
-    stats.add(mrgrpo_step_loss(torch.log(torch.tensor([0.5, 1.0])), torch.zeros(2), torch.tensor([1.0, -1.0]), clip_range=0.1,
-                               kl=torch.tensor([0.0, 0.0])))
+    stats.add(
+        mrgrpo_step_loss(
+            torch.log(torch.tensor([1.0, 1.2])),
+            torch.zeros(2),
+            torch.tensor([1.0, -1.0]),
+            clip_range=0.1,
+            kl=torch.tensor([1.0, 3.0]),
+        )
+    )
+    stats.add(
+        mrgrpo_step_loss(
+            torch.log(torch.tensor([0.5, 1.0])),
+            torch.zeros(2),
+            torch.tensor([1.0, -1.0]),
+            clip_range=0.1,
+            kl=torch.tensor([0.0, 0.0]),
+        )
+    )
     m = stats.metrics()
     assert m["ratio/mean"] == pytest.approx((1.1 + 0.75) / 2) and m["ratio/min"] == pytest.approx(0.5)
     assert m["ratio/max"] == pytest.approx(1.2) and m["clip_frac"] == pytest.approx(0.5)
     assert m["loss/kl"] == pytest.approx(1.0) and "loss/sft" not in m
     # 1.2 is above 1 + 0.1, 0.5 below 1 - 0.1: one of two samples each pass, one on each side
     assert m["clip_frac/high"] == pytest.approx(0.25) and m["clip_frac/low"] == pytest.approx(0.25)
-    assert m["ratio/std"] == pytest.approx(torch.tensor([1.0, 1.2, 0.5, 1.0], dtype=torch.float64).std().item(), rel=1e-6)
+    assert m["ratio/std"] == pytest.approx(
+        torch.tensor([1.0, 1.2, 0.5, 1.0], dtype=torch.float64).std().item(), rel=1e-6
+    )

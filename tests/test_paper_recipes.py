@@ -84,8 +84,9 @@ def recipe(request):
 
 def test_audited_values(recipe):
     name, cfg = recipe
-    wrong = {k: _get(cfg, k) for k, v in AUDITED.items()
-             if _get(cfg, k) != (pytest.approx(v) if isinstance(v, float) else v)}
+    wrong = {
+        k: _get(cfg, k) for k, v in AUDITED.items() if _get(cfg, k) != (pytest.approx(v) if isinstance(v, float) else v)
+    }
     assert not wrong, f"{name}: settings differ from docs/paper_fidelity.md: {wrong}"
     if "updates_per_rollout" in TrainConfig.model_fields:  # the released schedule: an AdamW step per trained timestep
         assert cfg.train.updates_per_rollout == "per_timestep"
@@ -109,7 +110,8 @@ def test_mixtures():
     general = load_recipe(ROOT / "recipes" / "deepgen_general.yaml")
     assert "ocr" not in general.rewards
     assert [(s.name, s.weight, s.rewards) for s in general.data.sources] == [
-        ("general", 1.0, {"unifiedreward_think": 0.7, "clip": 0.3})]
+        ("general", 1.0, {"unifiedreward_think": 0.7, "clip": 0.3})
+    ]
 
 
 def test_derived_layout_matches_the_release(recipe):

@@ -39,25 +39,34 @@ def _source(name: str, n: int, weight: float = 1.0, rewards: dict[str, float] | 
 # formats
 # -------------------------------------------------------------------------------------------
 def test_txt_jsonl_json_and_csv(tmp_path):
-    txt = load_prompt_file(_write(tmp_path / "p.txt", "# a comment\n a cat \n\nthe word \"hi\"\n"), source="s")
+    txt = load_prompt_file(_write(tmp_path / "p.txt", '# a comment\n a cat \n\nthe word "hi"\n'), source="s")
     assert [r.prompt for r in txt] == ["a cat", 'the word "hi"'] and all(r.source == "s" for r in txt)
-    jl = load_prompt_file(_write(tmp_path / "p.jsonl", '{"prompt": "a", "ocr_text": "A"}\n\n{"instruction": "b"}\n'),
-                          source="s")
+    jl = load_prompt_file(
+        _write(tmp_path / "p.jsonl", '{"prompt": "a", "ocr_text": "A"}\n\n{"instruction": "b"}\n'), source="s"
+    )
     assert [r.prompt for r in jl] == ["a", "b"] and jl[0].fields == {"ocr_text": "A"} and jl[1].fields == {}
     js = load_prompt_file(_write(tmp_path / "p.json", json.dumps([{"txt": "x"}, {"caption": "y", "k": 1}])), source="s")
     assert [(r.prompt, r.fields) for r in js] == [("x", {}), ("y", {"k": 1})]
     cs = load_prompt_file(_write(tmp_path / "p.csv", "prompt,ocr_text\nhello,HELLO\nbye,BYE\n"), source="s")
     assert [(r.prompt, r.fields) for r in cs] == [("hello", {"ocr_text": "HELLO"}), ("bye", {"ocr_text": "BYE"})]
     # an explicit format overrides the extension
-    assert [r.prompt for r in load_prompt_file(_write(tmp_path / "p.dat", "one\ntwo\n"), source="s", fmt="txt")] == \
-        ["one", "two"]
+    assert [r.prompt for r in load_prompt_file(_write(tmp_path / "p.dat", "one\ntwo\n"), source="s", fmt="txt")] == [
+        "one",
+        "two",
+    ]
 
 
 def test_edit_records_resolve_reference_paths(tmp_path):
     _write(tmp_path / "img/a.png", b"png")
     _write(tmp_path / "img/b.png", b"png")
-    recs = load_prompt_file(_write(tmp_path / "e.jsonl", '{"prompt": "x", "image": "img/a.png"}\n'
-                                   '{"prompt": "y", "images": ["img/a.png", "img/b.png"]}\n'), source="e", kind="edit")
+    recs = load_prompt_file(
+        _write(
+            tmp_path / "e.jsonl",
+            '{"prompt": "x", "image": "img/a.png"}\n{"prompt": "y", "images": ["img/a.png", "img/b.png"]}\n',
+        ),
+        source="e",
+        kind="edit",
+    )
     assert recs[0].images == [str(tmp_path / "img/a.png")]
     assert recs[1].images == [str(tmp_path / "img/a.png"), str(tmp_path / "img/b.png")]
 
@@ -65,24 +74,31 @@ def test_edit_records_resolve_reference_paths(tmp_path):
 # -------------------------------------------------------------------------------------------
 # bad files: every error names the file (and the line) and says what to fix
 # -------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name, content, kwargs, match", [
-    ("p.xml", "<a/>", {}, r"cannot tell the format from '\.xml'.*Fix"),
-    ("p.txt", "a\n", {"fmt": "yaml"}, r"unknown format 'yaml'.*Fix"),
-    ("p.jsonl", '{"prompt": "a"}\n{"prompt": \n', {}, r"p\.jsonl:2: not valid JSON.*Fix"),
-    ("p.json", '[{"prompt": "a"},\n {"prompt": ]', {}, r"p\.json:2: not valid JSON.*Fix"),
-    ("p.jsonl", '{"prompt": "a"}\n["b"]\n', {}, r"p\.jsonl:2: expected a JSON object, got list"),
-    ("p.json", '[{"prompt": "a"}, "b"]', {}, r"p\.json:2: expected a JSON object, got str"),
-    ("p.jsonl", '{"text": "a"}\n', {}, r"p\.jsonl:1: no prompt text.*Fix: add a `prompt` field"),
-    ("p.csv", "text\nhello\n", {}, r"p\.csv:2: no prompt text"),
-    ("p.jsonl", '{"prompt": "a", "image": 3}\n', {}, r"p\.jsonl:1: `image`/`images` must be a path or a list"),
-    ("p.txt", "# only a comment\n\n", {}, r"holds no prompts.*Fix"),
-    ("p.jsonl", "\n\n", {}, r"holds no prompts"),
-    ("p.csv", "prompt\n", {}, r"holds no prompts"),
-    ("p.txt", b"\xff\xfe bad bytes", {}, r"not UTF-8 text.*Fix: save it as UTF-8"),
-    ("p.jsonl", '{"prompt": "a"}\n', {"kind": "edit"}, r"record without a reference image.*Fix: add `image`"),
-    ("p.jsonl", '{"prompt": "a", "image": "nope.png"}\n', {"kind": "edit"},
-     r"reference image .*nope\.png does not exist"),
-])
+@pytest.mark.parametrize(
+    "name, content, kwargs, match",
+    [
+        ("p.xml", "<a/>", {}, r"cannot tell the format from '\.xml'.*Fix"),
+        ("p.txt", "a\n", {"fmt": "yaml"}, r"unknown format 'yaml'.*Fix"),
+        ("p.jsonl", '{"prompt": "a"}\n{"prompt": \n', {}, r"p\.jsonl:2: not valid JSON.*Fix"),
+        ("p.json", '[{"prompt": "a"},\n {"prompt": ]', {}, r"p\.json:2: not valid JSON.*Fix"),
+        ("p.jsonl", '{"prompt": "a"}\n["b"]\n', {}, r"p\.jsonl:2: expected a JSON object, got list"),
+        ("p.json", '[{"prompt": "a"}, "b"]', {}, r"p\.json:2: expected a JSON object, got str"),
+        ("p.jsonl", '{"text": "a"}\n', {}, r"p\.jsonl:1: no prompt text.*Fix: add a `prompt` field"),
+        ("p.csv", "text\nhello\n", {}, r"p\.csv:2: no prompt text"),
+        ("p.jsonl", '{"prompt": "a", "image": 3}\n', {}, r"p\.jsonl:1: `image`/`images` must be a path or a list"),
+        ("p.txt", "# only a comment\n\n", {}, r"holds no prompts.*Fix"),
+        ("p.jsonl", "\n\n", {}, r"holds no prompts"),
+        ("p.csv", "prompt\n", {}, r"holds no prompts"),
+        ("p.txt", b"\xff\xfe bad bytes", {}, r"not UTF-8 text.*Fix: save it as UTF-8"),
+        ("p.jsonl", '{"prompt": "a"}\n', {"kind": "edit"}, r"record without a reference image.*Fix: add `image`"),
+        (
+            "p.jsonl",
+            '{"prompt": "a", "image": "nope.png"}\n',
+            {"kind": "edit"},
+            r"reference image .*nope\.png does not exist",
+        ),
+    ],
+)
 def test_bad_prompt_files_raise_one_clear_error(tmp_path, name, content, kwargs, match):
     path = _write(tmp_path / name, content)
     with pytest.raises(RecipeError, match=match) as info:
@@ -109,12 +125,15 @@ def test_missing_files_required_and_optional(tmp_path):
 # -------------------------------------------------------------------------------------------
 # weights and sampling
 # -------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("weights, match", [
-    ((0.0, 0.0), "all prompt sources have zero weight"),
-    ((1.0, -1.0), r"'b' has weight -1\.0.*Fix: a finite weight >= 0"),
-    ((1.0, math.nan), r"'b' has weight nan"),
-    ((math.inf, 1.0), r"'a' has weight inf"),
-])
+@pytest.mark.parametrize(
+    "weights, match",
+    [
+        ((0.0, 0.0), "all prompt sources have zero weight"),
+        ((1.0, -1.0), r"'b' has weight -1\.0.*Fix: a finite weight >= 0"),
+        ((1.0, math.nan), r"'b' has weight nan"),
+        ((math.inf, 1.0), r"'a' has weight inf"),
+    ],
+)
 def test_bad_weights_raise(weights, match):
     with pytest.raises(RecipeError, match=match):
         PromptSampler([_source("a", 3, weights[0]), _source("b", 3, weights[1])], seed=0)

@@ -88,7 +88,9 @@ def test_lazy_entry_that_fails_to_import(no_plugins):
     reg = fresh()
     reg.register_lazy("broken", "no_such_module_for_mrgrpo_tests:factory")
     assert reg.names() == ["broken"]
-    with pytest.raises(RegistryError, match="'broken' is registered but failed to load.*no_such_module_for_mrgrpo_tests"):
+    with pytest.raises(
+        RegistryError, match="'broken' is registered but failed to load.*no_such_module_for_mrgrpo_tests"
+    ):
         reg.get("broken")
 
 
@@ -154,20 +156,26 @@ def test_entry_point_plugins_are_discovered(monkeypatch, lazy_module):
 
 
 def test_entry_point_found_by_get_without_listing_first(monkeypatch):
-    _fake_entry_points(monkeypatch, metadata.EntryPoint(name="counter", value="collections:Counter", group="mrgrpo.rewards"))
+    _fake_entry_points(
+        monkeypatch, metadata.EntryPoint(name="counter", value="collections:Counter", group="mrgrpo.rewards")
+    )
     reg = Registry("reward", "mrgrpo.rewards")
     assert reg.build("counter")["x"] == 0
 
 
 def test_entry_point_with_extras(monkeypatch):
     # "module:attr [extra]" is a valid entry-point value; the extras are not part of the attribute
-    _fake_entry_points(monkeypatch, metadata.EntryPoint(name="counter", value="collections:Counter [gpu]", group="mrgrpo.rewards"))
+    _fake_entry_points(
+        monkeypatch, metadata.EntryPoint(name="counter", value="collections:Counter [gpu]", group="mrgrpo.rewards")
+    )
     reg = Registry("reward", "mrgrpo.rewards")
     assert reg.build("counter")["x"] == 0
 
 
 def test_registered_names_win_over_entry_points(monkeypatch):
-    _fake_entry_points(monkeypatch, metadata.EntryPoint(name="ocr", value="collections:Counter", group="mrgrpo.rewards"))
+    _fake_entry_points(
+        monkeypatch, metadata.EntryPoint(name="ocr", value="collections:Counter", group="mrgrpo.rewards")
+    )
     reg = Registry("reward", "mrgrpo.rewards")
     reg.register("ocr", lambda: "mine")
     assert reg.build("ocr") == "mine"

@@ -8,10 +8,16 @@ import pytest
 import torch
 
 from mrgrpo.policies.base import Conditioning
-from mrgrpo.rollout import choose_train_steps, guided_velocity, sample_ode, sample_trajectories, sde_step_mask
+from mrgrpo.rollout import (
+    choose_train_steps,
+    guided_velocity,
+    sample_generators,
+    sample_ode,
+    sample_trajectories,
+    sde_step_mask,
+)
 from mrgrpo.sde import sde_step_with_logprob
 from mrgrpo.seeding import SeedStream
-from mrgrpo.rollout import sample_generators
 
 N, C, H, W = 4, 2, 3, 3
 

@@ -58,11 +58,15 @@ def xv():
 def test_mean_std_and_log_prob_follow_the_formulas(xv, sampler, s, s2, a):
     x, v = xv
     mean, std = ref_step(x, v, s, s2, sampler, a)
-    xp = (mean + 0.37 * std * torch.randn(x.shape, generator=torch.Generator().manual_seed(9), dtype=torch.float64)).float()
+    xp = (
+        mean + 0.37 * std * torch.randn(x.shape, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    ).float()
     out = sde_step_with_logprob(x, v, s, s2, sampler=sampler, noise_level=a, prev_sample=xp)
     torch.testing.assert_close(out.mean.double(), mean, atol=2e-6, rtol=1e-5)
     assert out.std.shape == (B, 1, 1, 1)
-    torch.testing.assert_close(out.std.double(), torch.full((B, 1, 1, 1), std, dtype=torch.float64), atol=1e-7, rtol=1e-6)
+    torch.testing.assert_close(
+        out.std.double(), torch.full((B, 1, 1, 1), std, dtype=torch.float64), atol=1e-7, rtol=1e-6
+    )
     torch.testing.assert_close(out.log_prob.double(), ref_log_prob(xp, mean, std), atol=2e-4, rtol=1e-5)
     assert torch.equal(out.prev_sample, xp)
 
@@ -76,14 +80,18 @@ def test_zero_noise_level_equals_the_ode_step(xv, sampler):
     torch.testing.assert_close(ode.mean.double(), ode_mean, atol=1e-6, rtol=1e-6)
     assert torch.equal(ode.prev_sample, ode.mean) and torch.equal(ode.std, torch.zeros(B, 1, 1, 1))
     # exactly 0: std == 0 and the draw is the ODE step
-    out = sde_step_with_logprob(x, v, s, s2, sampler=sampler, noise_level=0.0, generator=torch.Generator().manual_seed(1))
+    out = sde_step_with_logprob(
+        x, v, s, s2, sampler=sampler, noise_level=0.0, generator=torch.Generator().manual_seed(1)
+    )
     torch.testing.assert_close(out.prev_sample, ode.prev_sample, atol=1e-6, rtol=1e-6)
     assert torch.equal(out.std, torch.zeros(B, 1, 1, 1))
     assert torch.equal(out.log_prob, torch.zeros(B))  # no density, and no NaN
     # the limit a -> 0: the gap to the ODE step shrinks with a (mean) and the draw with it
     gaps = []
     for a in (1e-1, 1e-2, 1e-3):
-        out = sde_step_with_logprob(x, v, s, s2, sampler=sampler, noise_level=a, generator=torch.Generator().manual_seed(1))
+        out = sde_step_with_logprob(
+            x, v, s, s2, sampler=sampler, noise_level=a, generator=torch.Generator().manual_seed(1)
+        )
         gaps.append((out.prev_sample - ode.prev_sample).abs().max().item())
     assert gaps[0] > gaps[1] > gaps[2]
     assert gaps[0] > 1e-2 and gaps[2] < 5e-3
@@ -106,7 +114,9 @@ def test_rescoring_a_drawn_sample_gives_the_same_log_prob(xv, sampler, cps_logpr
 @pytest.mark.parametrize("sampler", NOISY)
 def test_log_prob_is_the_torch_normal_log_prob(xv, sampler):
     x, v = xv
-    out = sde_step_with_logprob(x, v, 0.9, 0.75, sampler=sampler, noise_level=0.7, generator=torch.Generator().manual_seed(4))
+    out = sde_step_with_logprob(
+        x, v, 0.9, 0.75, sampler=sampler, noise_level=0.7, generator=torch.Generator().manual_seed(4)
+    )
     mean, std = ref_step(x, v, 0.9, 0.75, sampler, 0.7)
     normal = torch.distributions.Normal(mean, torch.full_like(mean, std))
     expected = normal.log_prob(out.prev_sample.double()).mean(dim=(1, 2, 3))
@@ -138,15 +148,30 @@ def test_sde_at_sigma_one_uses_sigma_max():
     assert out.log_prob.item() == pytest.approx(-math.log(0.7) - LOG_SQRT_2PI, abs=1e-6)
     # an explicit sigma_max = 0.9: g^2 = 0.49 / 0.1 = 4.9, std = sqrt(4.9 * 0.04) = sqrt(0.196),
     # mu = 1 * (1 - 4.9 * 0.02) - 0.08 = 0.822
-    out = sde_step_with_logprob(one(1.0), one(2.0), 1.0, 0.96, sampler="sde", noise_level=0.7, sigma_max=0.9,
-                                generator=torch.Generator().manual_seed(0))
+    out = sde_step_with_logprob(
+        one(1.0),
+        one(2.0),
+        1.0,
+        0.96,
+        sampler="sde",
+        noise_level=0.7,
+        sigma_max=0.9,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert out.std.item() == pytest.approx(math.sqrt(0.196), abs=1e-6)
     assert out.mean.item() == pytest.approx(0.822, abs=1e-6)
     assert math.isfinite(out.log_prob.item()) and math.isfinite(out.prev_sample.item())
     # a [B] sigma with only some samples at 1: the others keep g = a * sqrt(s / (1 - s))
     x = torch.ones(2, 1, 1, 1)
-    out = sde_step_with_logprob(x, 2 * x, torch.tensor([1.0, 0.5]), torch.tensor([0.96, 0.4]), sampler="sde",
-                                noise_level=0.7, prev_sample=torch.tensor([0.675, 0.702]).view(2, 1, 1, 1))
+    out = sde_step_with_logprob(
+        x,
+        2 * x,
+        torch.tensor([1.0, 0.5]),
+        torch.tensor([0.96, 0.4]),
+        sampler="sde",
+        noise_level=0.7,
+        prev_sample=torch.tensor([0.675, 0.702]).view(2, 1, 1, 1),
+    )
     torch.testing.assert_close(out.std.flatten(), torch.tensor([0.7, 0.22135943]))
     torch.testing.assert_close(out.mean.flatten(), torch.tensor([0.675, 0.702]))
     assert torch.isfinite(out.log_prob).all()
@@ -199,7 +224,9 @@ def test_cps_unnormalised_log_prob_and_ratio_relation(xv):
 @pytest.mark.parametrize("sampler", NOISY)
 def test_float32_for_bf16_inputs(xv, sampler):
     x, v = (t.bfloat16() for t in xv)
-    out = sde_step_with_logprob(x, v, 0.5, 0.4, sampler=sampler, noise_level=0.6, generator=torch.Generator().manual_seed(0))
+    out = sde_step_with_logprob(
+        x, v, 0.5, 0.4, sampler=sampler, noise_level=0.6, generator=torch.Generator().manual_seed(0)
+    )
     for t in (out.prev_sample, out.log_prob, out.mean, out.std):
         assert t.dtype == torch.float32
     # the arithmetic itself is float32: same numbers as the float64 formulas on the upcast inputs
@@ -207,7 +234,9 @@ def test_float32_for_bf16_inputs(xv, sampler):
     torch.testing.assert_close(out.mean.double(), mean, atol=2e-6, rtol=1e-5)
     torch.testing.assert_close(out.log_prob.double(), ref_log_prob(out.prev_sample, mean, std), atol=2e-4, rtol=1e-5)
     # re-scoring a bf16-stored sample is float32 too
-    res = sde_step_with_logprob(x, v, 0.5, 0.4, sampler=sampler, noise_level=0.6, prev_sample=out.prev_sample.bfloat16())
+    res = sde_step_with_logprob(
+        x, v, 0.5, 0.4, sampler=sampler, noise_level=0.6, prev_sample=out.prev_sample.bfloat16()
+    )
     assert res.log_prob.dtype == torch.float32 and res.prev_sample.dtype == torch.float32
 
 
@@ -217,7 +246,9 @@ def test_empirical_mean_and_std_of_draws(sampler):
     g = torch.Generator().manual_seed(11)
     x = torch.randn(1, 2, 2, 2, generator=g).expand(n, -1, -1, -1)
     v = torch.randn(1, 2, 2, 2, generator=g).expand(n, -1, -1, -1)
-    out = sde_step_with_logprob(x, v, 0.6, 0.45, sampler=sampler, noise_level=0.6, generator=torch.Generator().manual_seed(5))
+    out = sde_step_with_logprob(
+        x, v, 0.6, 0.45, sampler=sampler, noise_level=0.6, generator=torch.Generator().manual_seed(5)
+    )
     mean, std = ref_step(x[:1], v[:1], 0.6, 0.45, sampler, 0.6)
     draws = out.prev_sample.double()
     assert (draws.mean(0) - mean[0]).abs().max().item() < 4.5 * std / math.sqrt(n)
@@ -227,13 +258,17 @@ def test_empirical_mean_and_std_of_draws(sampler):
 
 def test_per_sample_generators(xv):
     x, v = xv
-    out = sde_step_with_logprob(x, v, 0.5, 0.4, sampler="sde", generator=[torch.Generator().manual_seed(10 + i) for i in range(B)])
+    out = sde_step_with_logprob(
+        x, v, 0.5, 0.4, sampler="sde", generator=[torch.Generator().manual_seed(10 + i) for i in range(B)]
+    )
     mean, std = ref_step(x, v, 0.5, 0.4, "sde", 0.7)
     for i in range(B):
         z = torch.randn(C, H, W, generator=torch.Generator().manual_seed(10 + i))
         torch.testing.assert_close(out.prev_sample[i].double(), mean[i] + std * z.double(), atol=2e-6, rtol=1e-5)
     # sample 1 alone with its own generator draws the same as inside the batch
-    alone = sde_step_with_logprob(x[1:2], v[1:2], 0.5, 0.4, sampler="sde", generator=[torch.Generator().manual_seed(11)])
+    alone = sde_step_with_logprob(
+        x[1:2], v[1:2], 0.5, 0.4, sampler="sde", generator=[torch.Generator().manual_seed(11)]
+    )
     assert torch.equal(alone.prev_sample[0], out.prev_sample[1])
     with pytest.raises(ValueError, match="generators"):
         sde_step_with_logprob(x, v, 0.5, 0.4, generator=[torch.Generator()])
@@ -243,8 +278,9 @@ def test_per_sample_generators(xv):
 def test_sigma_tensor_equals_sigma_float(xv, sampler):
     x, v = xv
     a = sde_step_with_logprob(x, v, 0.5, 0.4, sampler=sampler, generator=torch.Generator().manual_seed(7))
-    b = sde_step_with_logprob(x, v, torch.full((B,), 0.5), torch.full((B,), 0.4), sampler=sampler,
-                              generator=torch.Generator().manual_seed(7))
+    b = sde_step_with_logprob(
+        x, v, torch.full((B,), 0.5), torch.full((B,), 0.4), sampler=sampler, generator=torch.Generator().manual_seed(7)
+    )
     for f in ("prev_sample", "log_prob", "mean", "std"):
         assert torch.equal(getattr(a, f), getattr(b, f)), f
     # different sigmas per sample: row i equals the float call with sigma[i]
@@ -252,9 +288,11 @@ def test_sigma_tensor_equals_sigma_float(xv, sampler):
     xp = x + 0.1
     batch = sde_step_with_logprob(x, v, torch.tensor(sig), torch.tensor(sig_next), sampler=sampler, prev_sample=xp)
     for i in range(B):
-        row = sde_step_with_logprob(x[i:i + 1], v[i:i + 1], sig[i], sig_next[i], sampler=sampler, prev_sample=xp[i:i + 1])
-        torch.testing.assert_close(batch.log_prob[i:i + 1], row.log_prob, atol=0, rtol=0)
-        torch.testing.assert_close(batch.mean[i:i + 1], row.mean, atol=0, rtol=0)
+        row = sde_step_with_logprob(
+            x[i : i + 1], v[i : i + 1], sig[i], sig_next[i], sampler=sampler, prev_sample=xp[i : i + 1]
+        )
+        torch.testing.assert_close(batch.log_prob[i : i + 1], row.log_prob, atol=0, rtol=0)
+        torch.testing.assert_close(batch.mean[i : i + 1], row.mean, atol=0, rtol=0)
     with pytest.raises(ValueError, match="sigma"):
         sde_step_with_logprob(x, v, torch.full((B + 1,), 0.5), 0.4)
 
@@ -267,8 +305,10 @@ def test_a_zero_std_sample_does_not_zero_the_batch(xv):
     out = sde_step_with_logprob(x, v, sig, sig_next, sampler="cps", noise_level=0.8, prev_sample=xp)
     assert out.log_prob[1].item() == 0.0
     for i in (0, 2):
-        mean, std = ref_step(x[i:i + 1], v[i:i + 1], sig[i].item(), sig_next[i].item(), "cps", 0.8)
-        torch.testing.assert_close(out.log_prob[i:i + 1].double(), ref_log_prob(xp[i:i + 1], mean, std), atol=2e-4, rtol=1e-5)
+        mean, std = ref_step(x[i : i + 1], v[i : i + 1], sig[i].item(), sig_next[i].item(), "cps", 0.8)
+        torch.testing.assert_close(
+            out.log_prob[i : i + 1].double(), ref_log_prob(xp[i : i + 1], mean, std), atol=2e-4, rtol=1e-5
+        )
         assert out.log_prob[i].item() != 0.0
 
 

@@ -58,11 +58,13 @@ def collate(samples: Sequence[Sample], prompts: Sequence[str], kind: Kind, sourc
 
     Editing batches carry each sample's input images; text-to-image batches carry none.
     """
-    return SFTBatch(images=torch.stack([to_tensor(s.image) for s in samples]),
-                    prompts=list(prompts),
-                    ref_images=[list(s.refs) for s in samples] if kind == "edit" else None,
-                    kind=kind,
-                    source=source)
+    return SFTBatch(
+        images=torch.stack([to_tensor(s.image) for s in samples]),
+        prompts=list(prompts),
+        ref_images=[list(s.refs) for s in samples] if kind == "edit" else None,
+        kind=kind,
+        source=source,
+    )
 
 
 __all__ = ["KINDS", "SFTBatch", "collate"]

@@ -29,20 +29,41 @@ def source_files(src: SFTSource, path: str) -> list[str]:
     return [str(f) for f in records_files(path)]
 
 
-def open_source(src: SFTSource, name: str, index: int, path: str, files: list[str], image_root: str | None,
-                sft_cfg: SFTConfig, seed: int, stats: DataStats, rank: int = 0, world_size: int = 1) -> SampleSource:
+def open_source(
+    src: SFTSource,
+    name: str,
+    index: int,
+    path: str,
+    files: list[str],
+    image_root: str | None,
+    sft_cfg: SFTConfig,
+    seed: int,
+    stats: DataStats,
+    rank: int = 0,
+    world_size: int = 1,
+) -> SampleSource:
     """The :class:`~mrgrpo.sft_data.source.SampleSource` of one recipe source (the only place that
     looks at ``format``); ``files`` = :func:`source_files` of the resolved ``path``."""
     if src.format == "webdataset":
-        return ShardSource(files, seed, index, src.caption_key, sft_cfg.pixel_budget, MULTIPLE,
-                           rank, world_size, src.weight, name)
+        return ShardSource(
+            files, seed, index, src.caption_key, sft_cfg.pixel_budget, MULTIPLE, rank, world_size, src.weight, name
+        )
     ds = ImageRecordDataset(path, src.format, src.caption_key, image_root, sft_cfg.pixel_budget, MULTIPLE, stats, name)
     return RecordSource(ds, seed, index, rank, world_size, src.weight, name)
 
 
-def build_sft_stream(sources: Sequence[SFTSource], sft_cfg: SFTConfig, batch_size: int, seed: int,
-                     resolve_path: Callable[[str], Path] | None = None, rank: int = 0, world_size: int = 1, *,
-                     num_workers: int | None = None, allow_empty: bool = True) -> SFTStream | None:
+def build_sft_stream(
+    sources: Sequence[SFTSource],
+    sft_cfg: SFTConfig,
+    batch_size: int,
+    seed: int,
+    resolve_path: Callable[[str], Path] | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    *,
+    num_workers: int | None = None,
+    allow_empty: bool = True,
+) -> SFTStream | None:
     """The SFT batch stream of a recipe (``data.sft_sources`` + ``sft``), for one process.
 
     Args:
@@ -80,8 +101,10 @@ def build_sft_stream(sources: Sequence[SFTSource], sft_cfg: SFTConfig, batch_siz
             what = "no shard matches" if src.format == "webdataset" else "no records file at"
             msg = f"SFT source {src.name!r}: {what} {path}"
             if src.required:
-                raise RecipeError(f"{msg}. Fix: point data.sft_sources[{index}].path at your copy of the data "
-                                  "(relative paths are taken from the recipe's folder) or set `required: false`.")
+                raise RecipeError(
+                    f"{msg}. Fix: point data.sft_sources[{index}].path at your copy of the data "
+                    "(relative paths are taken from the recipe's folder) or set `required: false`."
+                )
             warnings.warn(f"{msg}; skipped (required: false)", stacklevel=2)
             log.warning("%s; skipped (required: false)", msg)
             continue
@@ -92,8 +115,10 @@ def build_sft_stream(sources: Sequence[SFTSource], sft_cfg: SFTConfig, batch_siz
         if allow_empty and sources:
             warnings.warn("no SFT source is available (all optional and missing): no SFT batches", stacklevel=2)
             return None
-        raise RecipeError("no SFT data: data.sft_sources is empty or every source is missing. Fix: add image sources "
-                          "(see docs/sft_data.md; `mrgrpo data synth --out DIR` writes a small one).")
+        raise RecipeError(
+            "no SFT data: data.sft_sources is empty or every source is missing. Fix: add image sources "
+            "(see docs/sft_data.md; `mrgrpo data synth --out DIR` writes a small one)."
+        )
     return SFTStream(streams, tuple(sft_cfg.t2i_edit_ratio), sft_cfg.caption_dropout, seed, rank, stats)
 
 

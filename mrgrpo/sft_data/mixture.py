@@ -29,23 +29,33 @@ class SFTStream:
     editing inputs, kind, source).
     """
 
-    def __init__(self, sources: Sequence[SourceStream], t2i_edit_ratio: tuple[float, float] = (3.0, 1.0),
-                 caption_dropout: float = 0.1, seed: int = 0, rank: int = 0, stats: DataStats | None = None):
+    def __init__(
+        self,
+        sources: Sequence[SourceStream],
+        t2i_edit_ratio: tuple[float, float] = (3.0, 1.0),
+        caption_dropout: float = 0.1,
+        seed: int = 0,
+        rank: int = 0,
+        stats: DataStats | None = None,
+    ):
         self.sources = list(sources)
         if not self.sources:
             raise RecipeError("SFTStream needs at least one source")
         self.seed, self.rank, self.caption_dropout = seed, rank, caption_dropout
         self.stats = stats if stats is not None else DataStats()
         self.by_kind: dict[str, list[SourceStream]] = {
-            k: [s for s in self.sources if s.kind == k and s.weight > 0] for k in ("t2i", "edit")}
+            k: [s for s in self.sources if s.kind == k and s.weight > 0] for k in ("t2i", "edit")
+        }
         ratio = dict(zip(("t2i", "edit"), (float(t2i_edit_ratio[0]), float(t2i_edit_ratio[1]))))
         self.kind_probs = {k: (ratio[k] if self.by_kind[k] else 0.0) for k in ratio}
         total = sum(self.kind_probs.values())
         if total <= 0:
             have = [k for k in self.by_kind if self.by_kind[k]]
-            raise RecipeError(f"sft.t2i_edit_ratio={list(t2i_edit_ratio)} gives no weight to the kinds the SFT sources "
-                              f"provide ({have}). Fix: give that kind a positive ratio, or add sources of the other "
-                              "kind (with weight > 0).")
+            raise RecipeError(
+                f"sft.t2i_edit_ratio={list(t2i_edit_ratio)} gives no weight to the kinds the SFT sources "
+                f"provide ({have}). Fix: give that kind a positive ratio, or add sources of the other "
+                "kind (with weight > 0)."
+            )
         self.kind_probs = {k: v / total for k, v in self.kind_probs.items()}
         self.batches = 0
 
@@ -78,16 +88,22 @@ class SFTStream:
 
     def state_dict(self) -> dict[str, Any]:
         """Batch counter, per-source cursors and bucket contents, statistics (JSON-serialisable)."""
-        return {"version": 1, "batches": self.batches, "stats": self.stats.state_dict(),
-                "sources": {s.name: s.state_dict() for s in self.sources}}
+        return {
+            "version": 1,
+            "batches": self.batches,
+            "stats": self.stats.state_dict(),
+            "sources": {s.name: s.state_dict() for s in self.sources},
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue exactly where the stream that wrote ``state`` was."""
         names = {s.name for s in self.sources}
         if set(state["sources"]) != names:
-            raise RecipeError(f"the checkpoint's SFT data stream has sources {sorted(state['sources'])}, the recipe "
-                              f"has {sorted(names)}. Fix: resume with the same data.sft_sources (names) as the run "
-                              "that wrote the checkpoint.")
+            raise RecipeError(
+                f"the checkpoint's SFT data stream has sources {sorted(state['sources'])}, the recipe "
+                f"has {sorted(names)}. Fix: resume with the same data.sft_sources (names) as the run "
+                "that wrote the checkpoint."
+            )
         self.batches = int(state["batches"])
         self.stats.load_state_dict(state.get("stats", {}))
         for s in self.sources:

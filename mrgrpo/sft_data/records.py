@@ -117,9 +117,14 @@ def _iter_raw(path: Path) -> Iterator[Any]:
     yield from data
 
 
-def load_records(path: str | os.PathLike, fmt: str, caption_key: str = "caption",
-                 image_root: str | os.PathLike | None = None, stats: DataStats | None = None,
-                 source: str = "data") -> list[ImageRecord]:
+def load_records(
+    path: str | os.PathLike,
+    fmt: str,
+    caption_key: str = "caption",
+    image_root: str | os.PathLike | None = None,
+    stats: DataStats | None = None,
+    source: str = "data",
+) -> list[ImageRecord]:
     """Parse the records file(s) at ``path``; malformed records are counted in ``stats`` and dropped."""
     out: list[ImageRecord] = []
     for f in records_files(path):
@@ -127,8 +132,9 @@ def load_records(path: str | os.PathLike, fmt: str, caption_key: str = "caption"
         try:
             raws = list(_iter_raw(f))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise RecipeError(f"{f}: not valid JSON ({exc}). "
-                              "Fix: a JSON list of records or one JSON object per line (.jsonl).") from None
+            raise RecipeError(
+                f"{f}: not valid JSON ({exc}). Fix: a JSON list of records or one JSON object per line (.jsonl)."
+            ) from None
         for obj in raws:
             rec = obj if isinstance(obj, Skipped) else parse_record(obj, fmt, base, caption_key)
             if isinstance(rec, Skipped):
@@ -156,9 +162,17 @@ class ImageRecordDataset(Dataset):
         name: the source name in the statistics.
     """
 
-    def __init__(self, path: str | os.PathLike, format: str = "t2i", caption_key: str = "caption",
-                 image_root: str | os.PathLike | None = None, pixel_budget: int = 512, multiple: int = 32,
-                 stats: DataStats | None = None, name: str = "data"):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        format: str = "t2i",
+        caption_key: str = "caption",
+        image_root: str | os.PathLike | None = None,
+        pixel_budget: int = 512,
+        multiple: int = 32,
+        stats: DataStats | None = None,
+        name: str = "data",
+    ):
         if format not in RECORD_FORMATS:
             raise ValueError(f"ImageRecordDataset: format must be t2i | caption | edit, got {format!r}")
         self.path, self.format, self.name = Path(path), format, name
@@ -219,8 +233,16 @@ class RecordSource:
     sample's locator its record index.
     """
 
-    def __init__(self, dataset: ImageRecordDataset, seed: int, source_index: int, rank: int = 0,
-                 world_size: int = 1, weight: float = 1.0, name: str | None = None):
+    def __init__(
+        self,
+        dataset: ImageRecordDataset,
+        seed: int,
+        source_index: int,
+        rank: int = 0,
+        world_size: int = 1,
+        weight: float = 1.0,
+        name: str | None = None,
+    ):
         self.dataset, self.seed, self.index, self.rank, self.world = dataset, seed, source_index, rank, world_size
         self.name = name if name is not None else dataset.name
         self.kind: Kind = dataset.kind
@@ -246,8 +268,10 @@ class RecordSource:
         ds, files = self.dataset, self.files
         if len(ds) == 0:
             skipped = list(ds.stats.recent)[-3:] if ds.stats is not None else []
-            raise RecipeError(f"SFT source {self.name!r}: no usable record in {files} (format {ds.format!r}). "
-                              f"Fix: check the format / caption_key of the source; skipped: {skipped}")
+            raise RecipeError(
+                f"SFT source {self.name!r}: no usable record in {files} (format {ds.format!r}). "
+                f"Fix: check the format / caption_key of the source; skipped: {skipped}"
+            )
         examples: list[str] = []
         order = epoch_order(len(ds), self.seed, self.index, 0, self.rank, self.world)
         for i in order:
@@ -257,10 +281,20 @@ class RecordSource:
             if len(examples) < 3:
                 examples.append(item.detail)
         where = "this rank's share of " if len(order) < len(ds) else ""
-        raise RecipeError(f"SFT source {self.name!r}: none of the {len(order)} records in {where}{files} has a "
-                          f"readable image, e.g. {examples}. Fix: check the image files and `image_root` (relative "
-                          "image paths are taken from image_root, else from the records file's folder).")
+        raise RecipeError(
+            f"SFT source {self.name!r}: none of the {len(order)} records in {where}{files} has a "
+            f"readable image, e.g. {examples}. Fix: check the image files and `image_root` (relative "
+            "image paths are taken from image_root, else from the records file's folder)."
+        )
 
 
-__all__ = ["RECORD_FORMATS", "ImageRecord", "ImageRecordDataset", "RecordSource", "first_text", "load_records",
-           "parse_record", "records_files"]
+__all__ = [
+    "RECORD_FORMATS",
+    "ImageRecord",
+    "ImageRecordDataset",
+    "RecordSource",
+    "first_text",
+    "load_records",
+    "parse_record",
+    "records_files",
+]

@@ -106,8 +106,10 @@ class SourceStream:
                 self.stats.skip(self.name, item.reason, item.detail)
                 fails += 1
                 if limit is not None and fails > limit:
-                    raise RuntimeError(f"SFT source {self.name!r}: no readable sample in a whole pass over "
-                                       f"{self.source.files}; last: {item.detail}")
+                    raise RuntimeError(
+                        f"SFT source {self.name!r}: no readable sample in a whole pass over "
+                        f"{self.source.files}; last: {item.detail}"
+                    )
                 continue
             fails = 0
             bucket = self.buckets.setdefault(item.size, [])
@@ -119,8 +121,10 @@ class SourceStream:
     # -- state ----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """The cursor and the bucket contents as locators (JSON-serialisable)."""
-        return {"cursor": list(self.cursor),
-                "buckets": [[h, w, [s.key for s in items]] for (h, w), items in self.buckets.items()]}
+        return {
+            "cursor": list(self.cursor),
+            "buckets": [[h, w, [s.key for s in items]] for (h, w), items in self.buckets.items()],
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from a :meth:`state_dict`; bucketed samples are re-read from their locators."""

@@ -29,8 +29,14 @@ from pathlib import Path
 from typing import Any
 
 COLORS: dict[str, tuple[int, int, int]] = {
-    "red": (220, 30, 30), "green": (30, 170, 60), "blue": (30, 70, 220), "yellow": (240, 210, 30),
-    "purple": (140, 50, 180), "orange": (245, 140, 20), "black": (0, 0, 0), "white": (255, 255, 255),
+    "red": (220, 30, 30),
+    "green": (30, 170, 60),
+    "blue": (30, 70, 220),
+    "yellow": (240, 210, 30),
+    "purple": (140, 50, 180),
+    "orange": (245, 140, 20),
+    "black": (0, 0, 0),
+    "white": (255, 255, 255),
 }
 BACKGROUNDS: tuple[str, ...] = ("white", "black", "yellow", "blue")
 SHAPES: tuple[str, ...] = ("square", "circle", "triangle")
@@ -163,8 +169,15 @@ def synthesize(out_dir: str | Path, n: int = 200, size: int = 64, seed: int = 0)
         after.save(out / rel_out)
         edits.append({"input_image": [rel_in], "output_image": rel_out, "instruction": instruction})
 
-    paths = {"t2i": out / "t2i.jsonl", "caption": out / "caption.json", "edit": out / "edit.jsonl",
-             "webdataset": shard_path, "prompts": out / "prompts.txt", "manifest": out / "manifest.json", "images": img_dir}
+    paths = {
+        "t2i": out / "t2i.jsonl",
+        "caption": out / "caption.json",
+        "edit": out / "edit.jsonl",
+        "webdataset": shard_path,
+        "prompts": out / "prompts.txt",
+        "manifest": out / "manifest.json",
+        "images": img_dir,
+    }
     paths["t2i"].write_text("".join(json.dumps(r) + "\n" for r in t2i))
     paths["caption"].write_text(json.dumps(captions, indent=1))
     paths["edit"].write_text("".join(json.dumps(r) + "\n" for r in edits))
@@ -174,15 +187,26 @@ def synthesize(out_dir: str | Path, n: int = 200, size: int = 64, seed: int = 0)
     manifest: dict[str, Any] = {
         "name": "mrgrpo synthetic shapes and words",
         "description": "Coloured shapes and rendered words (text-to-image) and shape edits (editing), drawn with PIL for smoke runs and tests.",
-        "seed": seed, "size": size,
+        "seed": seed,
+        "size": size,
         "counts": {"t2i": len(t2i), "edit": len(edits), "prompts": min(32, len(prompts))},
         "files": {k: str(v.relative_to(out)) for k, v in paths.items()},
-        "formats": {"t2i.jsonl": "t2i", "caption.json": "caption (caption_key: caption)", "edit.jsonl": "edit",
-                    "shards/synth-000000.tar": "webdataset (png + txt)", "prompts.txt": "RL prompt file (.txt)"},
-        "recipe": {"data": {"sft_sources": [
-            {"name": "synth_t2i", "path": str(paths["t2i"]), "format": "t2i"},
-            {"name": "synth_edit", "path": str(paths["edit"]), "format": "edit"}]},
-            "sft": {"pixel_budget": size, "t2i_edit_ratio": [3, 1]}},
+        "formats": {
+            "t2i.jsonl": "t2i",
+            "caption.json": "caption (caption_key: caption)",
+            "edit.jsonl": "edit",
+            "shards/synth-000000.tar": "webdataset (png + txt)",
+            "prompts.txt": "RL prompt file (.txt)",
+        },
+        "recipe": {
+            "data": {
+                "sft_sources": [
+                    {"name": "synth_t2i", "path": str(paths["t2i"]), "format": "t2i"},
+                    {"name": "synth_edit", "path": str(paths["edit"]), "format": "edit"},
+                ]
+            },
+            "sft": {"pixel_budget": size, "t2i_edit_ratio": [3, 1]},
+        },
     }
     paths["manifest"].write_text(json.dumps(manifest, indent=2) + "\n")
     return paths
@@ -207,22 +231,25 @@ def check_args(args: argparse.Namespace) -> None:
     if args.n < 1:
         raise UsageError(f"--n {args.n}: the number of text-to-image images must be >= 1. Fix: e.g. --n 200.")
     if not 8 <= args.size <= MAX_SIZE:
-        raise UsageError(f"--size {args.size}: the image side must be between 8 and {MAX_SIZE} pixels. "
-                         "Fix: e.g. --size 64.")
+        raise UsageError(
+            f"--size {args.size}: the image side must be between 8 and {MAX_SIZE} pixels. Fix: e.g. --size 64."
+        )
     if args.seed < 0:
         raise UsageError(f"--seed {args.seed}: seeds are >= 0. Fix: e.g. --seed 0.")
     out = Path(args.out)
     if not str(args.out).strip():
         raise UsageError("--out is empty. Fix: give the folder to write, e.g. --out data/synth.")
     if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {args.out} is a file; it must be a folder (created when missing). "
-                         "Fix: choose another path.")
+        raise UsageError(
+            f"--out {args.out} is a file; it must be a folder (created when missing). Fix: choose another path."
+        )
     probe = out.absolute()
     while not probe.exists() and probe.parent != probe:
         probe = probe.parent
     if not probe.is_dir():
-        raise UsageError(f"--out {args.out}: {probe} is a file, so the folder cannot be created. "
-                         "Fix: choose another path.")
+        raise UsageError(
+            f"--out {args.out}: {probe} is a file, so the folder cannot be created. Fix: choose another path."
+        )
     if not os.access(probe, os.W_OK | os.X_OK):
         raise UsageError(f"--out {args.out}: {probe} is not writable. Fix: choose a folder you can write to.")
     written = ("t2i.jsonl", "caption.json", "edit.jsonl", "prompts.txt", "manifest.json")
@@ -230,8 +257,10 @@ def check_args(args: argparse.Namespace) -> None:
         p = out / name
         if p.exists() and p.is_dir() != want_dir:
             have, want = ("file", "folder") if want_dir else ("folder", "file")
-            raise UsageError(f"--out {args.out}: {p} is a {have} where the data set writes a {want}. "
-                             "Fix: remove it or choose another --out.")
+            raise UsageError(
+                f"--out {args.out}: {p} is a {have} where the data set writes a {want}. "
+                "Fix: remove it or choose another --out."
+            )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -240,7 +269,9 @@ def run(args: argparse.Namespace) -> int:
     paths = synthesize(args.out, n=args.n, size=args.size, seed=args.seed)
     manifest = json.loads(paths["manifest"].read_text())
     c = manifest["counts"]
-    print(f"wrote {c['t2i']} text-to-image images, {c['edit']} editing triplets and {c['prompts']} prompts to {args.out}")
+    print(
+        f"wrote {c['t2i']} text-to-image images, {c['edit']} editing triplets and {c['prompts']} prompts to {args.out}"
+    )
     for k in ("t2i", "caption", "edit", "webdataset", "prompts", "manifest"):
         print(f"  {k:10s} {paths[k]}")
     return 0

@@ -41,8 +41,9 @@ def _is_remote(url: str) -> bool:
     return "://" in url or url.startswith("pipe:")
 
 
-def decode_wds_sample(sample: dict[str, Any], caption_key: str, pixel_budget: int,
-                      multiple: int = 32) -> Sample | Skipped:
+def decode_wds_sample(
+    sample: dict[str, Any], caption_key: str, pixel_budget: int, multiple: int = 32
+) -> Sample | Skipped:
     """A raw webdataset sample (``{"__key__", "jpg": bytes, "txt": bytes, ...}``) -> :class:`Sample`.
 
     Image: the first of ``jpg, jpeg, png, webp``. Text: the ``caption_key`` entry, else ``txt``,
@@ -64,8 +65,13 @@ def decode_wds_sample(sample: dict[str, Any], caption_key: str, pixel_budget: in
             meta = json.loads(sample["json"])
             if isinstance(meta, dict):
                 ann = meta.get("annotation")
-                cands = [meta.get(caption_key), meta.get("caption"), meta.get("txt"), meta.get("prompt"),
-                         ann.get(caption_key) if isinstance(ann, dict) else ann]
+                cands = [
+                    meta.get(caption_key),
+                    meta.get("caption"),
+                    meta.get("txt"),
+                    meta.get("prompt"),
+                    ann.get(caption_key) if isinstance(ann, dict) else ann,
+                ]
                 text = next((t for t in map(first_text, cands) if t is not None), None)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         return Skipped("bad_record", f"{where}: {exc}")
@@ -99,8 +105,19 @@ class _ShardReader(IterableDataset):
     ``j % world_size == rank``. Yields ``(cursor after the item, Sample | Skipped)``.
     """
 
-    def __init__(self, shards: list[str], seed: int, source_index: int, rank: int, world_size: int, caption_key: str,
-                 pixel_budget: int, multiple: int, start: tuple[int, int, int], name: str):
+    def __init__(
+        self,
+        shards: list[str],
+        seed: int,
+        source_index: int,
+        rank: int,
+        world_size: int,
+        caption_key: str,
+        pixel_budget: int,
+        multiple: int,
+        start: tuple[int, int, int],
+        name: str,
+    ):
         super().__init__()
         self.shards, self.seed, self.src, self.rank, self.world = shards, seed, source_index, rank, world_size
         self.caption_key, self.budget, self.multiple = caption_key, pixel_budget, multiple
@@ -111,7 +128,7 @@ class _ShardReader(IterableDataset):
         perm = rng(self.seed, TAG_SHARDS, self.src, epoch).permutation(len(self.shards))
         order = [self.shards[i] for i in perm]
         if len(order) >= self.world:
-            return order[self.rank::self.world], False
+            return order[self.rank :: self.world], False
         return order, self.world > 1
 
     def __iter__(self) -> Iterator[tuple[tuple[int, int, int], Sample | Skipped]]:
@@ -136,8 +153,10 @@ class _ShardReader(IterableDataset):
                     yield (epoch, sp, j + 1), Skipped("bad_shard", f"{url}: {exc}"[:300], (url, j + 1))
                 j0 = 0
             if whole_epoch and good == 0:
-                raise RuntimeError(f"SFT source {self.name!r}: a whole pass over its shards gave no readable sample "
-                                   f"(first shard {shards[0] if shards else '-'}); see the data/skipped_* counts")
+                raise RuntimeError(
+                    f"SFT source {self.name!r}: a whole pass over its shards gave no readable sample "
+                    f"(first shard {shards[0] if shards else '-'}); see the data/skipped_* counts"
+                )
             epoch, shard_pos, j0 = epoch + 1, 0, 0
 
     def load(self, key: tuple[str, int]) -> Sample | Skipped:
@@ -160,13 +179,24 @@ class ShardSource:
 
     kind: Kind = "t2i"
 
-    def __init__(self, shards: list[str], seed: int, source_index: int, caption_key: str = "caption",
-                 pixel_budget: int = 512, multiple: int = 32, rank: int = 0, world_size: int = 1,
-                 weight: float = 1.0, name: str = "data"):
+    def __init__(
+        self,
+        shards: list[str],
+        seed: int,
+        source_index: int,
+        caption_key: str = "caption",
+        pixel_budget: int = 512,
+        multiple: int = 32,
+        rank: int = 0,
+        world_size: int = 1,
+        weight: float = 1.0,
+        name: str = "data",
+    ):
         self.name, self.weight, self.files = name, weight, list(shards)
         self.max_failures: int | None = None  # the reader raises after a whole epoch without a readable sample
-        self.reader = _ShardReader(list(shards), seed, source_index, rank, world_size, caption_key, pixel_budget,
-                                   multiple, (0, 0, 0), name)
+        self.reader = _ShardReader(
+            list(shards), seed, source_index, rank, world_size, caption_key, pixel_budget, multiple, (0, 0, 0), name
+        )
 
     def start(self) -> Cursor:
         return (0, 0, 0)
@@ -195,9 +225,11 @@ class ShardSource:
                     examples.append(item.detail)
             examples.extend(f"{url}: {e}" for e in errors[:2])
         files = self.files
-        raise RecipeError(f"SFT source {self.name!r}: no readable sample (image + text) in the shards {files[:5]}"
-                          f"{' ...' if len(files) > 5 else ''}, e.g. {examples[:3]}. Fix: samples need a jpg/png/webp "
-                          f"image and a txt or json caption (caption_key={r.caption_key!r}).")
+        raise RecipeError(
+            f"SFT source {self.name!r}: no readable sample (image + text) in the shards {files[:5]}"
+            f"{' ...' if len(files) > 5 else ''}, e.g. {examples[:3]}. Fix: samples need a jpg/png/webp "
+            f"image and a txt or json caption (caption_key={r.caption_key!r})."
+        )
 
 
 __all__ = ["ShardSource", "decode_wds_sample", "expand_shards", "iter_shard"]

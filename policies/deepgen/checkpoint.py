@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+
 from mrgrpo.policies.common import CheckpointError, find_weight_files, read_state_dict  # noqa: F401 (re-exported)
 
 if TYPE_CHECKING:
@@ -57,7 +58,10 @@ def component_of(key: str) -> str:
 _RENAMES = [
     (re.compile(r"^(module|_orig_mod)\."), ""),
     (re.compile(r"^lmm\.base_model\.model\."), "lmm."),  # a PeftModel-wrapped VLM
-    (re.compile(r"^lmm\.model\.(layers|embed_tokens|norm|rotary_emb)\."), r"lmm.model.language_model.\1."),  # transformers < 4.52
+    (
+        re.compile(r"^lmm\.model\.(layers|embed_tokens|norm|rotary_emb)\."),
+        r"lmm.model.language_model.\1.",
+    ),  # transformers < 4.52
     (re.compile(r"^lmm\.visual\."), "lmm.model.visual."),
     (re.compile(r"^lmm\.lm_head\."), "lmm.lm_head."),
 ]
@@ -92,13 +96,18 @@ def lora_spec_from_state(state: dict[str, torch.Tensor], prefix: str) -> dict[st
         if not k.startswith(prefix):
             continue
         m = re.match(rf"^{re.escape(prefix)}(.+)\.lora_A(?:\.[^.]+)?\.weight$", k) or re.match(
-            rf"^{re.escape(prefix)}(.+)\.lora_embedding_A(?:\.[^.]+)?$", k)
+            rf"^{re.escape(prefix)}(.+)\.lora_embedding_A(?:\.[^.]+)?$", k
+        )
         if m:
             ranks[m.group(1)] = int(v.shape[0])
     if not ranks:
         return None
     rank = Counter(ranks.values()).most_common(1)[0][0]
-    return {"rank": rank, "rank_pattern": {n: r for n, r in ranks.items() if r != rank}, "target_modules": sorted(ranks)}
+    return {
+        "rank": rank,
+        "rank_pattern": {n: r for n, r in ranks.items() if r != rank},
+        "target_modules": sorted(ranks),
+    }
 
 
 @dataclass
@@ -136,16 +145,21 @@ def _problems(report: LoadReport) -> list[str]:
         return f"\n    {shown}{more}"
 
     if report.missing:
-        out.append(f"{len(report.missing)} missing key(s) (the checkpoint holds only part of these components):{listing(report.missing)}")
+        out.append(
+            f"{len(report.missing)} missing key(s) (the checkpoint holds only part of these components):{listing(report.missing)}"
+        )
     if report.unexpected:
-        out.append(f"{len(report.unexpected)} unexpected key(s) (no such parameter in the model):{listing(report.unexpected)}")
+        out.append(
+            f"{len(report.unexpected)} unexpected key(s) (no such parameter in the model):{listing(report.unexpected)}"
+        )
     if report.mismatched:
         out.append(f"{len(report.mismatched)} shape mismatch(es):{listing(report.mismatched)}")
     return out
 
 
-def load_deepgen_checkpoint(model: DeepGenPolicy, path: str | Path, *, strict: bool = True,
-                            state: dict[str, torch.Tensor] | None = None) -> LoadReport:
+def load_deepgen_checkpoint(
+    model: DeepGenPolicy, path: str | Path, *, strict: bool = True, state: dict[str, torch.Tensor] | None = None
+) -> LoadReport:
     """Load a released (or flat) DeepGen checkpoint into ``model`` (a :class:`DeepGenPolicy`).
 
     Args:
@@ -169,8 +183,12 @@ def load_deepgen_checkpoint(model: DeepGenPolicy, path: str | Path, *, strict: b
         model.add_vlm_lora({**vlm_lora, "alpha": 2 * vlm_lora["rank"]})  # released: r 64, alpha 128
     dit_lora = lora_spec_from_state(state, "transformer.")
     if dit_lora and getattr(model, "dit_lora", None) is None:
-        log.warning("%s holds a DiT LoRA but no alpha: using alpha = rank (scale 1); save() folders keep the real alpha", path)
-        model.add_dit_lora({"rank": dit_lora["rank"], "alpha": dit_lora["rank"], "target_modules": dit_lora["target_modules"]})
+        log.warning(
+            "%s holds a DiT LoRA but no alpha: using alpha = rank (scale 1); save() folders keep the real alpha", path
+        )
+        model.add_dit_lora(
+            {"rank": dit_lora["rank"], "alpha": dit_lora["rank"], "target_modules": dit_lora["target_modules"]}
+        )
 
     own = model.state_dict()
     report = LoadReport(str(path), skipped=skipped)
@@ -195,8 +213,11 @@ def load_deepgen_checkpoint(model: DeepGenPolicy, path: str | Path, *, strict: b
         report.loaded[c] = report.loaded.get(c, 0) + 1
     problems = _problems(report)
     if problems:
-        msg = (f"checkpoint {path} does not fit the model:\n  " + "\n  ".join(problems) +
-               "\n  Check that the base models (vlm / transformer), scb_layers, num_queries and the connector shape match the checkpoint.")
+        msg = (
+            f"checkpoint {path} does not fit the model:\n  "
+            + "\n  ".join(problems)
+            + "\n  Check that the base models (vlm / transformer), scb_layers, num_queries and the connector shape match the checkpoint."
+        )
         if strict:
             raise CheckpointError(msg)
         log.warning(msg)

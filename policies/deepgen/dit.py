@@ -34,8 +34,11 @@ class MaskedJointAttnProcessor:
         if attn.norm_k is not None:
             k = attn.norm_k(k)
         if encoder_hidden_states is not None:
-            cq, ck, cv = (attn.add_q_proj(encoder_hidden_states), attn.add_k_proj(encoder_hidden_states),
-                          attn.add_v_proj(encoder_hidden_states))
+            cq, ck, cv = (
+                attn.add_q_proj(encoder_hidden_states),
+                attn.add_k_proj(encoder_hidden_states),
+                attn.add_v_proj(encoder_hidden_states),
+            )
             cq, ck, cv = (t.view(b, -1, attn.heads, head_dim).transpose(1, 2) for t in (cq, ck, cv))
             if attn.norm_added_q is not None:
                 cq = attn.norm_added_q(cq)
@@ -62,8 +65,9 @@ def install_masked_attention(transformer) -> None:
     transformer.set_attn_processor(MaskedJointAttnProcessor())
 
 
-def embed_with_references(transformer, latents: torch.Tensor, ref_latents: Sequence[Sequence[torch.Tensor]] | None
-                          ) -> tuple[torch.Tensor, torch.Tensor | None]:
+def embed_with_references(
+    transformer, latents: torch.Tensor, ref_latents: Sequence[Sequence[torch.Tensor]] | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Patch tokens ``[B, N_tgt + N_ref_max, D]`` (targets first) and their validity mask ``[B, N]`` (None: all valid)."""
     tokens = transformer.pos_embed(latents)
     if not ref_latents or not any(len(r) for r in ref_latents):
@@ -79,13 +83,20 @@ def embed_with_references(transformer, latents: torch.Tensor, ref_latents: Seque
     padded[:, :n_tgt] = tokens
     mask[:, :n_tgt] = True
     for i, e in enumerate(extra):
-        padded[i, n_tgt:n_tgt + e.shape[0]] = e
-        mask[i, n_tgt:n_tgt + e.shape[0]] = True
+        padded[i, n_tgt : n_tgt + e.shape[0]] = e
+        mask[i, n_tgt : n_tgt + e.shape[0]] = True
     return padded, mask
 
 
-def dit_forward(transformer, latents: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor, pooled: torch.Tensor,
-                context_mask: torch.Tensor | None = None, ref_latents: Sequence[Sequence[torch.Tensor]] | None = None) -> torch.Tensor:
+def dit_forward(
+    transformer,
+    latents: torch.Tensor,
+    timestep: torch.Tensor,
+    context: torch.Tensor,
+    pooled: torch.Tensor,
+    context_mask: torch.Tensor | None = None,
+    ref_latents: Sequence[Sequence[torch.Tensor]] | None = None,
+) -> torch.Tensor:
     """Velocity ``[B, C, H, W]`` of target latents ``[B, C, H, W]``.
 
     Args:
@@ -102,14 +113,20 @@ def dit_forward(transformer, latents: torch.Tensor, timestep: torch.Tensor, cont
     mask = None
     if img_mask is not None or context_mask is not None:
         im = img_mask if img_mask is not None else torch.ones(hidden.shape[:2], dtype=torch.bool, device=hidden.device)
-        cm = context_mask.bool() if context_mask is not None else torch.ones(enc.shape[:2], dtype=torch.bool, device=enc.device)
+        cm = (
+            context_mask.bool()
+            if context_mask is not None
+            else torch.ones(enc.shape[:2], dtype=torch.bool, device=enc.device)
+        )
         mask = torch.cat([im, cm.to(im.device)], dim=1)
     kwargs = {"attention_mask": mask} if mask is not None else None
     for block in transformer.transformer_blocks:
         if torch.is_grad_enabled() and transformer.gradient_checkpointing:
             enc, hidden = transformer._gradient_checkpointing_func(block, hidden, enc, temb, kwargs)
         else:
-            enc, hidden = block(hidden_states=hidden, encoder_hidden_states=enc, temb=temb, joint_attention_kwargs=kwargs)
+            enc, hidden = block(
+                hidden_states=hidden, encoder_hidden_states=enc, temb=temb, joint_attention_kwargs=kwargs
+            )
     hidden = transformer.proj_out(transformer.norm_out(hidden[:, :n_tgt], temb))
     p, c = transformer.config.patch_size, transformer.out_channels
     hidden = hidden.reshape(hidden.shape[0], height // p, width // p, p, p, c)

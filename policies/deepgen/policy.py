@@ -21,7 +21,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
+from mrgrpo.devices import randn
 from mrgrpo.imaging import resize_to_budget
+from mrgrpo.losses import add_flow_noise, flow_matching_loss, sample_flow_sigmas
 from mrgrpo.policies.base import STAGES, Conditioning, EncodedPrompts, images_to_tensor
 from mrgrpo.policies.common import resolve_dtype
 from mrgrpo.policies.deepgen.checkpoint import (
@@ -38,10 +42,6 @@ from mrgrpo.policies.dit_policy import (
     read_adapter,
     save_adapter,
 )
-from torch import nn
-
-from mrgrpo.devices import randn
-from mrgrpo.losses import add_flow_noise, flow_matching_loss, sample_flow_sigmas
 
 if TYPE_CHECKING:
     from mrgrpo.sft_data.batch import SFTBatch
@@ -53,13 +53,15 @@ IMAGE_SLOT = "<|vision_start|>{pads}<|vision_end|>"
 RELEASED_SCB_LAYERS = (35, 29, 23, 17, 11, 5)
 VLM_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 #: default VLM LoRA (SFT stage): language-model linear layers + embed_tokens, never the ViT
-VLM_LORA_DEFAULT = {"rank": 64, "alpha": 128, "dropout": 0.05,
-                    "target_modules": r".*language_model.*\.(" + "|".join(VLM_LORA_TARGETS + ("embed_tokens",)) + ")"}
+VLM_LORA_DEFAULT = {
+    "rank": 64,
+    "alpha": 128,
+    "dropout": 0.05,
+    "target_modules": r".*language_model.*\.(" + "|".join(VLM_LORA_TARGETS + ("embed_tokens",)) + ")",
+}
 #: CLIP normalisation of the ViT input (Qwen2.5-VL's image processor uses the same)
 VIT_MEAN = (0.48145466, 0.4578275, 0.40821073)
 VIT_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
 
 
 class DeepGenPolicy(DiTPolicy):
@@ -92,13 +94,32 @@ class DeepGenPolicy(DiTPolicy):
 
     supports_editing = True
 
-    def __init__(self, vlm: str, transformer: str, *, transformer_subfolder: str | None = "transformer", vae: str | None = None,
-                 vae_subfolder: str | None = "vae", scheduler: str | None = None, checkpoint: str | None = None,
-                 dtype: str = "bfloat16", scb_layers: Sequence[int] = RELEASED_SCB_LAYERS, num_queries: int = 128,
-                 connector_layers: int = 6, connector_heads: int = 32, connector_mlp: int = 11946, mask_padding: bool = True,
-                 timestep_shift: float = 3.0, pixel_budget: int = 512, max_prompt_tokens: int | None = 1024,
-                 init_seed: int = 0, vlm_lora: dict[str, Any] | None = None, policy_name: str = "deepgen",
-                 policy_kwargs: dict | None = None, modules: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        vlm: str,
+        transformer: str,
+        *,
+        transformer_subfolder: str | None = "transformer",
+        vae: str | None = None,
+        vae_subfolder: str | None = "vae",
+        scheduler: str | None = None,
+        checkpoint: str | None = None,
+        dtype: str = "bfloat16",
+        scb_layers: Sequence[int] = RELEASED_SCB_LAYERS,
+        num_queries: int = 128,
+        connector_layers: int = 6,
+        connector_heads: int = 32,
+        connector_mlp: int = 11946,
+        mask_padding: bool = True,
+        timestep_shift: float = 3.0,
+        pixel_budget: int = 512,
+        max_prompt_tokens: int | None = 1024,
+        init_seed: int = 0,
+        vlm_lora: dict[str, Any] | None = None,
+        policy_name: str = "deepgen",
+        policy_kwargs: dict | None = None,
+        modules: dict[str, Any] | None = None,
+    ):
         super().__init__()
         from diffusers import (
             AutoencoderKL,
@@ -117,10 +138,16 @@ class DeepGenPolicy(DiTPolicy):
         else:
             self.lmm = Qwen2_5_VLForConditionalGeneration.from_pretrained(vlm, dtype=self.frozen_dtype)
             self.tokenizer = AutoTokenizer.from_pretrained(vlm)
-            self.transformer = SD3Transformer2DModel.from_pretrained(transformer, subfolder=transformer_subfolder, torch_dtype=self.frozen_dtype)
-            self.vae = AutoencoderKL.from_pretrained(vae or transformer, subfolder=vae_subfolder, torch_dtype=self.frozen_dtype)
+            self.transformer = SD3Transformer2DModel.from_pretrained(
+                transformer, subfolder=transformer_subfolder, torch_dtype=self.frozen_dtype
+            )
+            self.vae = AutoencoderKL.from_pretrained(
+                vae or transformer, subfolder=vae_subfolder, torch_dtype=self.frozen_dtype
+            )
             try:
-                self.scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(scheduler or transformer, subfolder="scheduler")
+                self.scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(
+                    scheduler or transformer, subfolder="scheduler"
+                )
             except (OSError, ValueError):
                 self.scheduler = FlowMatchEulerDiscreteScheduler(shift=timestep_shift)
         self.lmm.requires_grad_(False)
@@ -132,8 +159,10 @@ class DeepGenPolicy(DiTPolicy):
         n_states = text_cfg.num_hidden_layers + 1
         bad = [i for i in scb_layers if not -n_states <= int(i) < n_states]
         if bad or not scb_layers:
-            raise ValueError(f"scb_layers {list(scb_layers)}: {bad or 'empty'} outside hidden_states[0..{n_states - 1}] "
-                             f"of this VLM ({n_states - 1} layers; hidden_states[0] is the embedding output)")
+            raise ValueError(
+                f"scb_layers {list(scb_layers)}: {bad or 'empty'} outside hidden_states[0..{n_states - 1}] "
+                f"of this VLM ({n_states - 1} layers; hidden_states[0] is the embedding output)"
+            )
         self.scb_layers = [int(i) for i in scb_layers]
         gen = torch.Generator().manual_seed(init_seed)
         self.meta_queries = nn.Parameter(torch.randn(num_queries, hidden, generator=gen) / math.sqrt(hidden))
@@ -158,7 +187,11 @@ class DeepGenPolicy(DiTPolicy):
         self.image_token_id = self.tokenizer.convert_tokens_to_ids(self.image_token)
         self.pad_token_id = self.tokenizer.convert_tokens_to_ids("<|endoftext|>")
         vcfg = self.lmm.config.vision_config
-        self.vit_patch, self.merge, self.temporal_patch = vcfg.patch_size, vcfg.spatial_merge_size, vcfg.temporal_patch_size
+        self.vit_patch, self.merge, self.temporal_patch = (
+            vcfg.patch_size,
+            vcfg.spatial_merge_size,
+            vcfg.temporal_patch_size,
+        )
         if checkpoint:
             self.load(checkpoint)
         self.set_stage("rl")
@@ -179,12 +212,16 @@ class DeepGenPolicy(DiTPolicy):
         p, m, tp = self.vit_patch, self.merge, self.temporal_patch
         gh, gw = h // p, w // p
         if gh % m or gw % m:
-            raise ValueError(f"reference of {pixels.shape[-1]}x{pixels.shape[-2]} px does not pack into ViT patches; sides must be multiples of 32")
+            raise ValueError(
+                f"reference of {pixels.shape[-1]}x{pixels.shape[-2]} px does not pack into ViT patches; sides must be multiples of 32"
+            )
         x = x[None].expand(tp, c, h, w)  # one frame repeated over the temporal patch
         x = x.reshape(tp, c, gh // m, m, p, gw // m, m, p).permute(2, 5, 3, 6, 1, 0, 4, 7)  # gh/m gw/m m m c tp p p
         return x.reshape(gh * gw, c * tp * p * p), torch.tensor([[1, gh, gw]])
 
-    def _ref_inputs(self, images: Sequence[Any]) -> tuple[list[torch.Tensor], list[int], list[torch.Tensor], list[torch.Tensor]]:
+    def _ref_inputs(
+        self, images: Sequence[Any]
+    ) -> tuple[list[torch.Tensor], list[int], list[torch.Tensor], list[torch.Tensor]]:
         """Per reference: VAE pixels ``[3, H, W]`` at the pixel budget, token count, ViT patches, grid."""
         pixels, counts, patches, grids = [], [], [], []
         for im in images:
@@ -204,14 +241,14 @@ class DeepGenPolicy(DiTPolicy):
         q = self.meta_queries.shape[0]
         rows = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
         if self.max_prompt_tokens:
-            rows = [r[-self.max_prompt_tokens:] if cut else r for r, cut in zip(rows, truncate)]
+            rows = [r[-self.max_prompt_tokens :] if cut else r for r, cut in zip(rows, truncate)]
         rows = [r + [self.pad_token_id] * q for r in rows]
         longest = max(len(r) for r in rows)
         ids = torch.full((len(rows), longest), self.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(rows), longest), dtype=torch.long)
         for i, r in enumerate(rows):
-            ids[i, longest - len(r):] = torch.tensor(r)
-            mask[i, longest - len(r):] = 1
+            ids[i, longest - len(r) :] = torch.tensor(r)
+            mask[i, longest - len(r) :] = 1
         return ids, mask
 
     def prompt_text(self, prompt: str, num_refs: int = 0, ref_tokens: Sequence[int] = ()) -> str:
@@ -248,16 +285,25 @@ class DeepGenPolicy(DiTPolicy):
         if vit_patches:
             image_grid = torch.cat(grids).to(device)
             with torch.no_grad():
-                feats = self.lmm.model.get_image_features(torch.cat(vit_patches).to(device, self.lmm.dtype), image_grid).pooler_output
+                feats = self.lmm.model.get_image_features(
+                    torch.cat(vit_patches).to(device, self.lmm.dtype), image_grid
+                ).pooler_output
             feats = torch.cat(list(feats)).to(embeds.dtype)
             slot = ids == self.image_token_id
             if int(slot.sum()) != feats.shape[0]:
-                raise RuntimeError(f"{int(slot.sum())} image tokens in the prompts but the ViT gave {feats.shape[0]} features")
+                raise RuntimeError(
+                    f"{int(slot.sum())} image tokens in the prompts but the ViT gave {feats.shape[0]} features"
+                )
             embeds = embeds.masked_scatter(slot.unsqueeze(-1).expand_as(embeds), feats)
         token_type = (ids == self.image_token_id).int()
         position_ids, _ = self.lmm.model.get_rope_index(ids, token_type, image_grid_thw=image_grid, attention_mask=mask)
-        out = self.lmm.model.language_model(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids,
-                                            output_hidden_states=True, use_cache=False)
+        out = self.lmm.model.language_model(
+            inputs_embeds=embeds,
+            attention_mask=mask,
+            position_ids=position_ids,
+            output_hidden_states=True,
+            use_cache=False,
+        )
         stacked = torch.cat([out.hidden_states[i] for i in self.scb_layers], dim=-1)
         valid = mask.bool() if self.mask_padding else None
         z = self.connector(self.projector_1(stacked.to(self.projector_1.weight.dtype)), valid)
@@ -274,8 +320,14 @@ class DeepGenPolicy(DiTPolicy):
         needs = any(p.requires_grad for n, p in self.named_parameters() if not n.startswith(("transformer.", "vae.")))
         return contextlib.nullcontext() if needs and torch.is_grad_enabled() else torch.no_grad()
 
-    def encode(self, prompts: list[str], images: list[list[Any]] | None = None, *, negative_prompt: str | None = None,
-               truncate: bool = False) -> EncodedPrompts:
+    def encode(
+        self,
+        prompts: list[str],
+        images: list[list[Any]] | None = None,
+        *,
+        negative_prompt: str | None = None,
+        truncate: bool = False,
+    ) -> EncodedPrompts:
         """Encode B prompts once (VLM + SCB; gradients only when the SCB / VLM LoRA train).
 
         Args:
@@ -296,21 +348,32 @@ class DeepGenPolicy(DiTPolicy):
             if negative_prompt is None:
                 return EncodedPrompts(self._encode_batch(list(prompts), images, truncate))
             n = len(prompts)
-            both = self._encode_batch(list(prompts) + [negative_prompt] * n, (list(images) * 2) if images else None, truncate)
+            both = self._encode_batch(
+                list(prompts) + [negative_prompt] * n, (list(images) * 2) if images else None, truncate
+            )
             return EncodedPrompts(both.select(slice(0, n)), both.select(slice(n, 2 * n)))
 
     # -- denoiser --------------------------------------------------------------------------------
-    def velocity(self, latents: torch.Tensor, sigma: torch.Tensor, cond: Conditioning,
-                 ref_latents: list[list[torch.Tensor]] | None = None) -> torch.Tensor:
+    def velocity(
+        self,
+        latents: torch.Tensor,
+        sigma: torch.Tensor,
+        cond: Conditioning,
+        ref_latents: list[list[torch.Tensor]] | None = None,
+    ) -> torch.Tensor:
         """DiT velocity ``[B, C, h, w]`` (the DiT's dtype) of ``latents [B, C, h, w]`` at ``sigma [B]`` (timestep = sigma * 1000).
 
         Reference latents (``cond.items["ref_latents"]`` or ``ref_latents``) join the target's tokens in the
         joint attention; the context mask hides pads when ``mask_padding``.
         """
         if latents.ndim != 4 or sigma.shape != (latents.shape[0],):
-            raise ValueError(f"velocity takes latents [B, C, h, w] and sigma [B], got {tuple(latents.shape)} and {tuple(sigma.shape)}")
+            raise ValueError(
+                f"velocity takes latents [B, C, h, w] and sigma [B], got {tuple(latents.shape)} and {tuple(sigma.shape)}"
+            )
         if len(cond) != latents.shape[0]:
-            raise ValueError(f"conditioning holds {len(cond)} samples for {latents.shape[0]} latents (use cond.repeat(G))")
+            raise ValueError(
+                f"conditioning holds {len(cond)} samples for {latents.shape[0]} latents (use cond.repeat(G))"
+            )
         dit = self.active_transformer()
         dtype = next(dit.parameters()).dtype
         refs = ref_latents if ref_latents is not None else cond.items.get("ref_latents")
@@ -318,8 +381,15 @@ class DeepGenPolicy(DiTPolicy):
             refs = [[r.to(latents.device, dtype) for r in rs] for rs in refs]
         timestep = (sigma.to(latents.device).float() * 1000.0).to(dtype)
         ctx = cond.tensors["context"].to(latents.device, dtype)
-        return dit_forward(dit, latents.to(dtype), timestep, ctx, cond.tensors["pooled"].to(latents.device, dtype),
-                           cond.tensors.get("context_mask"), refs)
+        return dit_forward(
+            dit,
+            latents.to(dtype),
+            timestep,
+            ctx,
+            cond.tensors["pooled"].to(latents.device, dtype),
+            cond.tensors.get("context_mask"),
+            refs,
+        )
 
     # -- training ------------------------------------------------------------------------------------
     def flow_matching_loss(self, batch: SFTBatch, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -337,8 +407,12 @@ class DeepGenPolicy(DiTPolicy):
         return flow_matching_loss(v, x0, noise)
 
     def scb_modules(self) -> dict[str, nn.Module]:
-        return {"projector_1": self.projector_1, "connector": self.connector, "projector_2": self.projector_2,
-                "projector_3": self.projector_3}
+        return {
+            "projector_1": self.projector_1,
+            "connector": self.connector,
+            "projector_2": self.projector_2,
+            "projector_3": self.projector_3,
+        }
 
     def set_stage(self, stage: str, lora: dict | None = None) -> None:
         """Freeze all but the stage's parts; trained parts become float32.
@@ -359,8 +433,10 @@ class DeepGenPolicy(DiTPolicy):
                 m.float().requires_grad_(True)
         if stage == "sft":
             if lora and lora.get("enabled", True):
-                raise ValueError("the sft stage trains the whole DiT + the VLM LoRA; a DiT LoRA (train.lora) is for stage rl. "
-                                 "Set the VLM LoRA with the policy kwarg vlm_lora={rank, alpha, dropout, target_modules}")
+                raise ValueError(
+                    "the sft stage trains the whole DiT + the VLM LoRA; a DiT LoRA (train.lora) is for stage rl. "
+                    "Set the VLM LoRA with the policy kwarg vlm_lora={rank, alpha, dropout, target_modules}"
+                )
             if not self.has_vlm_lora():
                 self.add_vlm_lora({**VLM_LORA_DEFAULT, **(self.vlm_lora_options or {})})
             for n, p in self.lmm.named_parameters():
@@ -408,9 +484,13 @@ class DeepGenPolicy(DiTPolicy):
         inject_adapter_in_model(config, self.lmm, adapter_name="default")
         self.lmm.peft_config = {"default": config}
         targets = config.target_modules
-        self.vlm_lora = {"rank": config.r, "alpha": config.lora_alpha, "dropout": config.lora_dropout,
-                         "target_modules": sorted(targets) if isinstance(targets, (set, list)) else targets,
-                         "rank_pattern": dict(config.rank_pattern or {})}
+        self.vlm_lora = {
+            "rank": config.r,
+            "alpha": config.lora_alpha,
+            "dropout": config.lora_dropout,
+            "target_modules": sorted(targets) if isinstance(targets, (set, list)) else targets,
+            "rank_pattern": dict(config.rank_pattern or {}),
+        }
         for n, p in self.lmm.named_parameters():
             if "lora_" in n:
                 p.data = p.data.float()
@@ -420,7 +500,9 @@ class DeepGenPolicy(DiTPolicy):
     # -- persistence ---------------------------------------------------------------------------------
     def trained_components(self) -> list[str]:
         out = []
-        if self.meta_queries.requires_grad or any(p.requires_grad for m in self.scb_modules().values() for p in m.parameters()):
+        if self.meta_queries.requires_grad or any(
+            p.requires_grad for m in self.scb_modules().values() for p in m.parameters()
+        ):
             out.append("scb")
         out += super().trained_components()
         if any(p.requires_grad for n, p in self.lmm.named_parameters() if "lora_" in n):
@@ -429,8 +511,11 @@ class DeepGenPolicy(DiTPolicy):
 
     def scb_state(self) -> dict[str, torch.Tensor]:
         """Think tokens, projectors and connector under the released key names, float32 on CPU."""
-        return {k: v.detach().float().cpu().contiguous() for k, v in self.state_dict().items()
-                if k == "meta_queries" or k.startswith(SCB_PREFIXES)}
+        return {
+            k: v.detach().float().cpu().contiguous()
+            for k, v in self.state_dict().items()
+            if k == "meta_queries" or k.startswith(SCB_PREFIXES)
+        }
 
     def _save_component(self, name: str, directory: Path) -> None:
         if name == "scb":
@@ -448,15 +533,26 @@ class DeepGenPolicy(DiTPolicy):
         elif name == "vlm_lora":
             config, state = read_adapter(directory / "vlm_lora")
             if not self.has_vlm_lora():
-                self.add_vlm_lora({"rank": config.r, "alpha": config.lora_alpha, "dropout": config.lora_dropout,
-                                   "target_modules": config.target_modules, "rank_pattern": config.rank_pattern})
+                self.add_vlm_lora(
+                    {
+                        "rank": config.r,
+                        "alpha": config.lora_alpha,
+                        "dropout": config.lora_dropout,
+                        "target_modules": config.target_modules,
+                        "rank_pattern": config.rank_pattern,
+                    }
+                )
             load_adapter_state(self.lmm, state, str(directory / "vlm_lora"))
         else:
             super()._load_component(name, directory)
 
     def policy_info(self, components: list[str]) -> dict[str, Any]:
-        return {**super().policy_info(components), "vlm_lora": self.vlm_lora, "mask_padding": self.mask_padding,
-                "scb_layers": self.scb_layers}
+        return {
+            **super().policy_info(components),
+            "vlm_lora": self.vlm_lora,
+            "mask_padding": self.mask_padding,
+            "scb_layers": self.scb_layers,
+        }
 
     def load(self, path: str) -> None:
         """Load a :meth:`save` folder, or a released DeepGen checkpoint (file, folder or hub id).
@@ -495,7 +591,9 @@ def _fetch_from_hub(spec: str) -> str:
 
         return hf_hub_download("/".join(parts[:2]), "/".join(parts[2:]))
     except Exception as exc:  # offline, unknown repo or file
-        raise FileNotFoundError(f"DeepGen checkpoint {spec}: not a local path, and the hub download failed: {exc}") from exc
+        raise FileNotFoundError(
+            f"DeepGen checkpoint {spec}: not a local path, and the hub download failed: {exc}"
+        ) from exc
 
 
 def build_deepgen(**kwargs: Any) -> DeepGenPolicy:

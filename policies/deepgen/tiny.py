@@ -16,15 +16,31 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from mrgrpo.policies.tiny_models import QWEN_SPECIALS, byte_level_tokenizer, publish_dir, tiny_cache_root
 
 SPECIALS = QWEN_SPECIALS
 
 TINY = {
-    "hidden": 64, "layers": 12, "heads": 4, "kv_heads": 2, "intermediate": 128,
-    "vision_depth": 2, "vision_hidden": 32, "vision_heads": 2,
-    "num_queries": 8, "scb_layers": [11, 9, 7, 5, 3, 1], "connector_layers": 2, "connector_heads": 4, "connector_mlp": 128,
-    "dit_layers": 2, "dit_heads": 2, "dit_head_dim": 8, "joint_dim": 32, "pooled_dim": 32, "pos_embed_max_size": 16,
+    "hidden": 64,
+    "layers": 12,
+    "heads": 4,
+    "kv_heads": 2,
+    "intermediate": 128,
+    "vision_depth": 2,
+    "vision_hidden": 32,
+    "vision_heads": 2,
+    "num_queries": 8,
+    "scb_layers": [11, 9, 7, 5, 3, 1],
+    "connector_layers": 2,
+    "connector_heads": 4,
+    "connector_mlp": 128,
+    "dit_layers": 2,
+    "dit_heads": 2,
+    "dit_head_dim": 8,
+    "joint_dim": 32,
+    "pooled_dim": 32,
+    "pos_embed_max_size": 16,
 }
 
 
@@ -49,29 +65,78 @@ def build_tiny_deepgen(out_dir: str | os.PathLike, seed: int = 0, spec: dict | N
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIALS}
     head_dim = s["hidden"] // s["heads"]
     config = Qwen2_5_VLConfig(
-        text_config={"hidden_size": s["hidden"], "num_hidden_layers": s["layers"], "num_attention_heads": s["heads"],
-                     "num_key_value_heads": s["kv_heads"], "intermediate_size": s["intermediate"], "vocab_size": len(tokenizer),
-                     "max_position_embeddings": 4096, "rope_parameters": {"rope_type": "default", "rope_theta": 1e4,
-                                                                          "mrope_section": [head_dim // 8, (head_dim // 2 - head_dim // 8) // 2, head_dim // 2 - head_dim // 8 - (head_dim // 2 - head_dim // 8) // 2]},
-                     "bos_token_id": ids["<|im_start|>"], "eos_token_id": ids["<|im_end|>"], "pad_token_id": ids["<|endoftext|>"]},
-        vision_config={"depth": s["vision_depth"], "hidden_size": s["vision_hidden"], "num_heads": s["vision_heads"],
-                       "intermediate_size": 2 * s["vision_hidden"], "patch_size": 14, "spatial_merge_size": 2,
-                       "temporal_patch_size": 2, "window_size": 56, "out_hidden_size": s["hidden"], "fullatt_block_indexes": [s["vision_depth"] - 1]},
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
+        text_config={
+            "hidden_size": s["hidden"],
+            "num_hidden_layers": s["layers"],
+            "num_attention_heads": s["heads"],
+            "num_key_value_heads": s["kv_heads"],
+            "intermediate_size": s["intermediate"],
+            "vocab_size": len(tokenizer),
+            "max_position_embeddings": 4096,
+            "rope_parameters": {
+                "rope_type": "default",
+                "rope_theta": 1e4,
+                "mrope_section": [
+                    head_dim // 8,
+                    (head_dim // 2 - head_dim // 8) // 2,
+                    head_dim // 2 - head_dim // 8 - (head_dim // 2 - head_dim // 8) // 2,
+                ],
+            },
+            "bos_token_id": ids["<|im_start|>"],
+            "eos_token_id": ids["<|im_end|>"],
+            "pad_token_id": ids["<|endoftext|>"],
+        },
+        vision_config={
+            "depth": s["vision_depth"],
+            "hidden_size": s["vision_hidden"],
+            "num_heads": s["vision_heads"],
+            "intermediate_size": 2 * s["vision_hidden"],
+            "patch_size": 14,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "window_size": 56,
+            "out_hidden_size": s["hidden"],
+            "fullatt_block_indexes": [s["vision_depth"] - 1],
+        },
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
         vision_end_token_id=ids["<|vision_end|>"],
     )
     Qwen2_5_VLForConditionalGeneration(config).save_pretrained(tmp / "vlm")
     tokenizer.save_pretrained(tmp / "vlm")
-    Qwen2VLImageProcessor(min_pixels=28 * 28, max_pixels=1024 * 1024, patch_size=14, merge_size=2, temporal_patch_size=2).save_pretrained(tmp / "vlm")
-    SD3Transformer2DModel(sample_size=8, patch_size=2, in_channels=16, out_channels=16, num_layers=s["dit_layers"],
-                          attention_head_dim=s["dit_head_dim"], num_attention_heads=s["dit_heads"], joint_attention_dim=s["joint_dim"],
-                          caption_projection_dim=s["dit_heads"] * s["dit_head_dim"], pooled_projection_dim=s["pooled_dim"],
-                          pos_embed_max_size=s["pos_embed_max_size"], dual_attention_layers=(0,), qk_norm="rms_norm",
-                          ).save_pretrained(tmp / "transformer")
-    AutoencoderKL(in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(8, 16, 16, 16),
-                  down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=1,
-                  norm_num_groups=4, use_quant_conv=False, use_post_quant_conv=False, scaling_factor=1.5305, shift_factor=0.0609,
-                  ).save_pretrained(tmp / "vae")
+    Qwen2VLImageProcessor(
+        min_pixels=28 * 28, max_pixels=1024 * 1024, patch_size=14, merge_size=2, temporal_patch_size=2
+    ).save_pretrained(tmp / "vlm")
+    SD3Transformer2DModel(
+        sample_size=8,
+        patch_size=2,
+        in_channels=16,
+        out_channels=16,
+        num_layers=s["dit_layers"],
+        attention_head_dim=s["dit_head_dim"],
+        num_attention_heads=s["dit_heads"],
+        joint_attention_dim=s["joint_dim"],
+        caption_projection_dim=s["dit_heads"] * s["dit_head_dim"],
+        pooled_projection_dim=s["pooled_dim"],
+        pos_embed_max_size=s["pos_embed_max_size"],
+        dual_attention_layers=(0,),
+        qk_norm="rms_norm",
+    ).save_pretrained(tmp / "transformer")
+    AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=16,
+        block_out_channels=(8, 16, 16, 16),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        layers_per_block=1,
+        norm_num_groups=4,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+        scaling_factor=1.5305,
+        shift_factor=0.0609,
+    ).save_pretrained(tmp / "vae")
     FlowMatchEulerDiscreteScheduler(shift=3.0).save_pretrained(tmp / "scheduler")
     # SCB initial weights, written and read in the released checkpoint layout
     from mrgrpo.policies.deepgen.policy import DeepGenPolicy
@@ -79,7 +144,11 @@ def build_tiny_deepgen(out_dir: str | os.PathLike, seed: int = 0, spec: dict | N
     policy = DeepGenPolicy(str(tmp / "vlm"), str(tmp), dtype="float32", **_scb_kwargs(s), init_seed=seed)
     from safetensors.torch import save_file
 
-    scb = {k: v.contiguous() for k, v in policy.state_dict().items() if k.split(".")[0] in ("meta_queries", "projector_1", "projector_2", "projector_3", "connector")}
+    scb = {
+        k: v.contiguous()
+        for k, v in policy.state_dict().items()
+        if k.split(".")[0] in ("meta_queries", "projector_1", "projector_2", "projector_3", "connector")
+    }
     save_file(scb, str(tmp / "deepgen_init.safetensors"))
     (tmp / "tiny_spec.json").write_text(json.dumps({"seed": seed, **s}, indent=2))
     publish_dir(tmp, out)
@@ -87,12 +156,19 @@ def build_tiny_deepgen(out_dir: str | os.PathLike, seed: int = 0, spec: dict | N
 
 
 def _scb_kwargs(s: dict) -> dict[str, Any]:
-    return {"scb_layers": s["scb_layers"], "num_queries": s["num_queries"], "connector_layers": s["connector_layers"],
-            "connector_heads": s["connector_heads"], "connector_mlp": s["connector_mlp"]}
+    return {
+        "scb_layers": s["scb_layers"],
+        "num_queries": s["num_queries"],
+        "connector_layers": s["connector_layers"],
+        "connector_heads": s["connector_heads"],
+        "connector_mlp": s["connector_mlp"],
+    }
 
 
 def tiny_cache_dir(seed: int, spec: dict | None) -> Path:
-    key = hashlib.sha1(json.dumps({"seed": seed, **TINY, **(spec or {}), "v": 2}, sort_keys=True).encode()).hexdigest()[:12]
+    key = hashlib.sha1(json.dumps({"seed": seed, **TINY, **(spec or {}), "v": 2}, sort_keys=True).encode()).hexdigest()[
+        :12
+    ]
     return tiny_cache_root() / f"deepgen-{key}"
 
 
@@ -119,8 +195,14 @@ def tiny_deepgen(seed: int = 0, cache_dir: str | None = None, spec: dict | None 
     s = {**TINY, **(spec or {})}
     options = {"dtype": "float32", "pixel_budget": 64, **_scb_kwargs(s), **kwargs}
     checkpoint = options.pop("checkpoint", None)
-    policy = DeepGenPolicy(str(path / "vlm"), str(path), checkpoint=str(path / "deepgen_init.safetensors"),
-                           policy_name="deepgen-tiny", policy_kwargs={"seed": seed, "cache_dir": cache_dir, "spec": spec, **kwargs}, **options)
+    policy = DeepGenPolicy(
+        str(path / "vlm"),
+        str(path),
+        checkpoint=str(path / "deepgen_init.safetensors"),
+        policy_name="deepgen-tiny",
+        policy_kwargs={"seed": seed, "cache_dir": cache_dir, "spec": spec, **kwargs},
+        **options,
+    )
     if checkpoint:
         policy.load(checkpoint)
     return policy

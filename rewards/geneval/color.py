@@ -10,7 +10,8 @@ open_clip's ``ViT-L-14``/``openai`` that GenEval uses).
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -48,8 +49,9 @@ class ColorClassifier:
         if classname not in self._weights:
             cols = []
             for c in COLORS:
-                emb = hf_clip.text_embeds(self.model, self.processor, [t.format(c=c, obj=classname) for t in TEMPLATES],
-                                          len(TEMPLATES))
+                emb = hf_clip.text_embeds(
+                    self.model, self.processor, [t.format(c=c, obj=classname) for t in TEMPLATES], len(TEMPLATES)
+                )
                 cols.append(torch.nn.functional.normalize(emb.mean(0), dim=0))
             self._weights[classname] = torch.stack(cols, dim=1)
         return self._weights[classname]

@@ -12,7 +12,8 @@ pipeline (shorter side 800, longer at most 1333) unless ``size`` says otherwise.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,9 +38,14 @@ def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
     return boxes
 
 
-def instances_from_logits(class_logits: torch.Tensor, mask_logits: torch.Tensor, size: tuple[int, int],
-                          max_per_image: int = 100, min_score: float = 0.0,
-                          crop: tuple[tuple[int, int], tuple[int, int]] | None = None) -> Instances:
+def instances_from_logits(
+    class_logits: torch.Tensor,
+    mask_logits: torch.Tensor,
+    size: tuple[int, int],
+    max_per_image: int = 100,
+    min_score: float = 0.0,
+    crop: tuple[tuple[int, int], tuple[int, int]] | None = None,
+) -> Instances:
     """mmdet's Mask2Former instance post-processing for one image.
 
     Args:
@@ -62,8 +68,12 @@ def instances_from_logits(class_logits: torch.Tensor, mask_logits: torch.Tensor,
     top_scores, top_idx = top_scores[keep], top_idx[keep]
     labels, queries = top_idx % num_classes, top_idx // num_classes
     if not len(queries):
-        return Instances(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32), np.zeros((0, 4), dtype=np.float32),
-                         np.zeros((0, *size), dtype=bool))
+        return Instances(
+            np.zeros(0, dtype=np.int64),
+            np.zeros(0, dtype=np.float32),
+            np.zeros((0, 4), dtype=np.float32),
+            np.zeros((0, *size), dtype=bool),
+        )
     uniq, inverse = torch.unique(queries, return_inverse=True)  # each query's mask is computed once
     m = mask_logits[uniq][None].float()
     if crop is not None:
@@ -74,8 +84,9 @@ def instances_from_logits(class_logits: torch.Tensor, mask_logits: torch.Tensor,
     mask_scores = (m.sigmoid() * binary).flatten(1).sum(1) / (binary.flatten(1).sum(1) + 1e-6)
     boxes = masks_to_boxes(binary)
     det_scores = top_scores * mask_scores[inverse]
-    return Instances(labels.cpu().numpy(), det_scores.cpu().numpy(), boxes[inverse].cpu().numpy(),
-                     binary[inverse].cpu().numpy())
+    return Instances(
+        labels.cpu().numpy(), det_scores.cpu().numpy(), boxes[inverse].cpu().numpy(), binary[inverse].cpu().numpy()
+    )
 
 
 class Mask2FormerDetector:
@@ -92,17 +103,27 @@ class Mask2FormerDetector:
         batch_size: images per forward pass.
     """
 
-    def __init__(self, model: str = MASK2FORMER, processor: str | None = None, size: dict | None = MMDET_TEST_SIZE,
-                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, batch_size: int = 8,
-                 max_per_image: int = 100, min_score: float = 0.0):
+    def __init__(
+        self,
+        model: str = MASK2FORMER,
+        processor: str | None = None,
+        size: dict | None = MMDET_TEST_SIZE,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        batch_size: int = 8,
+        max_per_image: int = 100,
+        min_score: float = 0.0,
+    ):
         from transformers import AutoImageProcessor, Mask2FormerForUniversalSegmentation
 
         try:
             self.model = Mask2FormerForUniversalSegmentation.from_pretrained(model, dtype=dtype)
             self.processor = AutoImageProcessor.from_pretrained(processor or model)
         except (OSError, ValueError) as exc:
-            raise RuntimeError(f"geneval: cannot load the detector {model!r} ({exc}). Fix: pass `detector` as a hub "
-                               "id or local folder of a Mask2Former instance-segmentation model.") from exc
+            raise RuntimeError(
+                f"geneval: cannot load the detector {model!r} ({exc}). Fix: pass `detector` as a hub "
+                "id or local folder of a Mask2Former instance-segmentation model."
+            ) from exc
         self.model = self.model.to(device).eval().requires_grad_(False)
         self.size, self.batch_size, self.max_per_image, self.min_score = size, batch_size, max_per_image, min_score
         self.num_classes = self.model.config.num_labels
@@ -112,7 +133,7 @@ class Mask2FormerDetector:
         """One :class:`Instances` per PIL image, boxes and masks at the image's own size."""
         out: list[Instances] = []
         for i in range(0, len(images), self.batch_size):
-            chunk = [im.convert("RGB") for im in images[i:i + self.batch_size]]
+            chunk = [im.convert("RGB") for im in images[i : i + self.batch_size]]
             kw = {"size": self.size} if self.size else {}
             inputs = self.processor(images=chunk, return_tensors="pt", **kw)
             pix = inputs["pixel_values"].to(self.model.device, self.model.dtype)
@@ -123,7 +144,14 @@ class Mask2FormerDetector:
                 # the resized image's content (the rest is batch / size-divisor padding)
                 h = int(mask[j].any(dim=1).sum()) if mask is not None else hp
                 w = int(mask[j].any(dim=0).sum()) if mask is not None else wp
-                out.append(instances_from_logits(res.class_queries_logits[j], res.masks_queries_logits[j],
-                                                 (im.height, im.width), self.max_per_image, self.min_score,
-                                                 crop=((hp, wp), (h, w))))
+                out.append(
+                    instances_from_logits(
+                        res.class_queries_logits[j],
+                        res.masks_queries_logits[j],
+                        (im.height, im.width),
+                        self.max_per_image,
+                        self.min_score,
+                        crop=((hp, wp), (h, w)),
+                    )
+                )
         return out

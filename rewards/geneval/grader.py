@@ -16,8 +16,9 @@ per-clause partial credit for RL (see its docstring).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -64,6 +65,7 @@ class Verdict:
 
 def compute_iou(box_a: Sequence[float], box_b: Sequence[float]) -> float:
     """IoU of two ``x1, y1, x2, y2`` boxes with GenEval's inclusive-pixel (+1) areas."""
+
     def area(b):
         return max(b[2] - b[0] + 1, 0) * max(b[3] - b[1] + 1, 0)
 
@@ -72,8 +74,13 @@ def compute_iou(box_a: Sequence[float], box_b: Sequence[float]) -> float:
     return inter / union if union else 0.0
 
 
-def objects_by_class(inst: Instances, classnames: Sequence[str], threshold: float = THRESHOLD,
-                     max_objects: int = MAX_OBJECTS, max_overlap: float = MAX_OVERLAP) -> dict[str, list[Obj]]:
+def objects_by_class(
+    inst: Instances,
+    classnames: Sequence[str],
+    threshold: float = THRESHOLD,
+    max_objects: int = MAX_OBJECTS,
+    max_overlap: float = MAX_OVERLAP,
+) -> dict[str, list[Obj]]:
     """``{classname: [(box5, mask), ...]}`` most confident first, thresholded (``score > threshold``), capped, NMS'd."""
     out: dict[str, list[Obj]] = {}
     labels = np.asarray(inst.labels).reshape(-1)
@@ -119,8 +126,13 @@ def relative_position(obj_a: Obj, obj_b: Obj, position_threshold: float = POSITI
     return rels
 
 
-def evaluate(image: Any, objects: dict[str, list[Obj]], metadata: dict[str, Any], classify_colors: ColorFn,
-             position_threshold: float = POSITION_THRESHOLD) -> Verdict:
+def evaluate(
+    image: Any,
+    objects: dict[str, list[Obj]],
+    metadata: dict[str, Any],
+    classify_colors: ColorFn,
+    position_threshold: float = POSITION_THRESHOLD,
+) -> Verdict:
     """Grade one image against its GenEval metadata (``include`` / ``exclude`` clauses).
 
     ``correct`` follows the official script exactly. Partial credit, one entry per clause:
@@ -146,9 +158,10 @@ def evaluate(image: Any, objects: dict[str, list[Obj]], metadata: dict[str, Any]
             colors = classify_colors(image, found, classname)
             if colors.count(req["color"]) < count:
                 correct = matched = False
-                reasons.append(f"expected {req['color']} {classname}>={count}, found {colors.count(req['color'])} "
-                               f"{req['color']}; and "
-                               + ", ".join(f"{colors.count(c)} {c}" for c in COLORS if c in colors))
+                reasons.append(
+                    f"expected {req['color']} {classname}>={count}, found {colors.count(req['color'])} "
+                    f"{req['color']}; and " + ", ".join(f"{colors.count(c)} {c}" for c in COLORS if c in colors)
+                )
         if "color" in req:
             if colors is None and found:
                 colors = classify_colors(image, found, classname)
@@ -168,8 +181,9 @@ def evaluate(image: Any, objects: dict[str, list[Obj]], metadata: dict[str, Any]
                         rels = relative_position(o, t, position_threshold)
                         if expected_rel not in rels:
                             correct = matched = False
-                            reasons.append(f"expected {classname} {expected_rel} target, "
-                                           f"found {' and '.join(rels)} target")
+                            reasons.append(
+                                f"expected {classname} {expected_rel} target, found {' and '.join(rels)} target"
+                            )
                             break
         matched_groups.append(found if matched else None)
     for req in metadata.get("exclude", []):
@@ -183,8 +197,9 @@ def evaluate(image: Any, objects: dict[str, list[Obj]], metadata: dict[str, Any]
     return Verdict(correct, credit, clauses, "\n".join(reasons))
 
 
-def threshold_for(metadata: dict[str, Any], threshold: float = THRESHOLD,
-                  counting_threshold: float = COUNTING_THRESHOLD) -> float:
+def threshold_for(
+    metadata: dict[str, Any], threshold: float = THRESHOLD, counting_threshold: float = COUNTING_THRESHOLD
+) -> float:
     """The confidence threshold GenEval uses for this prompt's tag."""
     return counting_threshold if metadata.get("tag") == "counting" else threshold
 
@@ -207,7 +222,12 @@ def summarize(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
         key = key if isinstance(key, str) else repr(sorted(key.items()))
         by_prompt[key] = by_prompt.get(key, False) or bool(r["correct"])
     tags = {t: sum(v) / len(v) for t, v in by_tag.items()}
-    return {"overall": float(np.mean(list(tags.values()))), "tags": tags,
-            "counts": {t: [sum(v), len(v)] for t, v in by_tag.items()}, "images": len(results),
-            "prompts": len(by_prompt), "correct_images": sum(bool(r["correct"]) for r in results) / len(results),
-            "correct_prompts": sum(by_prompt.values()) / len(by_prompt)}
+    return {
+        "overall": float(np.mean(list(tags.values()))),
+        "tags": tags,
+        "counts": {t: [sum(v), len(v)] for t, v in by_tag.items()},
+        "images": len(results),
+        "prompts": len(by_prompt),
+        "correct_images": sum(bool(r["correct"]) for r in results) / len(results),
+        "correct_prompts": sum(by_prompt.values()) / len(by_prompt),
+    }

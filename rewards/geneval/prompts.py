@@ -38,25 +38,38 @@ def make_record(tag: str, rng: random.Random, classes: list[str]) -> dict[str, A
         return {"tag": tag, "include": [{"class": c, "count": 1}], "prompt": f"a photo of {_a(c)}"}
     if tag == "two_object":
         a, b = rng.sample(classes, 2)
-        return {"tag": tag, "include": [{"class": a, "count": 1}, {"class": b, "count": 1}],
-                "prompt": f"a photo of {_a(a)} and {_a(b)}"}
+        return {
+            "tag": tag,
+            "include": [{"class": a, "count": 1}, {"class": b, "count": 1}],
+            "prompt": f"a photo of {_a(a)} and {_a(b)}",
+        }
     if tag == "counting":
         c, n = rng.choice(classes), rng.randint(2, 4)
-        return {"tag": tag, "include": [{"class": c, "count": n}], "exclude": [{"class": c, "count": n + 1}],
-                "prompt": f"a photo of {NUMBERS[n]} {_plural(c)}"}
+        return {
+            "tag": tag,
+            "include": [{"class": c, "count": n}],
+            "exclude": [{"class": c, "count": n + 1}],
+            "prompt": f"a photo of {NUMBERS[n]} {_plural(c)}",
+        }
     if tag == "colors":
         c, col = rng.choice(colourable), rng.choice(COLORS)
         return {"tag": tag, "include": [{"class": c, "count": 1, "color": col}], "prompt": f"a photo of {_a(col)} {c}"}
     if tag == "position":
         a, b = rng.sample(classes, 2)
         rel = rng.choice(POSITIONS)
-        return {"tag": tag, "include": [{"class": b, "count": 1}, {"class": a, "count": 1, "position": [rel, 0]}],
-                "prompt": f"a photo of {_a(a)} {rel} {_a(b)}"}
+        return {
+            "tag": tag,
+            "include": [{"class": b, "count": 1}, {"class": a, "count": 1, "position": [rel, 0]}],
+            "prompt": f"a photo of {_a(a)} {rel} {_a(b)}",
+        }
     if tag == "color_attr":
         a, b = rng.sample(colourable, 2)
         ca, cb = rng.sample(COLORS, 2)
-        return {"tag": tag, "include": [{"class": a, "count": 1, "color": ca}, {"class": b, "count": 1, "color": cb}],
-                "prompt": f"a photo of {_a(ca)} {a} and {_a(cb)} {b}"}
+        return {
+            "tag": tag,
+            "include": [{"class": a, "count": 1, "color": ca}, {"class": b, "count": 1, "color": cb}],
+            "prompt": f"a photo of {_a(ca)} {a} and {_a(cb)} {b}",
+        }
     raise ValueError(f"geneval: unknown tag {tag!r}; one of {TAGS}")
 
 

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -77,31 +78,54 @@ class GenEvalGrader:
         device, dtype, batch_size: where, in what precision, and how many images per detector pass.
     """
 
-    def __init__(self, detector: str = "facebook/mask2former-swin-small-coco-instance",
-                 detector_processor: str | None = None, detector_size: str | dict = "mmdet",
-                 clip_model: str = "openai/clip-vit-large-patch14", clip_processor: str | None = None,
-                 classnames: str | None = None, threshold: float = G.THRESHOLD,
-                 counting_threshold: float = G.COUNTING_THRESHOLD, max_objects: int = G.MAX_OBJECTS,
-                 max_overlap: float = G.MAX_OVERLAP, position_threshold: float = G.POSITION_THRESHOLD,
-                 device: str | None = None, dtype: str | None = None, batch_size: int = 8):
+    def __init__(
+        self,
+        detector: str = "facebook/mask2former-swin-small-coco-instance",
+        detector_processor: str | None = None,
+        detector_size: str | dict = "mmdet",
+        clip_model: str = "openai/clip-vit-large-patch14",
+        clip_processor: str | None = None,
+        classnames: str | None = None,
+        threshold: float = G.THRESHOLD,
+        counting_threshold: float = G.COUNTING_THRESHOLD,
+        max_objects: int = G.MAX_OBJECTS,
+        max_overlap: float = G.MAX_OVERLAP,
+        position_threshold: float = G.POSITION_THRESHOLD,
+        device: str | None = None,
+        dtype: str | None = None,
+        batch_size: int = 8,
+    ):
         from mrgrpo.rewards.geneval.color import ColorClassifier
         from mrgrpo.rewards.geneval.detector import MMDET_TEST_SIZE, Mask2FormerDetector
 
         if isinstance(detector_size, str) and detector_size not in ("mmdet", "processor"):
-            raise ValueError(f"geneval: detector_size must be 'mmdet', 'processor' or a size dict, "
-                             f"got {detector_size!r}")
-        size = {"mmdet": MMDET_TEST_SIZE, "processor": None}.get(detector_size) if isinstance(detector_size, str) \
+            raise ValueError(
+                f"geneval: detector_size must be 'mmdet', 'processor' or a size dict, got {detector_size!r}"
+            )
+        size = (
+            {"mmdet": MMDET_TEST_SIZE, "processor": None}.get(detector_size)
+            if isinstance(detector_size, str)
             else dict(detector_size)
+        )
         self.device = hf_clip.resolve_device(device)
         self.dtype = hf_clip.resolve_dtype(dtype, self.device, "geneval")
         # pairs whose class probability cannot pass the lowest threshold are dropped before their masks are computed
-        self.detector = Mask2FormerDetector(detector, detector_processor, size, self.device, self.dtype, batch_size,
-                                            min_score=min(threshold, counting_threshold))
+        self.detector = Mask2FormerDetector(
+            detector,
+            detector_processor,
+            size,
+            self.device,
+            self.dtype,
+            batch_size,
+            min_score=min(threshold, counting_threshold),
+        )
         self.classnames = load_classnames(classnames) if classnames else load_classnames()
         if len(self.classnames) != self.detector.num_classes:
-            raise ValueError(f"geneval: the detector has {self.detector.num_classes} classes but the class-name list "
-                             f"has {len(self.classnames)}. Fix: pass `classnames` (a file, one name a line, "
-                             "label order).")
+            raise ValueError(
+                f"geneval: the detector has {self.detector.num_classes} classes but the class-name list "
+                f"has {len(self.classnames)}. Fix: pass `classnames` (a file, one name a line, "
+                "label order)."
+            )
         clip, proc = hf_clip.load_clip(clip_model, clip_processor, self.device, self.dtype, "geneval")
         self.classify_colors = ColorClassifier(clip, proc)
         self.threshold, self.counting_threshold = threshold, counting_threshold
@@ -120,9 +144,17 @@ class GenEvalGrader:
     def results(self, images: Sequence[Any], specs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         """GenEval-format rows ``{"tag", "prompt", "correct", "reason", "metadata", "credit"}``
         for :func:`geneval_score`."""
-        return [{"tag": s.get("tag", "unknown"), "prompt": s.get("prompt", ""), "correct": v.correct,
-                 "reason": v.reason, "metadata": json.dumps(s, sort_keys=True), "credit": v.credit}
-                for s, v in zip(specs, self.grade(images, specs))]
+        return [
+            {
+                "tag": s.get("tag", "unknown"),
+                "prompt": s.get("prompt", ""),
+                "correct": v.correct,
+                "reason": v.reason,
+                "metadata": json.dumps(s, sort_keys=True),
+                "credit": v.credit,
+            }
+            for s, v in zip(specs, self.grade(images, specs))
+        ]
 
 
 class GenEvalReward(Reward):
@@ -155,6 +187,14 @@ class GenEvalReward(Reward):
                 scores[i] = v.credit if self.mode == "partial" else float(v.correct)
                 valid[i], correct[i], reasons[i] = True, v.correct, v.reason
         strict = [c for c in correct if c is not None]
-        return RewardOutput(scores, valid, {"mode": self.mode, "no_spec": len(images) - len(keep), "correct": correct,
-                                            "strict_accuracy": sum(strict) / len(strict) if strict else None,
-                                            "reasons": reasons})
+        return RewardOutput(
+            scores,
+            valid,
+            {
+                "mode": self.mode,
+                "no_spec": len(images) - len(keep),
+                "correct": correct,
+                "strict_accuracy": sum(strict) / len(strict) if strict else None,
+                "reasons": reasons,
+            },
+        )

@@ -61,8 +61,14 @@ def test_mrgrpo_steps_in_bf16_on_cuda(policy, lora, tmp_path, monkeypatch):
 
 
 def _cli(config: Path, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "mrgrpo.cli", "train", str(config), *extra], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ))
+    return subprocess.Popen(
+        [sys.executable, "-m", "mrgrpo.cli", "train", str(config), *extra],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=dict(os.environ),
+    )
 
 
 def test_resume_after_sigkill_on_cuda_gives_the_same_metrics(tmp_path):
@@ -107,8 +113,25 @@ def test_sample_cli_on_cuda(tmp_path, monkeypatch):
     parser = argparse.ArgumentParser()
     sample.add_arguments(parser)
     out = tmp_path / "a.png"
-    args = parser.parse_args([str(REPO / "recipes" / "quickstart.yaml"), "--prompt", "a red square", "--out", str(out),
-                              "--steps", "3", "--height", "64", "--width", "64", "--cfg", "2.0", "--device", "cuda"])
+    args = parser.parse_args(
+        [
+            str(REPO / "recipes" / "quickstart.yaml"),
+            "--prompt",
+            "a red square",
+            "--out",
+            str(out),
+            "--steps",
+            "3",
+            "--height",
+            "64",
+            "--width",
+            "64",
+            "--cfg",
+            "2.0",
+            "--device",
+            "cuda",
+        ]
+    )
     assert sample.run(args) == 0
     assert Image.open(out).size == (64, 64)
 
@@ -120,9 +143,11 @@ def test_clip_reward_on_cuda_matches_cpu(tmp_path):
 
     from mrgrpo.rewards.base import build_reward
 
-    tiny = {"embed_dim": 32,
-            "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "patch_size": 8, "head_width": 16},
-            "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 4, "layers": 2}}
+    tiny = {
+        "embed_dim": 32,
+        "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "patch_size": 8, "head_width": 16},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 4, "layers": 2},
+    }
     factory._MODEL_CONFIGS["mrgrpo-gpu-clip"] = tiny
     torch.manual_seed(0)
     ckpt = tmp_path / "clip.pt"

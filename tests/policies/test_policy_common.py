@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from mrgrpo.config import LoRAConfig
 from mrgrpo.policies.common import (
     DIT_LORA_TARGETS,
     CheckpointError,
@@ -15,8 +17,6 @@ from mrgrpo.policies.common import (
     resolve_dtype,
     strip_wrapper_prefixes,
 )
-
-from mrgrpo.config import LoRAConfig
 
 POLICIES_DIR = Path(__file__).resolve().parents[2] / "policies"
 SHARED = {"base", "common", "dit_policy", "packed_latents", "tiny_models"}  # modules every policy may import

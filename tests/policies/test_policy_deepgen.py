@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from mrgrpo.policies.deepgen.checkpoint import CheckpointError, load_deepgen_checkpoint
 from PIL import Image
 
+from mrgrpo.policies.deepgen.checkpoint import CheckpointError, load_deepgen_checkpoint
 from mrgrpo.sft_data import SFTBatch
 
 REPO = Path(__file__).resolve().parents[2]
@@ -23,10 +23,13 @@ def _img(w, h, seed):
 
 def test_prompt_templates_think_tokens_and_left_padding(build):
     policy = build("deepgen-tiny")
-    assert policy.prompt_text("a cat") == "<|im_start|>user\nGenerate an image: a cat<|im_end|>\n<|im_start|>assistant\n"
+    assert (
+        policy.prompt_text("a cat") == "<|im_start|>user\nGenerate an image: a cat<|im_end|>\n<|im_start|>assistant\n"
+    )
     assert policy.prompt_text("make it blue", 2, [2, 3]) == (
         "<|im_start|>user\n<|vision_start|><|image_pad|><|image_pad|><|vision_end|>"
-        "<|vision_start|><|image_pad|><|image_pad|><|image_pad|><|vision_end|>\nmake it blue<|im_end|>\n<|im_start|>assistant\n")
+        "<|vision_start|><|image_pad|><|image_pad|><|image_pad|><|vision_end|>\nmake it blue<|im_end|>\n<|im_start|>assistant\n"
+    )
     q = policy.meta_queries.shape[0]
     ids, mask = policy._tokenize([policy.prompt_text("a"), policy.prompt_text("a much longer prompt")], [False, False])
     short = len(policy.tokenizer(policy.prompt_text("a"))["input_ids"])
@@ -40,9 +43,10 @@ def test_prompt_templates_think_tokens_and_left_padding(build):
 
 
 def test_vit_patches_match_the_qwen_image_processor(build, tiny_cache):
+    from transformers import Qwen2VLImageProcessor
+
     from mrgrpo.policies.base import images_to_tensor
     from mrgrpo.policies.deepgen.tiny import tiny_cache_dir
-    from transformers import Qwen2VLImageProcessor
 
     policy = build("deepgen-tiny")
     px = images_to_tensor([_img(96, 64, 0)])[0]
@@ -60,8 +64,16 @@ def test_generate_t2i_and_editing_with_one_and_two_references(build):
     out = policy.generate(["a red square"], num_steps=3, cfg_scale=4.0, height=64, width=64, generator=g)
     assert out[0].size == (64, 64)
     red, blue = Image.new("RGB", (64, 64), "red"), Image.new("RGB", (96, 64), "blue")
-    out = policy.generate(["make it blue", "swap the colours"], [[red], [red, blue]], num_steps=3, cfg_scale=2.0,
-                          height=64, width=64, generator=g, negative_prompt="blurry")
+    out = policy.generate(
+        ["make it blue", "swap the colours"],
+        [[red], [red, blue]],
+        num_steps=3,
+        cfg_scale=2.0,
+        height=64,
+        width=64,
+        generator=g,
+        negative_prompt="blurry",
+    )
     assert len(out) == 2 and out[1].size == (64, 64)
     enc = policy.encode(["swap"], [[red, blue]], negative_prompt="blurry")
     refs = enc.cond.items["ref_latents"][0]
@@ -78,8 +90,12 @@ def test_references_change_the_velocity_and_mixed_size_batch_equals_per_sample(b
     x, s = latents(3), torch.tensor([0.8, 0.3, 0.5])
     with torch.no_grad():
         batch = policy.velocity(x, s, policy.encode(prompts, refs).cond)
-        single = [policy.velocity(x[i:i + 1], s[i:i + 1], policy.encode(prompts[i:i + 1], refs[i:i + 1] if refs[i] else None).cond)
-                  for i in range(3)]
+        single = [
+            policy.velocity(
+                x[i : i + 1], s[i : i + 1], policy.encode(prompts[i : i + 1], refs[i : i + 1] if refs[i] else None).cond
+            )
+            for i in range(3)
+        ]
         no_ref = policy.velocity(x[:1], s[:1], policy.encode(prompts[:1], [[a]]).cond, ref_latents=[[]])
     torch.testing.assert_close(batch, torch.cat(single), atol=2e-5, rtol=1e-4)
     assert not torch.allclose(no_ref, single[0], atol=1e-4)
@@ -104,7 +120,9 @@ def test_outputs_do_not_depend_on_left_padding_unless_released_behaviour(build, 
         assert "context_mask" not in b.tensors
         assert not torch.allclose(a.tensors["pooled"], b.tensors["pooled"], atol=1e-4)
         assert not torch.allclose(leaky.velocity(x, s, a), leaky.velocity(x, s, b), atol=1e-4)
-        torch.testing.assert_close(leaky.velocity(x, s, a), policy.velocity(x, s, alone), atol=2e-5, rtol=1e-4)  # same without pads
+        torch.testing.assert_close(
+            leaky.velocity(x, s, a), policy.velocity(x, s, alone), atol=2e-5, rtol=1e-4
+        )  # same without pads
 
 
 def _sft_state(policy, perturb, open_projectors):
@@ -189,7 +207,9 @@ def test_sft_save_load_and_rl_save_on_top_of_it(build, perturb, open_projectors,
     policy.save(str(tmp_path / "sft"))
     info = json.loads((tmp_path / "sft" / "policy.json").read_text())
     assert info["components"] == ["scb", "transformer", "vlm_lora"]
-    assert (tmp_path / "sft" / "scb.safetensors").is_file() and (tmp_path / "sft" / "vlm_lora" / "adapter_config.json").is_file()
+    assert (tmp_path / "sft" / "scb.safetensors").is_file() and (
+        tmp_path / "sft" / "vlm_lora" / "adapter_config.json"
+    ).is_file()
     x, s = latents(2), torch.tensor([0.9, 0.3])
     with torch.no_grad():
         want = policy.velocity(x, s, policy.encode(["a cat", "a dog"]).cond)
@@ -202,7 +222,9 @@ def test_sft_save_load_and_rl_save_on_top_of_it(build, perturb, open_projectors,
     rl.train()  # the frozen VLM (with its LoRA) stays in eval mode: no dropout, deterministic conditioning
     assert not rl.lmm.training and rl.transformer.training
     with torch.no_grad():
-        torch.testing.assert_close(rl.encode(["a cat"]).cond.tensors["context"], rl.encode(["a cat"]).cond.tensors["context"], rtol=0, atol=0)
+        torch.testing.assert_close(
+            rl.encode(["a cat"]).cond.tensors["context"], rl.encode(["a cat"]).cond.tensors["context"], rtol=0, atol=0
+        )
     rl.eval()
     perturb(rl, scale=0.05)
     rl.save(str(tmp_path / "rl"))
@@ -216,11 +238,14 @@ def test_sft_save_load_and_rl_save_on_top_of_it(build, perturb, open_projectors,
         torch.testing.assert_close(again.velocity(x, s, again.encode(["a cat", "a dog"]).cond), want)
 
 
-@pytest.mark.parametrize("stage,expected", [
-    ("pretrain", {"meta_queries", "projector_1", "projector_2", "projector_3", "connector"}),
-    ("sft", {"meta_queries", "projector_1", "projector_2", "projector_3", "connector", "transformer", "lmm-lora"}),
-    ("rl", {"transformer"}),
-])
+@pytest.mark.parametrize(
+    "stage,expected",
+    [
+        ("pretrain", {"meta_queries", "projector_1", "projector_2", "projector_3", "connector"}),
+        ("sft", {"meta_queries", "projector_1", "projector_2", "projector_3", "connector", "transformer", "lmm-lora"}),
+        ("rl", {"transformer"}),
+    ],
+)
 def test_stage_freezing_gradients_reach_exactly_the_stage_groups(build, stage, expected, open_projectors, latents):
     policy = build("deepgen-tiny")
     policy.set_stage(stage)
@@ -242,8 +267,13 @@ def test_stage_freezing_gradients_reach_exactly_the_stage_groups(build, stage, e
     assert {group(n) for n, p in policy.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0} == expected
     assert not any("visual" in n for n in trainable)  # the ViT never trains
     if stage == "sft":
-        assert policy.vlm_lora == {"rank": 64, "alpha": 128, "dropout": 0.05, "rank_pattern": {},
-                                   "target_modules": policy.vlm_lora["target_modules"]}
+        assert policy.vlm_lora == {
+            "rank": 64,
+            "alpha": 128,
+            "dropout": 0.05,
+            "rank_pattern": {},
+            "target_modules": policy.vlm_lora["target_modules"],
+        }
 
 
 def test_sft_vlm_lora_options(build):
@@ -269,7 +299,9 @@ def test_scb_layers_are_validated_and_used(build, open_projectors, latents):
 
 
 def test_real_size_parameter_counts_on_meta_device():
-    spec = importlib.util.spec_from_file_location("mrgrpo_bench_policy_params", REPO / "benchmarks" / "policy_params.py")
+    spec = importlib.util.spec_from_file_location(
+        "mrgrpo_bench_policy_params", REPO / "benchmarks" / "policy_params.py"
+    )
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     counts = mod.real_size_counts()

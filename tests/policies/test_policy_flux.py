@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from mrgrpo.policies.packed_latents import pack_latents, patch_ids, unpack_latents
 from PIL import Image
 
+from mrgrpo.policies.packed_latents import pack_latents, patch_ids, unpack_latents
 from mrgrpo.sft_data.batch import SFTBatch
 
 

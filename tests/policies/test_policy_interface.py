@@ -65,8 +65,12 @@ def test_encode_velocity_sigmas_vae(build, name):
     # the uncond of a prompt acts as the negative prompt encoded on its own (padding never matters)
     alone = policy.encode([""]).cond
     with torch.no_grad():
-        torch.testing.assert_close(policy.velocity(x[:1], torch.full((1,), 0.5), enc.uncond.select([0])),
-                                   policy.velocity(x[:1], torch.full((1,), 0.5), alone), atol=2e-5, rtol=1e-4)
+        torch.testing.assert_close(
+            policy.velocity(x[:1], torch.full((1,), 0.5), enc.uncond.select([0])),
+            policy.velocity(x[:1], torch.full((1,), 0.5), alone),
+            atol=2e-5,
+            rtol=1e-4,
+        )
     with pytest.raises(ValueError, match="samples"):
         policy.velocity(x[:2], torch.full((2,), 0.5), cond)
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+
 from mrgrpo.policies.packed_latents import pack_latents
 from mrgrpo.policies.qwen_image import EDIT_DROP, T2I_DROP, edit_size
-from PIL import Image
 
 
 def test_templates_and_drop_match_the_pipelines(build):

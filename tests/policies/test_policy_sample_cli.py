@@ -21,16 +21,57 @@ def _run(argv):
 
 def test_sample_from_recipe_and_saved_policy(build, tmp_path, capsys):
     out = tmp_path / "a.png"
-    assert _run([str(REPO / "recipes" / "quickstart.yaml"), "--prompt", "a red square", "--out", str(out), "--steps", "3",
-                 "--height", "64", "--width", "48", "--cfg", "2.0", "--seed", "1"]) == 0
+    assert (
+        _run(
+            [
+                str(REPO / "recipes" / "quickstart.yaml"),
+                "--prompt",
+                "a red square",
+                "--out",
+                str(out),
+                "--steps",
+                "3",
+                "--height",
+                "64",
+                "--width",
+                "48",
+                "--cfg",
+                "2.0",
+                "--seed",
+                "1",
+            ]
+        )
+        == 0
+    )
     assert Image.open(out).size == (48, 64)
     policy = build("deepgen-tiny")
     policy.save(str(tmp_path / "saved"))
     ref = tmp_path / "ref.png"
     Image.new("RGB", (64, 64), "red").save(ref)
-    assert _run([str(tmp_path / "saved"), "--prompt", "make it blue", "--prompt", "make it green", "--image", str(ref),
-                 "--out", str(tmp_path / "e.png"), "--steps", "2", "--height", "64", "--width", "64",
-                 "--set", "policy.kwargs.mask_padding=false"]) == 0
+    assert (
+        _run(
+            [
+                str(tmp_path / "saved"),
+                "--prompt",
+                "make it blue",
+                "--prompt",
+                "make it green",
+                "--image",
+                str(ref),
+                "--out",
+                str(tmp_path / "e.png"),
+                "--steps",
+                "2",
+                "--height",
+                "64",
+                "--width",
+                "64",
+                "--set",
+                "policy.kwargs.mask_padding=false",
+            ]
+        )
+        == 0
+    )
     assert Image.open(tmp_path / "e-0.png").size == (64, 64) and Image.open(tmp_path / "e-1.png").size == (64, 64)
     capsys.readouterr()
     assert _run([str(tmp_path / "saved"), "--prompt", "x", "--height", "1024", "--width", "1024"]) == 2
@@ -46,7 +87,21 @@ def test_sample_rejects_references_for_text_only_policies_and_bad_sources(build,
     from mrgrpo.errors import MrgrpoError
 
     with pytest.raises(MrgrpoError, match="does not take reference images"):
-        _run([str(tmp_path / "sd3"), "--prompt", "x", "--image", str(ref), "--steps", "1", "--height", "64", "--width", "64"])
+        _run(
+            [
+                str(tmp_path / "sd3"),
+                "--prompt",
+                "x",
+                "--image",
+                str(ref),
+                "--steps",
+                "1",
+                "--height",
+                "64",
+                "--width",
+                "64",
+            ]
+        )
     (tmp_path / "empty").mkdir()
     with pytest.raises(MrgrpoError, match="no policy.json"):
         _run([str(tmp_path / "empty"), "--prompt", "x"])

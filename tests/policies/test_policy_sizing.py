@@ -14,8 +14,23 @@ from mrgrpo.sft_data import ImageRecordDataset
 
 # squares where the two old copies of the rule disagreed, sizes where the released float rounding
 # adds a step, sizes where the rule is not idempotent (a second sizing would change them), extremes
-SPECIAL = [(239, 239), (478, 478), (1019, 1019), (39, 351), (351, 624), (539, 176), (64, 194), (66, 116),
-           (512, 512), (1024, 768), (768, 1024), (2048, 512), (300, 1200), (33, 33), (1, 1)]
+SPECIAL = [
+    (239, 239),
+    (478, 478),
+    (1019, 1019),
+    (39, 351),
+    (351, 624),
+    (539, 176),
+    (64, 194),
+    (66, 116),
+    (512, 512),
+    (1024, 768),
+    (768, 1024),
+    (2048, 512),
+    (300, 1200),
+    (33, 33),
+    (1, 1),
+]
 
 
 def _sizes() -> list[tuple[int, int]]:

@@ -1,5 +1,4 @@
 import pytest
-
 from serverutil import start_server
 
 

@@ -1,4 +1,5 @@
 """Start `mrgrpo serve` on a free loopback port (tests and benchmarks)."""
+
 import os
 import socket
 import subprocess
@@ -32,8 +33,12 @@ def launch(*args: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
     path = os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=path)
-    proc = subprocess.Popen([sys.executable, "-m", "mrgrpo.cli", "serve", *args, "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mrgrpo.cli", "serve", *args, "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
     proc.log = []
     threading.Thread(target=_drain, args=(proc,), daemon=True).start()
     return proc, f"http://127.0.0.1:{port}"

@@ -59,5 +59,6 @@ class Probe(Reward):
         for im in images:
             self._seen.append(self._ref(im))
         lum = [(0.299 * r + 0.587 * g + 0.114 * b) / 255.0 for r, g, b in means]
-        return RewardOutput(lum, details={"mean_rgb": means, "alive_before": alive,
-                                          "modes": [im.mode for im in images]})
+        return RewardOutput(
+            lum, details={"mean_rgb": means, "alive_before": alive, "modes": [im.mode for im in images]}
+        )

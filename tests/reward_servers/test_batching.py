@@ -45,8 +45,10 @@ def test_small_requests_go_before_big_ones_and_a_failed_merge_is_rescored():
         first = scorer.submit([Image.new("RGB", (4, 4), (10, 0, 0))], ["p"], [{}])
         assert reward.started.wait(10)  # the worker is busy: the next ones queue
         big = scorer.submit([Image.new("RGB", (128, 128), (20, 0, 0))] * 2, ["p"] * 2, [{}, {}])
-        small = [scorer.submit([Image.new("RGB", (4, 4), (v, 0, 0))], [p], [{}])
-                 for v, p in ((30, "a"), (40, "boom"), (50, "b"))]
+        small = [
+            scorer.submit([Image.new("RGB", (4, 4), (v, 0, 0))], [p], [{}])
+            for v, p in ((30, "a"), (40, "boom"), (50, "b"))
+        ]
         reward.release.set()
         assert first.result(10)["scores"] == pytest.approx([10 / 255])
         assert big.result(10)["scores"] == pytest.approx([20 / 255] * 2)

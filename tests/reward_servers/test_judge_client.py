@@ -12,8 +12,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from PIL import Image
 
-from mrgrpo.rewards.unified_reward import (DEEPGEN_TEMPLATE, OFFICIAL_TEMPLATE, UnifiedRewardPoint, UnifiedRewardThink,
-                                           pairwise_win_rates, parse_pairwise, parse_point)
+from mrgrpo.rewards.unified_reward import (
+    DEEPGEN_TEMPLATE,
+    OFFICIAL_TEMPLATE,
+    UnifiedRewardPoint,
+    UnifiedRewardThink,
+    pairwise_win_rates,
+    parse_pairwise,
+    parse_point,
+)
 
 
 class FakeJudge:
@@ -24,8 +31,18 @@ class FakeJudge:
     level-100 image. point: pointwise answers. Tracks requests, prompts and the peak of concurrent requests.
     """
 
-    def __init__(self, fail_first=0, fail_status=503, delay_first=0.0, garble=False, point=False, biased=False, no_tag=False,
-                 work_s=0.0, wait_for_overlap=False):
+    def __init__(
+        self,
+        fail_first=0,
+        fail_status=503,
+        delay_first=0.0,
+        garble=False,
+        point=False,
+        biased=False,
+        no_tag=False,
+        work_s=0.0,
+        wait_for_overlap=False,
+    ):
         # wait_for_overlap: the first request is held (up to 10 s) until a second one is in flight, so a client
         # that really sends concurrently always shows peak >= 2, however loaded the machine is
         self.overlap = threading.Event()
@@ -65,7 +82,10 @@ class FakeJudge:
                     with judge.lock:
                         judge.prompts.append(content[-1]["text"])
                         judge.models.append(body["model"])
-                    self._send(200, {"choices": [{"index": 0, "message": {"role": "assistant", "content": judge.answer(content)}}]})
+                    self._send(
+                        200,
+                        {"choices": [{"index": 0, "message": {"role": "assistant", "content": judge.answer(content)}}]},
+                    )
                 finally:
                     with judge.lock:
                         judge.inflight -= 1
@@ -176,7 +196,9 @@ def test_official_and_file_templates_and_swap(judge_factory, tmp_path):
     assert out.scores.tolist() == pytest.approx([0.5, 0.5, 0.5])  # both orders: the bias cancels
     assert out.details["requests"] == 6 and out.details["swap"]
     f = tmp_path / "verbatim.txt"
-    f.write_text("Judge {prompt} {not a field}: <answer>Image 1 is better</answer> or <answer>Image 2 is better</answer>")
+    f.write_text(
+        "Judge {prompt} {not a field}: <answer>Image 1 is better</answer> or <answer>Image 2 is better</answer>"
+    )
     custom = UnifiedRewardThink(base_url=judge.url, template_file=str(f), backoff=0.01)
     out = custom(images[:2], ["dog"] * 2, [{"group_id": 0}] * 2)
     assert out.details["template"] == f"file:{f}" and judge.prompts[-1].startswith("Judge dog {not a field}")
@@ -186,12 +208,16 @@ def test_official_and_file_templates_and_swap(judge_factory, tmp_path):
 
 def test_unparsable_answers_are_ties(judge_factory):
     judge = judge_factory(garble=True)
-    out = UnifiedRewardThink(base_url=judge.url, backoff=0.01)([gray(v) for v in (10, 100, 200)], ["p"] * 3, [{"group_id": 0}] * 3)
+    out = UnifiedRewardThink(base_url=judge.url, backoff=0.01)(
+        [gray(v) for v in (10, 100, 200)], ["p"] * 3, [{"group_id": 0}] * 3
+    )
     # pairs with the 100 image are ties; 200 beats 10
     assert out.scores.tolist() == pytest.approx([(0 + 0.5) / 2, (0.5 + 0.5) / 2, (1 + 0.5) / 2])
     assert out.details["ties_unparsable"] == 2 and out.valid.all() and out.details["failures"] == 0
     untagged = judge_factory(no_tag=True)
-    strict = UnifiedRewardThink(base_url=untagged.url, backoff=0.01)([gray(0), gray(250)], ["p"] * 2, [{"group_id": 0}] * 2)
+    strict = UnifiedRewardThink(base_url=untagged.url, backoff=0.01)(
+        [gray(0), gray(250)], ["p"] * 2, [{"group_id": 0}] * 2
+    )
     assert strict.scores.tolist() == [0.5, 0.5] and strict.details["ties_unparsable"] == 1
     lenient = UnifiedRewardThink(base_url=untagged.url, backoff=0.01, require_answer_tag=False)
     assert lenient([gray(0), gray(250)], ["p"] * 2, [{"group_id": 0}] * 2).scores.tolist() == [0.0, 1.0]
@@ -200,7 +226,9 @@ def test_unparsable_answers_are_ties(judge_factory):
 @pytest.mark.parametrize("status", [503, 429])
 def test_retries_after_503_and_429(judge_factory, status):
     judge = judge_factory(fail_first=2, fail_status=status)
-    out = UnifiedRewardThink(base_url=judge.url, model="judge-model", backoff=0.01)([gray(0), gray(250)], ["p", "p"], [{"group_id": 0}] * 2)
+    out = UnifiedRewardThink(base_url=judge.url, model="judge-model", backoff=0.01)(
+        [gray(0), gray(250)], ["p", "p"], [{"group_id": 0}] * 2
+    )
     assert out.scores.tolist() == [0.0, 1.0] and out.details["failed_pairs"] == 0
     assert judge.requests == 3  # two refusals, then the answer
 
@@ -226,7 +254,8 @@ def test_failed_pairs_are_ties_and_reported_and_a_dead_group_is_invalid(judge_fa
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     out = UnifiedRewardThink(base_url=f"http://127.0.0.1:{port}", model="m", max_retries=1, backoff=0.01)(
-        [gray(0), gray(9)], ["p"] * 2, [{"group_id": 0}] * 2)
+        [gray(0), gray(9)], ["p"] * 2, [{"group_id": 0}] * 2
+    )
     assert not out.valid.any() and "ConnectError" in out.details["failed"][0]["error"]
 
 

@@ -66,7 +66,11 @@ def test_max_batch_splits_requests_and_keeps_groups_whole(server_factory):
     reds = [10, 200, 90, 30, 100, 250, 20, 40, 60]
     gids = [0, 1, 2, 0, 1, 2, 0, 1, 2]
     images = [Image.new("RGB", (4, 4), (v, 0, 0)) for v in reds]
-    body = {"images": [encode_png(im) for im in images], "prompts": ["p"] * 9, "metadata": [{"group_id": g} for g in gids]}
+    body = {
+        "images": [encode_png(im) for im in images],
+        "prompts": ["p"] * 9,
+        "metadata": [{"group_id": g} for g in gids],
+    }
     out = httpx.post(f"{url}/v1/score", json=body, timeout=30).json()
     assert out["scores"] == pytest.approx([0.0, 1.0, 0.5, 1.0, 0.5, 1.0, 0.5, 0.0, 0.0])
     health = httpx.get(f"{url}/health").json()
@@ -77,7 +81,10 @@ def test_max_batch_splits_requests_and_keeps_groups_whole(server_factory):
     assert res.scores.tolist() == pytest.approx(out["scores"]) and res.valid.all()
     assert all(d["group_sizes"] == [3] for d in res.details["server"])
     auto = build_reward("remote", {"urls": url, "batch_size": 4})  # needs_groups read from /health
-    assert auto.needs_groups and auto(images, ["p"] * 9, [{"group_id": g} for g in gids]).scores.tolist() == res.scores.tolist()
+    assert (
+        auto.needs_groups
+        and auto(images, ["p"] * 9, [{"group_id": g} for g in gids]).scores.tolist() == res.scores.tolist()
+    )
     assert not build_reward("remote", {"urls": url, "needs_groups": False}).needs_groups
 
 
@@ -102,7 +109,11 @@ def test_malformed_requests_get_4xx_and_server_keeps_serving(server_factory):
         "gif": ({"images": [_b64(Image.new("RGB", (8, 8)), "GIF")], "prompts": ["p"]}, 415, "send PNG or JPEG"),
         "length mismatch": ({"images": [ok, ok], "prompts": ["p"]}, 400, "length mismatch"),
         "metadata mismatch": ({"images": [ok], "prompts": ["p"], "metadata": [{}, {}]}, 400, "length mismatch"),
-        "metadata not list": ({"images": [ok], "prompts": ["p"], "metadata": {"a": 1}}, 400, "`metadata` must be a list"),
+        "metadata not list": (
+            {"images": [ok], "prompts": ["p"], "metadata": {"a": 1}},
+            400,
+            "`metadata` must be a list",
+        ),
         "prompt not str": ({"images": [ok], "prompts": [3]}, 400, "must be strings"),
         "unknown field": ({"images": [ok], "prompts": ["p"], "pickle": "gASV"}, 400, "unknown field"),
         "no images": ({"images": [], "prompts": []}, 400, "no images"),
@@ -122,7 +133,11 @@ def test_malformed_requests_get_4xx_and_server_keeps_serving(server_factory):
         assert httpx.get(f"{url}/health").status_code == 200, name
     jpeg = _b64(Image.new("RGB", (8, 8), "white"), "JPEG")
     r = httpx.post(f"{url}/v1/score", json={"images": [ok, "data:image/jpeg;base64," + jpeg], "prompts": ["p", "q"]})
-    assert r.status_code == 200 and r.json()["valid"] == [True, True] and r.json()["scores"][1] == pytest.approx(1.0, abs=0.01)
+    assert (
+        r.status_code == 200
+        and r.json()["valid"] == [True, True]
+        and r.json()["scores"][1] == pytest.approx(1.0, abs=0.01)
+    )
 
 
 def test_reward_errors_are_500_and_the_server_survives(server_factory):
@@ -158,4 +173,6 @@ def test_remote_client_round_robin_and_dead_server(server_factory):
     assert out.valid.all() and out.details["failures"] == 0
     only_dead = build_reward("remote", {"urls": [dead], "max_retries": 1, "backoff": 0.01, "batch_size": 1})
     out = only_dead([shade(0)] * 2, ["p", "q"])
-    assert not out.valid.any() and out.details["failures"] == 2 and "failed after 2 attempts" in out.details["errors"][0]
+    assert (
+        not out.valid.any() and out.details["failures"] == 2 and "failed after 2 attempts" in out.details["errors"][0]
+    )

@@ -23,12 +23,34 @@ def test_vllm_command_line(capsys):
     cmd = build_vllm_command("CodeGoat24/UnifiedReward-Think-qwen3vl-8b", port=8001, tensor_parallel=2, data_parallel=4)
     assert cmd[:3] == ["vllm", "serve", "CodeGoat24/UnifiedReward-Think-qwen3vl-8b"]
     joined = " ".join(cmd)
-    for part in ("--port 8001", "--tensor-parallel-size 2", "--data-parallel-size 4", '--limit-mm-per-prompt {"image": 2}',
-                 "--enable-prefix-caching", "--served-model-name UnifiedReward-Think-qwen3vl-8b", "--host 127.0.0.1"):
+    for part in (
+        "--port 8001",
+        "--tensor-parallel-size 2",
+        "--data-parallel-size 4",
+        '--limit-mm-per-prompt {"image": 2}',
+        "--enable-prefix-caching",
+        "--served-model-name UnifiedReward-Think-qwen3vl-8b",
+        "--host 127.0.0.1",
+    ):
         assert part in joined, part
     assert "--trust-remote-code" not in cmd  # opt-in only
-    assert main(["serve", "unifiedreward-think", "--model", "/models/judge", "--tp", "2", "--dry-run",
-                 "--vllm-args", "--max-num-seqs 64", "--trust-remote-code"]) == 0
+    assert (
+        main(
+            [
+                "serve",
+                "unifiedreward-think",
+                "--model",
+                "/models/judge",
+                "--tp",
+                "2",
+                "--dry-run",
+                "--vllm-args",
+                "--max-num-seqs 64",
+                "--trust-remote-code",
+            ]
+        )
+        == 0
+    )
     printed = shlex.split(capsys.readouterr().out)
     assert printed[:3] == ["vllm", "serve", "/models/judge"] and printed[printed.index("--port") + 1] == "8000"
     assert printed[printed.index("--tensor-parallel-size") + 1] == "2" and printed[-2:] == ["--max-num-seqs", "64"]
@@ -43,8 +65,15 @@ def test_vllm_command_line(capsys):
 def test_reward_kwargs_from_kw_and_config(tmp_path, capsys):
     cfg = tmp_path / "ocr.yaml"
     cfg.write_text("mode: multi\nngram_max: 2\n")
-    args = parse("ocr", "--config", str(cfg), "--kw", "ngram_max=4", "--kw", "case_sensitive=false", "--kw", "engine=rapidocr")
-    assert serve_cli.reward_kwargs(args) == {"mode": "multi", "ngram_max": 4, "case_sensitive": False, "engine": "rapidocr"}
+    args = parse(
+        "ocr", "--config", str(cfg), "--kw", "ngram_max=4", "--kw", "case_sensitive=false", "--kw", "engine=rapidocr"
+    )
+    assert serve_cli.reward_kwargs(args) == {
+        "mode": "multi",
+        "ngram_max": 4,
+        "case_sensitive": False,
+        "engine": "rapidocr",
+    }
     entry = tmp_path / "entry.yaml"
     entry.write_text("name: ocr\nkwargs: {mode: multi}\n")  # a reward entry of a recipe
     assert serve_cli.reward_kwargs(parse("ocr", "--config", str(entry))) == {"mode": "multi"}

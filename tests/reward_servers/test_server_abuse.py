@@ -22,7 +22,6 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-
 from serverutil import launch, wait_ready
 
 TOKEN = "t0ken"
@@ -31,8 +30,10 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 @pytest.fixture(scope="module")
 def servers():
-    started = [launch("srv_toy_rewards:Probe", "--token", TOKEN, "--read-timeout", "1.5", "--max-batch", "64"),
-               launch("color_match")]
+    started = [
+        launch("srv_toy_rewards:Probe", "--token", TOKEN, "--read-timeout", "1.5", "--max-batch", "64"),
+        launch("color_match"),
+    ]
     try:
         for proc, url in started:
             wait_ready(proc, url)
@@ -51,8 +52,9 @@ def b64(im: Image.Image, fmt: str = "PNG", **kw) -> str:
 
 def post(url: str, body, **kw) -> httpx.Response:
     if isinstance(body, (bytes, str)):
-        return httpx.post(f"{url}/v1/score", content=body, headers={**AUTH, "content-type": "application/json"},
-                          timeout=60, **kw)
+        return httpx.post(
+            f"{url}/v1/score", content=body, headers={**AUTH, "content-type": "application/json"}, timeout=60, **kw
+        )
     return httpx.post(f"{url}/v1/score", json=body, headers=AUTH, timeout=60, **kw)
 
 
@@ -122,8 +124,10 @@ def test_health_answers_while_the_largest_request_is_decoded(servers):
     r = result["r"]
     assert r.status_code == 200, r.text[:300]
     assert r.json()["scores"] == pytest.approx([40 * k / 255 for k in range(n)], abs=1e-3)
-    print(f"\nrequest of {n} x 4096x4096 took {result['s']:.2f} s; {len(probes)} /health probes, "
-          f"slowest {max(probes):.3f} s")
+    print(
+        f"\nrequest of {n} x 4096x4096 took {result['s']:.2f} s; {len(probes)} /health probes, "
+        f"slowest {max(probes):.3f} s"
+    )
     assert len(probes) >= 3
     assert max(probes) < 0.5
 
@@ -250,10 +254,13 @@ def test_slow_and_half_sent_requests_are_closed(servers):
     proc, url = servers["probe"]
     host, port = url.rsplit("/", 1)[-1].split(":")
     socks = []
-    partial = [b"POST /v1/score HTT",  # half a request line
-               b"POST /v1/score HTTP/1.1\r\nHost: x\r\nContent-Le",  # half the headers
-               b"POST /v1/score HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + TOKEN.encode()
-               + b"\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"images\": ["]  # half a body
+    partial = [
+        b"POST /v1/score HTT",  # half a request line
+        b"POST /v1/score HTTP/1.1\r\nHost: x\r\nContent-Le",  # half the headers
+        b"POST /v1/score HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+        + TOKEN.encode()
+        + b'\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"images": [',
+    ]  # half a body
     for data in partial * 3:
         s = socket.create_connection((host, int(port)))
         s.sendall(data)
@@ -281,8 +288,12 @@ def test_client_hanging_up_mid_body_logs_one_line(servers):
     host, port = url.rsplit("/", 1)[-1].split(":")
     before = len(proc.log)
     s = socket.create_connection((host, int(port)))
-    s.sendall(b"POST /v1/score HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + TOKEN.encode()
-              + b"\r\nContent-Length: 100000\r\n\r\n" + b"x" * 5000)
+    s.sendall(
+        b"POST /v1/score HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+        + TOKEN.encode()
+        + b"\r\nContent-Length: 100000\r\n\r\n"
+        + b"x" * 5000
+    )
     time.sleep(0.3)
     s.close()
     deadline = time.time() + 5

@@ -12,8 +12,24 @@ def test_short_abuse_benchmark():
     spec = importlib.util.spec_from_file_location("server_abuse", BENCH)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    res = bench.main(["--duration", "3", "--baseline", "1.5", "--valid-clients", "2", "--hostile-clients", "4",
-                      "--read-timeout", "1", "--largest-side", "1024", "--out", ""])
+    res = bench.main(
+        [
+            "--duration",
+            "3",
+            "--baseline",
+            "1.5",
+            "--valid-clients",
+            "2",
+            "--hostile-clients",
+            "4",
+            "--read-timeout",
+            "1",
+            "--largest-side",
+            "1024",
+            "--out",
+            "",
+        ]
+    )
     assert res["server_alive"] and res["tracebacks_in_log"] == 0
     for phase in ("baseline", "mixed"):
         assert res["valid_requests"][phase] > 0, phase

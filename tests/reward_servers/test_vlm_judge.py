@@ -52,11 +52,14 @@ class FakeVLM:
                     fake.texts.append(content[1]["text"])
                 choice = {"index": 0, "message": {"role": "assistant", "content": "Yes" if p > 0.5 else "No"}}
                 if not fake.no_logprobs:
-                    tops = [{"token": "Yes", "logprob": math.log(max(p * 0.9, 1e-12))},
-                            {"token": " yes", "logprob": math.log(max(p * 0.1, 1e-12))},
-                            {"token": "No", "logprob": math.log(max(1 - p, 1e-12))}]
-                    choice["logprobs"] = {"content": [{"token": choice["message"]["content"], "logprob": -0.1,
-                                                       "top_logprobs": tops}]}
+                    tops = [
+                        {"token": "Yes", "logprob": math.log(max(p * 0.9, 1e-12))},
+                        {"token": " yes", "logprob": math.log(max(p * 0.1, 1e-12))},
+                        {"token": "No", "logprob": math.log(max(1 - p, 1e-12))},
+                    ]
+                    choice["logprobs"] = {
+                        "content": [{"token": choice["message"]["content"], "logprob": -0.1, "top_logprobs": tops}]
+                    }
                 self._send(200, {"choices": [choice]})
 
             def _send(self, status, obj):
@@ -127,8 +130,16 @@ def test_retries_and_failure_masking(fake_vlm):
     reward = build_reward("vlm_judge", {"base_url": flaky.url, "backoff": 0.01, "max_retries": 3, "max_concurrency": 1})
     out = reward([_grey(255)], ["x"])
     assert out.valid.all() and out.scores.item() == pytest.approx(1.0, abs=1e-3) and flaky.requests == 3
-    down = build_reward("vlm_judge", {"base_url": flaky.url.replace(flaky.url.split(":")[-1].split("/")[0], "1"),
-                                      "model": "vlm", "backoff": 0.01, "max_retries": 1, "timeout": 2})
+    down = build_reward(
+        "vlm_judge",
+        {
+            "base_url": flaky.url.replace(flaky.url.split(":")[-1].split("/")[0], "1"),
+            "model": "vlm",
+            "backoff": 0.01,
+            "max_retries": 1,
+            "timeout": 2,
+        },
+    )
     out = down([_grey(10), _grey(20)], ["x", "y"])
     assert not out.valid.any() and out.details["failures"] == 2
     bare = build_reward("vlm_judge", {"base_url": fake_vlm(no_logprobs=True).url})
@@ -137,8 +148,11 @@ def test_retries_and_failure_masking(fake_vlm):
 
 
 def test_yes_probability_and_bad_templates():
-    tops = [{"token": "YES", "logprob": math.log(0.3)}, {"token": "no.", "logprob": math.log(0.6)},
-            {"token": "maybe", "logprob": math.log(0.1)}]
+    tops = [
+        {"token": "YES", "logprob": math.log(0.3)},
+        {"token": "no.", "logprob": math.log(0.6)},
+        {"token": "maybe", "logprob": math.log(0.1)},
+    ]
     choice = {"logprobs": {"content": [{"token": "no.", "logprob": math.log(0.6), "top_logprobs": tops}]}}
     assert yes_probability(choice) == pytest.approx(0.3)
     assert yes_probability(choice, normalize=True) == pytest.approx(1 / 3)

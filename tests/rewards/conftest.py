@@ -5,7 +5,9 @@ from PIL import Image, ImageDraw, ImageFont
 def _render(text: str, size=(256, 96), font_size=40) -> Image.Image:
     """Black text on white, drawn with Pillow's bundled scalable font."""
     im = Image.new("RGB", size, "white")
-    ImageDraw.Draw(im).text((12, (size[1] - font_size) // 2 - 4), text, fill="black", font=ImageFont.load_default(size=font_size))
+    ImageDraw.Draw(im).text(
+        (12, (size[1] - font_size) // 2 - 4), text, fill="black", font=ImageFont.load_default(size=font_size)
+    )
     return im
 
 

@@ -13,13 +13,26 @@ from PIL import Image
 from mrgrpo.registry import REWARDS, Registry, RegistryError
 from mrgrpo.rewards.base import Reward, RewardOutput, as_reward, build_reward
 
-BUILTINS = {"ocr", "clip", "unifiedreward_think", "unifiedreward-think", "unifiedreward_point", "brightness", "color_match",
-            "jpeg_compressibility", "remote"}
+BUILTINS = {
+    "ocr",
+    "clip",
+    "unifiedreward_think",
+    "unifiedreward-think",
+    "unifiedreward_point",
+    "brightness",
+    "color_match",
+    "jpeg_compressibility",
+    "remote",
+}
 
 
 def test_listing_builtins_imports_no_torch():
-    code = "import sys; from mrgrpo.registry import REWARDS; print(sorted(REWARDS.names())); print('torch' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True).stdout.splitlines()
+    code = (
+        "import sys; from mrgrpo.registry import REWARDS; print(sorted(REWARDS.names())); print('torch' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    ).stdout.splitlines()
     assert BUILTINS <= set(eval(out[0]))
     assert out[1] == "False"
 
@@ -73,7 +86,8 @@ def test_reward_output_checks():
 def test_dotted_path_and_entry_point_plugins(tmp_path, monkeypatch):
     pkg = tmp_path / "my_reward_pkg_x"
     pkg.mkdir()
-    (pkg / "__init__.py").write_text(textwrap.dedent("""
+    (pkg / "__init__.py").write_text(
+        textwrap.dedent("""
         from mrgrpo.rewards.base import Reward, RewardOutput
 
         def redness(images, prompts):
@@ -85,7 +99,8 @@ def test_dotted_path_and_entry_point_plugins(tmp_path, monkeypatch):
                 self.value = value
             def score(self, images, prompts, metadata):
                 return RewardOutput([self.value] * len(images))
-    """))
+    """)
+    )
     dist = tmp_path / "my_reward_pkg_x-1.0.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: my-reward-pkg-x\nVersion: 1.0\n")
@@ -105,7 +120,10 @@ def test_dotted_path_and_entry_point_plugins(tmp_path, monkeypatch):
 def test_clear_errors_for_bad_names_and_kwargs():
     with pytest.raises(RegistryError, match="unknown reward 'nope'.*brightness"):
         build_reward("nope")
-    with pytest.raises(TypeError, match=r"reward 'jpeg_compressibility' got unknown argument\(s\) 'qualty'.*accepts: quality, budget_kb"):
+    with pytest.raises(
+        TypeError,
+        match=r"reward 'jpeg_compressibility' got unknown argument\(s\) 'qualty'.*accepts: quality, budget_kb",
+    ):
         build_reward("jpeg_compressibility", {"qualty": 90})
     with pytest.raises(ValueError, match="quality must be in 1..100"):
         build_reward("jpeg_compressibility", {"quality": 0})

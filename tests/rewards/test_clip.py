@@ -33,9 +33,19 @@ def test_clip_score_is_the_cosine(tiny_ckpt, tmp_path):
 
     cfg = tmp_path / "tiny.json"
     cfg.write_text(json.dumps(TINY_CLIP))
-    reward = build_reward("clip", {"model_name": "mrgrpo-tiny-clip-2", "pretrained": str(tiny_ckpt), "model_config": str(cfg),
-                                   "device": "cpu", "batch_size": 2})
-    images = [Image.new("RGB", (40, 40), c) for c in ("red", "blue", "white")] + [Image.effect_noise((50, 30), 60).convert("RGB")]
+    reward = build_reward(
+        "clip",
+        {
+            "model_name": "mrgrpo-tiny-clip-2",
+            "pretrained": str(tiny_ckpt),
+            "model_config": str(cfg),
+            "device": "cpu",
+            "batch_size": 2,
+        },
+    )
+    images = [Image.new("RGB", (40, 40), c) for c in ("red", "blue", "white")] + [
+        Image.effect_noise((50, 30), 60).convert("RGB")
+    ]
     prompts = ["a red square", "a blue square " + "very " * 100, "white", "noise"]  # the second exceeds 77 tokens
     out = reward(images, prompts)
     # independent computation with the saved weights
@@ -61,6 +71,8 @@ def test_clip_errors(tiny_ckpt, tmp_path):
     with pytest.raises(RuntimeError, match="cannot load model 'no-such-arch'"):
         build_reward("clip", {"model_name": "no-such-arch", "pretrained": None, "device": "cpu"})
     with pytest.raises(RuntimeError, match="cannot load model"):
-        build_reward("clip", {"model_name": "mrgrpo-tiny-clip", "pretrained": str(tmp_path / "missing.pt"), "device": "cpu"})
+        build_reward(
+            "clip", {"model_name": "mrgrpo-tiny-clip", "pretrained": str(tmp_path / "missing.pt"), "device": "cpu"}
+        )
     with pytest.raises(ValueError, match="vision_cfg"):
         build_reward("clip", {"model_name": "x", "model_config": {"embed_dim": 3}, "device": "cpu"})

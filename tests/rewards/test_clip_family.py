@@ -5,14 +5,18 @@ import json
 import pytest
 import torch
 from PIL import Image
+from tiny_reward_models import TINY_OPEN_CLIP, reference_clip_embeds, save_tiny_hf_clip
 
 from mrgrpo.rewards.base import build_reward
-from tiny_reward_models import TINY_OPEN_CLIP, reference_clip_embeds, save_tiny_hf_clip
 
 
 def _images():
-    return [Image.new("RGB", (40, 40), "red"), Image.new("RGB", (48, 30), "blue"), Image.new("L", (40, 40), 200),
-            Image.effect_noise((50, 30), 60).convert("RGB")]
+    return [
+        Image.new("RGB", (40, 40), "red"),
+        Image.new("RGB", (48, 30), "blue"),
+        Image.new("L", (40, 40), 200),
+        Image.effect_noise((50, 30), 60).convert("RGB"),
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -22,18 +26,21 @@ def clip_dir(tmp_path_factory):
 
 def test_pickscore_is_logit_scale_times_cosine(clip_dir):
     images, prompts = _images(), ["a red square", "a blue square", "grey", "noise " * 100]
-    reward = build_reward("pickscore", {"model": str(clip_dir), "processor": str(clip_dir), "device": "cpu",
-                                        "batch_size": 3})
+    reward = build_reward(
+        "pickscore", {"model": str(clip_dir), "processor": str(clip_dir), "device": "cpu", "batch_size": 3}
+    )
     out = reward(images, prompts)
     fi, ft, scale = reference_clip_embeds(clip_dir, images, prompts)
     assert scale == pytest.approx(torch.tensor(3.0).exp().item(), rel=1e-5)  # the saved logit scale, not 100
     torch.testing.assert_close(out.scores, scale * (fi * ft).sum(-1), atol=1e-4, rtol=1e-4)
     assert out.valid.all()
-    div = build_reward("pickscore", {"model": str(clip_dir), "processor": str(clip_dir), "device": "cpu",
-                                     "divisor": 26})
+    div = build_reward(
+        "pickscore", {"model": str(clip_dir), "processor": str(clip_dir), "device": "cpu", "divisor": 26}
+    )
     torch.testing.assert_close(div(images, prompts).scores, out.scores / 26, atol=1e-5, rtol=1e-4)
-    half = build_reward("pickscore", {"model": str(clip_dir), "processor": str(clip_dir), "device": "cpu",
-                                      "dtype": "bfloat16"})
+    half = build_reward(
+        "pickscore", {"model": str(clip_dir), "processor": str(clip_dir), "device": "cpu", "dtype": "bfloat16"}
+    )
     assert half.model.dtype == torch.bfloat16
     torch.testing.assert_close(half(images, prompts).scores, out.scores, atol=0.15, rtol=0.05)
 
@@ -76,9 +83,11 @@ def test_image_similarity_against_source(clip_dir, tmp_path):
     src.save(tmp_path / "src.png")
     other = Image.new("RGB", (40, 40), "green")
     reward = build_reward("image_similarity", {"model": str(clip_dir), "device": "cpu"})
-    out = reward([src, other, other, other], ["edit"] * 4,
-                 [{"source_image": src}, {"images": [str(tmp_path / "src.png")]}, {},
-                  {"image": str(tmp_path / "x.png")}])
+    out = reward(
+        [src, other, other, other],
+        ["edit"] * 4,
+        [{"source_image": src}, {"images": [str(tmp_path / "src.png")]}, {}, {"image": str(tmp_path / "x.png")}],
+    )
     assert out.scores[0].item() == pytest.approx(1.0, abs=1e-5)  # an unchanged image is identical to its source
     fi, _, _ = reference_clip_embeds(clip_dir, [other, src])
     assert out.scores[1].item() == pytest.approx((fi[0] * fi[1]).sum().item(), abs=1e-5)
@@ -118,8 +127,16 @@ def test_hpsv2_is_the_cosine(hps_ckpt, tmp_path):
     path, ref = hps_ckpt
     cfg = tmp_path / "tiny.json"
     cfg.write_text(json.dumps(TINY_OPEN_CLIP))
-    reward = build_reward("hpsv2", {"checkpoint": str(path), "model_name": "mrgrpo-tiny-hps-2",
-                                    "model_config": str(cfg), "device": "cpu", "batch_size": 3})
+    reward = build_reward(
+        "hpsv2",
+        {
+            "checkpoint": str(path),
+            "model_name": "mrgrpo-tiny-hps-2",
+            "model_config": str(cfg),
+            "device": "cpu",
+            "batch_size": 3,
+        },
+    )
     images, prompts = _images(), ["red", "blue", "grey", "noise"]
     out = reward(images, prompts)
     with torch.no_grad():
@@ -129,5 +146,6 @@ def test_hpsv2_is_the_cosine(hps_ckpt, tmp_path):
     assert (out.scores.abs() <= 1).all()
     torch.save({"state_dict": {"visual.proj": torch.zeros(3)}}, tmp_path / "bad.pt")
     with pytest.raises(RuntimeError, match="does not fit open_clip"):
-        build_reward("hpsv2", {"checkpoint": str(tmp_path / "bad.pt"), "model_name": "mrgrpo-tiny-hps",
-                               "device": "cpu"})
+        build_reward(
+            "hpsv2", {"checkpoint": str(tmp_path / "bad.pt"), "model_name": "mrgrpo-tiny-hps", "device": "cpu"}
+        )

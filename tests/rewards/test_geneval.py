@@ -14,8 +14,14 @@ from mrgrpo.rewards.geneval.detector import instances_from_logits, masks_to_boxe
 from mrgrpo.rewards.geneval.reward import load_classnames, load_metadata, spec_for
 
 NAMES = load_classnames()
-RGB = {"red": (220, 20, 20), "blue": (20, 40, 220), "green": (20, 180, 40), "yellow": (240, 220, 20),
-       "black": (10, 10, 10), "white": (250, 250, 250)}
+RGB = {
+    "red": (220, 20, 20),
+    "blue": (20, 40, 220),
+    "green": (20, 180, 40),
+    "yellow": (240, 220, 20),
+    "black": (10, 10, 10),
+    "white": (250, 250, 250),
+}
 
 
 def scene(shapes, size=(160, 120)):
@@ -25,11 +31,15 @@ def scene(shapes, size=(160, 120)):
     for _, colour, box, _ in shapes:
         ImageDraw.Draw(im).rectangle([box[0], box[1], box[2] - 1, box[3] - 1], fill=RGB[colour])
         m = np.zeros((size[1], size[0]), dtype=bool)
-        m[box[1]:box[3], box[0]:box[2]] = True
+        m[box[1] : box[3], box[0] : box[2]] = True
         masks.append(m)
     masks = np.stack(masks) if masks else np.zeros((0, size[1], size[0]), dtype=bool)
-    inst = G.Instances(np.array([NAMES.index(c) for c, *_ in shapes]), np.array([s for *_, s in shapes]),
-                       masks_to_boxes(torch.from_numpy(masks)).numpy(), masks)
+    inst = G.Instances(
+        np.array([NAMES.index(c) for c, *_ in shapes]),
+        np.array([s for *_, s in shapes]),
+        masks_to_boxes(torch.from_numpy(masks)).numpy(),
+        masks,
+    )
     return im, inst
 
 
@@ -62,20 +72,36 @@ def test_single_two_object_and_colour():
     two = {"tag": "two_object", "include": [{"class": "dog", "count": 1}, {"class": "horse", "count": 1}]}
     v = grade(im, inst, two)
     assert not v.correct and v.clauses == [1.0, 0.0] and v.credit == 0.5 and "expected horse>=1, found 0" in v.reason
-    assert grade(im, inst, {"tag": "color_attr", "include": [{"class": "dog", "count": 1, "color": "red"},
-                                                             {"class": "cat", "count": 1, "color": "blue"}]}).correct
+    assert grade(
+        im,
+        inst,
+        {
+            "tag": "color_attr",
+            "include": [{"class": "dog", "count": 1, "color": "red"}, {"class": "cat", "count": 1, "color": "blue"}],
+        },
+    ).correct
     v = grade(im, inst, {"tag": "colors", "include": [{"class": "cat", "count": 1, "color": "red"}]})
     assert not v.correct and v.clauses == [1.0, 0.0] and "expected red cat>=1, found 0 red; and 1 blue" in v.reason
 
 
 def test_confidence_thresholds_and_counting():
     two = {"tag": "counting", "include": [{"class": "dog", "count": 2}], "exclude": [{"class": "dog", "count": 3}]}
-    im, inst = scene([("dog", "red", (5, 5, 35, 35), 0.95), ("dog", "red", (50, 5, 80, 35), 0.92),
-                      ("dog", "red", (100, 5, 130, 35), 0.6)])
+    im, inst = scene(
+        [
+            ("dog", "red", (5, 5, 35, 35), 0.95),
+            ("dog", "red", (50, 5, 80, 35), 0.92),
+            ("dog", "red", (100, 5, 130, 35), 0.6),
+        ]
+    )
     assert grade(im, inst, two).correct  # the third dog is below the counting threshold 0.9
     assert not grade(im, inst, {**two, "tag": "single_object"}).correct  # ... but above 0.3 for other tags
-    im, inst = scene([("dog", "red", (5, 5, 35, 35), 0.95), ("dog", "red", (50, 5, 80, 35), 0.92),
-                      ("dog", "red", (100, 5, 130, 35), 0.91)])
+    im, inst = scene(
+        [
+            ("dog", "red", (5, 5, 35, 35), 0.95),
+            ("dog", "red", (50, 5, 80, 35), 0.92),
+            ("dog", "red", (100, 5, 130, 35), 0.91),
+        ]
+    )
     v = grade(im, inst, two)
     assert not v.correct and v.clauses == [1.0, 0.0] and "expected dog<3, found 3" in v.reason
     im, inst = scene([("dog", "red", (5, 5, 35, 35), 0.95), ("dog", "red", (50, 5, 80, 35), 0.9)])
@@ -86,8 +112,10 @@ def test_confidence_thresholds_and_counting():
 
 
 def test_relative_position():
-    right = {"tag": "position", "include": [{"class": "dog", "count": 1},
-                                            {"class": "cat", "count": 1, "position": ["right of", 0]}]}
+    right = {
+        "tag": "position",
+        "include": [{"class": "dog", "count": 1}, {"class": "cat", "count": 1, "position": ["right of", 0]}],
+    }
     im, inst = scene([("dog", "red", (5, 40, 45, 80), 0.9), ("cat", "blue", (110, 40, 150, 80), 0.9)])
     assert grade(im, inst, right).correct
     left = json.loads(json.dumps(right).replace("right of", "left of"))
@@ -170,8 +198,12 @@ def test_instances_from_logits_matches_mmdet_rule():
 
 
 def test_summary_is_mean_over_tags():
-    rows = [{"tag": "a", "prompt": "p1", "correct": True}, {"tag": "a", "prompt": "p1", "correct": False},
-            {"tag": "a", "prompt": "p2", "correct": False}, {"tag": "b", "prompt": "p3", "correct": True}]
+    rows = [
+        {"tag": "a", "prompt": "p1", "correct": True},
+        {"tag": "a", "prompt": "p1", "correct": False},
+        {"tag": "a", "prompt": "p2", "correct": False},
+        {"tag": "b", "prompt": "p3", "correct": True},
+    ]
     s = G.summarize(rows)
     assert s["tags"] == {"a": pytest.approx(1 / 3), "b": 1.0}
     assert s["overall"] == pytest.approx((1 / 3 + 1) / 2)  # not the image mean (0.5)
@@ -192,15 +224,37 @@ def test_shipped_metadata():
 
 def _tiny_mask2former(folder):
     pytest.importorskip("scipy")  # transformers' Mask2Former builds its matcher with scipy
-    from transformers import (Mask2FormerConfig, Mask2FormerForUniversalSegmentation, Mask2FormerImageProcessor,
-                              SwinConfig)
+    from transformers import (
+        Mask2FormerConfig,
+        Mask2FormerForUniversalSegmentation,
+        Mask2FormerImageProcessor,
+        SwinConfig,
+    )
 
     torch.manual_seed(0)
-    swin = SwinConfig(image_size=64, patch_size=4, embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2],
-                      window_size=4, out_features=["stage1", "stage2", "stage3", "stage4"])
-    cfg = Mask2FormerConfig(backbone_config=swin, num_labels=80, hidden_dim=32, num_queries=10, encoder_layers=1,
-                            decoder_layers=2, encoder_feedforward_dim=64, dim_feedforward=64, mask_feature_size=32,
-                            feature_size=32, num_attention_heads=2, use_pretrained_backbone=False)
+    swin = SwinConfig(
+        image_size=64,
+        patch_size=4,
+        embed_dim=16,
+        depths=[1, 1, 1, 1],
+        num_heads=[1, 1, 2, 2],
+        window_size=4,
+        out_features=["stage1", "stage2", "stage3", "stage4"],
+    )
+    cfg = Mask2FormerConfig(
+        backbone_config=swin,
+        num_labels=80,
+        hidden_dim=32,
+        num_queries=10,
+        encoder_layers=1,
+        decoder_layers=2,
+        encoder_feedforward_dim=64,
+        dim_feedforward=64,
+        mask_feature_size=32,
+        feature_size=32,
+        num_attention_heads=2,
+        use_pretrained_backbone=False,
+    )
     Mask2FormerForUniversalSegmentation(cfg).eval().save_pretrained(folder)
     Mask2FormerImageProcessor(size={"shortest_edge": 64, "longest_edge": 96}, size_divisor=32).save_pretrained(folder)
     return folder
@@ -213,11 +267,21 @@ def test_reward_end_to_end_on_tiny_models(tmp_path):
 
     det = _tiny_mask2former(tmp_path / "m2f")
     clip = save_tiny_hf_clip(tmp_path / "clip")
-    kw = {"detector": str(det), "detector_size": {"shortest_edge": 64, "longest_edge": 96}, "clip_model": str(clip),
-          "device": "cpu", "batch_size": 2, "threshold": 0.0, "counting_threshold": 0.0}
+    kw = {
+        "detector": str(det),
+        "detector_size": {"shortest_edge": 64, "longest_edge": 96},
+        "clip_model": str(clip),
+        "device": "cpu",
+        "batch_size": 2,
+        "threshold": 0.0,
+        "counting_threshold": 0.0,
+    }
     reward = build_reward("geneval", kw)
-    images = [Image.new("RGB", (64, 48), "red"), Image.effect_noise((80, 80), 50).convert("RGB"),
-              Image.new("RGB", (70, 70))]
+    images = [
+        Image.new("RGB", (64, 48), "red"),
+        Image.effect_noise((80, 80), 50).convert("RGB"),
+        Image.new("RGB", (70, 70)),
+    ]
     meta = [{"tag": "color_attr", "include": [{"class": "dog", "count": 1, "color": "red"}]}, {}, {}]
     out = reward(images, ["x", "a photo of two clocks", "not a geneval prompt"], meta)
     assert out.valid.tolist() == [True, True, False] and out.details["no_spec"] == 1
@@ -290,5 +354,9 @@ def test_new_recipes_name_valid_reward_arguments(recipe):
         else:
             check_kwargs(factory, spec.kwargs, key)
     if recipe == "sd3_geneval.yaml":  # the evaluation prompts are the shipped GenEval metadata, graded strictly
-        assert cfg.resolve_path(cfg.eval.sources[0].path).read_text() == (
-            Path(__file__).resolve().parents[2] / "rewards" / "geneval" / "assets" / "evaluation_metadata.jsonl").read_text()
+        assert (
+            cfg.resolve_path(cfg.eval.sources[0].path).read_text()
+            == (
+                Path(__file__).resolve().parents[2] / "rewards" / "geneval" / "assets" / "evaluation_metadata.jsonl"
+            ).read_text()
+        )

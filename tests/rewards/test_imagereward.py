@@ -26,35 +26,77 @@ def released_checkpoint(seed=0):
     def r(*shape, s=0.2):
         return torch.randn(*shape, generator=g) * s
 
-    sd = {"blip.visual_encoder.cls_token": r(1, 1, W),
-          "blip.visual_encoder.pos_embed": r(1, (IMG // PATCH) ** 2 + 1, W),
-          "blip.visual_encoder.patch_embed.proj.weight": r(W, 3, PATCH, PATCH, s=0.05),
-          "blip.visual_encoder.patch_embed.proj.bias": r(W),
-          "blip.visual_encoder.norm.weight": 1 + r(W), "blip.visual_encoder.norm.bias": r(W)}
+    sd = {
+        "blip.visual_encoder.cls_token": r(1, 1, W),
+        "blip.visual_encoder.pos_embed": r(1, (IMG // PATCH) ** 2 + 1, W),
+        "blip.visual_encoder.patch_embed.proj.weight": r(W, 3, PATCH, PATCH, s=0.05),
+        "blip.visual_encoder.patch_embed.proj.bias": r(W),
+        "blip.visual_encoder.norm.weight": 1 + r(W),
+        "blip.visual_encoder.norm.bias": r(W),
+    }
     for i in range(DEPTH):
         p = f"blip.visual_encoder.blocks.{i}."
-        sd.update({p + "norm1.weight": 1 + r(W), p + "norm1.bias": r(W), p + "attn.qkv.weight": r(3 * W, W),
-                   p + "attn.qkv.bias": r(3 * W), p + "attn.proj.weight": r(W, W), p + "attn.proj.bias": r(W),
-                   p + "norm2.weight": 1 + r(W), p + "norm2.bias": r(W), p + "mlp.fc1.weight": r(4 * W, W),
-                   p + "mlp.fc1.bias": r(4 * W), p + "mlp.fc2.weight": r(W, 4 * W), p + "mlp.fc2.bias": r(W)})
+        sd.update(
+            {
+                p + "norm1.weight": 1 + r(W),
+                p + "norm1.bias": r(W),
+                p + "attn.qkv.weight": r(3 * W, W),
+                p + "attn.qkv.bias": r(3 * W),
+                p + "attn.proj.weight": r(W, W),
+                p + "attn.proj.bias": r(W),
+                p + "norm2.weight": 1 + r(W),
+                p + "norm2.bias": r(W),
+                p + "mlp.fc1.weight": r(4 * W, W),
+                p + "mlp.fc1.bias": r(4 * W),
+                p + "mlp.fc2.weight": r(W, 4 * W),
+                p + "mlp.fc2.bias": r(W),
+            }
+        )
     t = "blip.text_encoder."
-    sd.update({t + "embeddings.word_embeddings.weight": r(VOCAB, H),
-               t + "embeddings.position_embeddings.weight": r(64, H),
-               t + "embeddings.LayerNorm.weight": 1 + r(H), t + "embeddings.LayerNorm.bias": r(H),
-               t + "embeddings.position_ids": torch.arange(64)[None]})
+    sd.update(
+        {
+            t + "embeddings.word_embeddings.weight": r(VOCAB, H),
+            t + "embeddings.position_embeddings.weight": r(64, H),
+            t + "embeddings.LayerNorm.weight": 1 + r(H),
+            t + "embeddings.LayerNorm.bias": r(H),
+            t + "embeddings.position_ids": torch.arange(64)[None],
+        }
+    )
     for i in range(LAYERS):
         p = f"{t}encoder.layer.{i}."
         for att, kv in (("attention", H), ("crossattention", W)):
-            sd.update({p + f"{att}.self.query.weight": r(H, H), p + f"{att}.self.query.bias": r(H),
-                       p + f"{att}.self.key.weight": r(H, kv), p + f"{att}.self.key.bias": r(H),
-                       p + f"{att}.self.value.weight": r(H, kv), p + f"{att}.self.value.bias": r(H),
-                       p + f"{att}.output.dense.weight": r(H, H), p + f"{att}.output.dense.bias": r(H),
-                       p + f"{att}.output.LayerNorm.weight": 1 + r(H), p + f"{att}.output.LayerNorm.bias": r(H)})
-        sd.update({p + "intermediate.dense.weight": r(INTER, H), p + "intermediate.dense.bias": r(INTER),
-                   p + "output.dense.weight": r(H, INTER), p + "output.dense.bias": r(H),
-                   p + "output.LayerNorm.weight": 1 + r(H), p + "output.LayerNorm.bias": r(H)})
-    sd.update({"blip.vision_proj.weight": r(8, W), "blip.vision_proj.bias": r(8), "blip.text_proj.weight": r(8, H),
-               "blip.text_proj.bias": r(8)})
+            sd.update(
+                {
+                    p + f"{att}.self.query.weight": r(H, H),
+                    p + f"{att}.self.query.bias": r(H),
+                    p + f"{att}.self.key.weight": r(H, kv),
+                    p + f"{att}.self.key.bias": r(H),
+                    p + f"{att}.self.value.weight": r(H, kv),
+                    p + f"{att}.self.value.bias": r(H),
+                    p + f"{att}.output.dense.weight": r(H, H),
+                    p + f"{att}.output.dense.bias": r(H),
+                    p + f"{att}.output.LayerNorm.weight": 1 + r(H),
+                    p + f"{att}.output.LayerNorm.bias": r(H),
+                }
+            )
+        sd.update(
+            {
+                p + "intermediate.dense.weight": r(INTER, H),
+                p + "intermediate.dense.bias": r(INTER),
+                p + "output.dense.weight": r(H, INTER),
+                p + "output.dense.bias": r(H),
+                p + "output.LayerNorm.weight": 1 + r(H),
+                p + "output.LayerNorm.bias": r(H),
+            }
+        )
+    sd.update(
+        {
+            "blip.vision_proj.weight": r(8, W),
+            "blip.vision_proj.bias": r(8),
+            "blip.text_proj.weight": r(8, H),
+            "blip.text_proj.bias": r(8),
+        }
+    )
     for i, (o, n) in zip((0, 2, 4, 6, 7), ((1024, H), (128, 1024), (64, 128), (16, 64), (1, 16))):
         sd.update({f"mlp.layers.{i}.weight": r(o, n, s=1 / math.sqrt(n)), f"mlp.layers.{i}.bias": r(o)})
     return sd
@@ -101,7 +143,7 @@ def reference(sd, pix, ids, mask):
     z = y[:, 0]
     for i in (0, 2, 4, 6, 7):
         z = F.linear(z, sd[f"mlp.layers.{i}.weight"], sd[f"mlp.layers.{i}.bias"])
-    return ((z.squeeze(-1) - MEAN) / STD)
+    return (z.squeeze(-1) - MEAN) / STD
 
 
 @pytest.fixture(scope="module")
@@ -110,12 +152,29 @@ def files(tmp_path_factory):
 
     d = tmp_path_factory.mktemp("imagereward")
     torch.save(released_checkpoint(), d / "ImageReward.pt")
-    (d / "med_config.json").write_text(json.dumps({
-        "architectures": ["BertModel"], "attention_probs_dropout_prob": 0.1, "hidden_act": "gelu",
-        "hidden_dropout_prob": 0.1,
-        "hidden_size": H, "initializer_range": 0.02, "intermediate_size": INTER, "layer_norm_eps": 1e-12,
-        "max_position_embeddings": 64, "model_type": "bert", "num_attention_heads": THEADS, "num_hidden_layers": LAYERS,
-        "pad_token_id": 0, "type_vocab_size": 2, "vocab_size": VOCAB, "encoder_width": W, "add_cross_attention": True}))
+    (d / "med_config.json").write_text(
+        json.dumps(
+            {
+                "architectures": ["BertModel"],
+                "attention_probs_dropout_prob": 0.1,
+                "hidden_act": "gelu",
+                "hidden_dropout_prob": 0.1,
+                "hidden_size": H,
+                "initializer_range": 0.02,
+                "intermediate_size": INTER,
+                "layer_norm_eps": 1e-12,
+                "max_position_embeddings": 64,
+                "model_type": "bert",
+                "num_attention_heads": THEADS,
+                "num_hidden_layers": LAYERS,
+                "pad_token_id": 0,
+                "type_vocab_size": 2,
+                "vocab_size": VOCAB,
+                "encoder_width": W,
+                "add_cross_attention": True,
+            }
+        )
+    )
     (d / "vocab.txt").write_text("\n".join(WORDS) + "\n")
     BertTokenizer(vocab_file=str(d / "vocab.txt")).save_pretrained(d / "tok")
     return d
@@ -124,18 +183,33 @@ def files(tmp_path_factory):
 def test_imagereward_matches_the_reference_forward(files):
     from transformers import AutoTokenizer
 
-    kw = {"checkpoint": str(files / "ImageReward.pt"), "med_config": str(files / "med_config.json"),
-          "tokenizer": str(files / "tok"), "vision_num_heads": HEADS, "device": "cpu", "batch_size": 2}
+    kw = {
+        "checkpoint": str(files / "ImageReward.pt"),
+        "med_config": str(files / "med_config.json"),
+        "tokenizer": str(files / "tok"),
+        "vision_num_heads": HEADS,
+        "device": "cpu",
+        "batch_size": 2,
+    }
     reward = build_reward("imagereward", kw)
-    images = [Image.new("RGB", (48, 40), "red"), Image.effect_noise((40, 64), 60).convert("RGB"),
-              Image.new("L", (32, 32), 90)]
+    images = [
+        Image.new("RGB", (48, 40), "red"),
+        Image.effect_noise((40, 64), 60).convert("RGB"),
+        Image.new("L", (32, 32), 90),
+    ]
     prompts = ["a red cat", "a photo of the blue dog " * 10, "a dog"]
     out = reward(images, prompts)
     # ImageReward's own transform: torchvision on the PIL image (bicubic resize of the shorter side, centre crop)
     from torchvision.transforms import CenterCrop, Compose, InterpolationMode, Normalize, Resize, ToTensor
 
-    ref_tf = Compose([Resize(IMG, interpolation=InterpolationMode.BICUBIC), CenterCrop(IMG), ToTensor(),
-                      Normalize((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))])
+    ref_tf = Compose(
+        [
+            Resize(IMG, interpolation=InterpolationMode.BICUBIC),
+            CenterCrop(IMG),
+            ToTensor(),
+            Normalize((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
+        ]
+    )
     torch.testing.assert_close(reward.preprocess(images), torch.stack([ref_tf(im.convert("RGB")) for im in images]))
     tok = AutoTokenizer.from_pretrained(files / "tok")
     enc = tok(prompts, padding="max_length", truncation=True, max_length=35, return_tensors="pt")
@@ -157,8 +231,12 @@ def test_imagereward_bad_checkpoint(files, tmp_path):
     sd = released_checkpoint()
     sd["blip.visual_encoder.blocks.0.attn.qkv.weight"] = torch.zeros(5, 5)
     torch.save(sd, tmp_path / "bad.pt")
-    kw = {"med_config": str(files / "med_config.json"), "tokenizer": str(files / "tok"), "vision_num_heads": HEADS,
-          "device": "cpu"}
+    kw = {
+        "med_config": str(files / "med_config.json"),
+        "tokenizer": str(files / "tok"),
+        "vision_num_heads": HEADS,
+        "device": "cpu",
+    }
     with pytest.raises(RuntimeError, match="the vision weights of .* do not fit"):
         build_reward("imagereward", {**kw, "checkpoint": str(tmp_path / "bad.pt")})
     torch.save({"foo": torch.zeros(1)}, tmp_path / "other.pt")

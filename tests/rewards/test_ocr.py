@@ -8,8 +8,15 @@ import types
 import pytest
 from PIL import Image
 
-from mrgrpo.rewards.ocr import (OCRReward, flowgrpo_score, get_engine, levenshtein, multi_segment_score, ngram_candidates,
-                                quoted_segments)
+from mrgrpo.rewards.ocr import (
+    OCRReward,
+    flowgrpo_score,
+    get_engine,
+    levenshtein,
+    multi_segment_score,
+    ngram_candidates,
+    quoted_segments,
+)
 
 
 def test_formulas_by_hand():
@@ -50,15 +57,20 @@ def test_target_selection_and_failures_with_a_fake_engine(ocr):
     r = OCRReward()
     r.engine = FakeEngine([("HELLO", 0.9), ("junk", 0.0)])  # confidence 0 lines are dropped (Flow-GRPO: conf > 0)
     im = Image.new("RGB", (8, 8))
-    out = r([im] * 5, ['"HELLO" and "WORLD"', '"WORLD" then "HELLO"', "no quotes", "no quotes", "x"],
-            [{}, {}, {}, {"ocr_text": "hello"}, {"ocr_text": ["", "HELLO"]}])
+    out = r(
+        [im] * 5,
+        ['"HELLO" and "WORLD"', '"WORLD" then "HELLO"', "no quotes", "no quotes", "x"],
+        [{}, {}, {}, {"ocr_text": "hello"}, {"ocr_text": ["", "HELLO"]}],
+    )
     # flowgrpo scores the FIRST quoted segment (as Flow-GRPO's prompt.split('"')[1]); metadata["ocr_text"] overrides
     assert out.scores.tolist() == pytest.approx([1.0, 1 - 4 / 5, 0.0, 1.0, 1.0])
     assert out.valid.tolist() == [True, True, False, True, True]
     assert out.details["invalid_reason"][2] == "no quoted text" and out.details["recognised"][0] == ["HELLO"]
     multi = OCRReward(mode="multi")
     multi.engine = FakeEngine([("HELLO", 0.9)])
-    assert multi([im], ['"HELLO" and "WORLD"']).scores.item() == pytest.approx((5 * 1.0 + 5 * 0.2) / 10)  # WORLD vs HELLO: d = 4
+    assert multi([im], ['"HELLO" and "WORLD"']).scores.item() == pytest.approx(
+        (5 * 1.0 + 5 * 0.2) / 10
+    )  # WORLD vs HELLO: d = 4
     r.engine = FakeEngine(None)  # an engine error: invalid and counted as a failure, never a silent 0
     out = r([im, im], ['"A"', "none"])
     assert out.valid.tolist() == [False, False] and out.details["failures"] == 1
@@ -66,8 +78,13 @@ def test_target_selection_and_failures_with_a_fake_engine(ocr):
 
 def test_real_rapidocr_on_rendered_text(ocr, render):
     images = [render("HELLO"), render("WORLD"), render("HELLO"), render("CAT DOG", size=(320, 96)), render("CAT")]
-    prompts = ['a sign that says "HELLO"', 'a sign that says "HELLO"', "a sign with no quoted text",
-               'a poster reading "CAT" and "DOG"', 'a poster reading "CAT" and "HORSE"']
+    prompts = [
+        'a sign that says "HELLO"',
+        'a sign that says "HELLO"',
+        "a sign with no quoted text",
+        'a poster reading "CAT" and "DOG"',
+        'a poster reading "CAT" and "HORSE"',
+    ]
     out = ocr(images, prompts)
     assert out.scores[0] >= 0.9  # correct text
     assert out.scores[1] <= 0.3  # wrong text

@@ -31,7 +31,7 @@ def _ref_targets(prompt: str) -> list[str]:
         if end < 0:
             return out
         if end > start + 1:
-            out.append(prompt[start + 1:end])
+            out.append(prompt[start + 1 : end])
             i = end + 1
         else:  # '""' matches nothing; the second quote may open the next segment
             i = start + 1
@@ -62,8 +62,16 @@ def _ref_edit_distance(a: str, b: str) -> int:
     return dp[len(a)][len(b)]
 
 
-def _ref_reward(ocr_items: list[tuple[str, float | None]], prompt: str, *, min_conf: float = 0.0, ngram_max: int = 3,
-                case_sensitive: bool = True, ignore_punct: bool = True, fold: bool = True) -> float:
+def _ref_reward(
+    ocr_items: list[tuple[str, float | None]],
+    prompt: str,
+    *,
+    min_conf: float = 0.0,
+    ngram_max: int = 3,
+    case_sensitive: bool = True,
+    ignore_punct: bool = True,
+    fold: bool = True,
+) -> float:
     """The released reward of one image (0.0 where the release returns 0 for want of a target)."""
     targets = _ref_targets(prompt)
     if not targets:
@@ -79,7 +87,7 @@ def _ref_reward(ocr_items: list[tuple[str, float | None]], prompt: str, *, min_c
     if len(norms) >= 2 and ngram_max >= 2:
         for n in range(2, ngram_max + 1):
             for i0 in range(0, len(norms) - n + 1):
-                cands.append("".join(norms[i0:i0 + n]))
+                cands.append("".join(norms[i0 : i0 + n]))
     if norms:
         cands.append("".join(norms))
     seen, uniq = set(), []
@@ -114,16 +122,88 @@ def _ref_reward(ocr_items: list[tuple[str, float | None]], prompt: str, *, min_c
 
 
 # -- generated cases --------------------------------------------------------------------------------
-_WORDS = ["OPEN", "Sale", "coffee", "Grand", "Opening", "2024", "v1.0", "ICE", "Cream", "jazz", "NIGHT", "Hello",
-          "World", "Big", "SALE", "50%", "OFF", "Today", "only!", "Welcome", "home", "iPhone", "Café", "Müller", "東京",
-          "I/O", "Vivid", "voices", "O'Neil", "JOIN", "us", "10:30", "AM", "Library", "Quiet", "please", "VOLT", "wow",
-          "Level", "5", "lost", "&", "found", "No.1", "Jump", "Oil", "Silver", "Moon", "DJ", "ijl", "S0L0", "L1ve"]
-_CONFUSE = {"0": "O", "O": "0", "o": "0", "1": "l", "l": "1", "I": "l", "i": "j", "j": "i", "5": "S", "S": "5",
-            "s": "5", "v": "w", "w": "v", "V": "W", "W": "V", "B": "8", "Z": "2"}
-_TEMPLATES = ["A poster with the title {0}", "A neon sign that reads {0} above the door",
-              "A storefront: {0} on top and {1} below", "A book cover, title {0}, author {1}, tagline {2}",
-              "A menu board listing {0}, {1}, {2} and {3}", "A mug printed with {0}",
-              "A banner saying {0} in bold letters, with {1} in small print"]
+_WORDS = [
+    "OPEN",
+    "Sale",
+    "coffee",
+    "Grand",
+    "Opening",
+    "2024",
+    "v1.0",
+    "ICE",
+    "Cream",
+    "jazz",
+    "NIGHT",
+    "Hello",
+    "World",
+    "Big",
+    "SALE",
+    "50%",
+    "OFF",
+    "Today",
+    "only!",
+    "Welcome",
+    "home",
+    "iPhone",
+    "Café",
+    "Müller",
+    "東京",
+    "I/O",
+    "Vivid",
+    "voices",
+    "O'Neil",
+    "JOIN",
+    "us",
+    "10:30",
+    "AM",
+    "Library",
+    "Quiet",
+    "please",
+    "VOLT",
+    "wow",
+    "Level",
+    "5",
+    "lost",
+    "&",
+    "found",
+    "No.1",
+    "Jump",
+    "Oil",
+    "Silver",
+    "Moon",
+    "DJ",
+    "ijl",
+    "S0L0",
+    "L1ve",
+]
+_CONFUSE = {
+    "0": "O",
+    "O": "0",
+    "o": "0",
+    "1": "l",
+    "l": "1",
+    "I": "l",
+    "i": "j",
+    "j": "i",
+    "5": "S",
+    "S": "5",
+    "s": "5",
+    "v": "w",
+    "w": "v",
+    "V": "W",
+    "W": "V",
+    "B": "8",
+    "Z": "2",
+}
+_TEMPLATES = [
+    "A poster with the title {0}",
+    "A neon sign that reads {0} above the door",
+    "A storefront: {0} on top and {1} below",
+    "A book cover, title {0}, author {1}, tagline {2}",
+    "A menu board listing {0}, {1}, {2} and {3}",
+    "A mug printed with {0}",
+    "A banner saying {0} in bold letters, with {1} in small print",
+]
 
 
 def _phrase(rng: random.Random) -> str:
@@ -157,7 +237,7 @@ def _corrupt(rng: random.Random, s: str) -> str:
     if kind == "case":
         s = rng.choice([str.upper, str.lower, str.title, str.swapcase])(s)
     if kind == "truncate" and len(s) > 2:
-        s = s[: rng.randint(1, len(s) - 1)] if rng.random() < 0.7 else s[rng.randint(1, len(s) - 1):]
+        s = s[: rng.randint(1, len(s) - 1)] if rng.random() < 0.7 else s[rng.randint(1, len(s) - 1) :]
     if kind == "punct":
         s = s.replace(" ", rng.choice(["", "-", ".", " . "]))
     return s
@@ -275,13 +355,27 @@ def test_deepgen_mode_equals_the_released_rules_on_generated_cases(fake_engine):
     assert sum(g > 1e-9 for g in multi_gap) > 20 and sum(g > 1e-9 for g in flow_gap) > 100
 
 
-@pytest.mark.parametrize("options", [dict(), dict(min_conf=0.2), dict(ngram_max=1), dict(ngram_max=5),
-                                     dict(case_sensitive=False), dict(ignore_punct=False), dict(fold=False)])
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(),
+        dict(min_conf=0.2),
+        dict(ngram_max=1),
+        dict(ngram_max=5),
+        dict(case_sensitive=False),
+        dict(ignore_punct=False),
+        dict(fold=False),
+    ],
+)
 def test_deepgen_options_follow_the_released_switches(options):
     """The release's environment switches (OCR_MIN_CONF, OCR_NGRAM_MAX, OCR_CASE_SENSITIVE, OCR_IGNORE_PUNCT,
     OCR_USE_CONFUSION_FOLD) as reward kwargs."""
-    kw = {"ngram_max": options.get("ngram_max", 3), "case_sensitive": options.get("case_sensitive", True),
-          "ignore_punct": options.get("ignore_punct", True), "confusion_fold": options.get("fold", True)}
+    kw = {
+        "ngram_max": options.get("ngram_max", 3),
+        "case_sensitive": options.get("case_sensitive", True),
+        "ignore_punct": options.get("ignore_punct", True),
+        "confusion_fold": options.get("fold", True),
+    }
     min_conf = options.get("min_conf", 0.0)
     n = 0
     for prompt, items in _cases(150, seed=99):
@@ -290,8 +384,15 @@ def test_deepgen_options_follow_the_released_switches(options):
         if not segs:
             continue
         got = deepgen_score(lines, segs, **kw)[0]
-        ref = _ref_reward(items, prompt, min_conf=min_conf, fold=kw["confusion_fold"], ngram_max=kw["ngram_max"],
-                          case_sensitive=kw["case_sensitive"], ignore_punct=kw["ignore_punct"])
+        ref = _ref_reward(
+            items,
+            prompt,
+            min_conf=min_conf,
+            fold=kw["confusion_fold"],
+            ngram_max=kw["ngram_max"],
+            case_sensitive=kw["case_sensitive"],
+            ignore_punct=kw["ignore_punct"],
+        )
         assert abs(got - ref) <= 1e-12
         n += 1
     assert n > 100
@@ -313,7 +414,7 @@ def test_deepgen_rules_by_hand(fake_engine):
     # length weighting: (5 * 1 + 2 * 0) / 7
     assert deepgen_score(["HELLO"], ["HELLO", "ZZ"]) == (pytest.approx(5 / 7), [1.0, 0.0])
     # straight double quotes only
-    assert quoted_segments('“curly”') == ["curly"]
+    assert quoted_segments("“curly”") == ["curly"]
     assert ocr_module.deepgen_segments('“curly” and "straight"') == ["straight"]
     reward = OCRReward(mode="deepgen", min_confidence=0.2)
     im = Image.new("RGB", (4, 4))

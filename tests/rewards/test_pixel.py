@@ -20,8 +20,10 @@ def test_brightness_is_mean_luminance():
 
 def test_color_match():
     r = build_reward("color_match")
-    out = r([solid((255, 0, 0)), solid((0, 0, 255)), solid((255, 0, 0)), solid((0, 0, 255))],
-            ["a red square", "a RED square", "a square", "Blue sky"])
+    out = r(
+        [solid((255, 0, 0)), solid((0, 0, 255)), solid((255, 0, 0)), solid((0, 0, 255))],
+        ["a red square", "a RED square", "a square", "Blue sky"],
+    )
     assert out.scores[0] == pytest.approx(1.0) and out.scores[1] == pytest.approx(1 - np.sqrt(2) / np.sqrt(3), abs=1e-4)
     assert out.valid.tolist() == [True, True, False, True]  # no colour named: invalid, not 0
     assert out.details["colors"] == ["red", "red", None, "blue"]

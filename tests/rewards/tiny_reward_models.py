@@ -33,12 +33,28 @@ def save_tiny_hf_clip(folder: Path, seed: int = 0, projection_dim: int = 16, ima
     torch.manual_seed(seed)
     tok = tiny_clip_tokenizer()
     cfg = CLIPConfig(
-        text_config={"vocab_size": len(tok), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-                     "num_attention_heads": 4, "max_position_embeddings": 77, "bos_token_id": 0, "eos_token_id": 1,
-                     "pad_token_id": 1},
-        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
-                       "image_size": image_size, "patch_size": 8},
-        projection_dim=projection_dim, logit_scale_init_value=3.0)
+        text_config={
+            "vocab_size": len(tok),
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "max_position_embeddings": 77,
+            "bos_token_id": 0,
+            "eos_token_id": 1,
+            "pad_token_id": 1,
+        },
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "image_size": image_size,
+            "patch_size": 8,
+        },
+        projection_dim=projection_dim,
+        logit_scale_init_value=3.0,
+    )
     model = CLIPModel(cfg).eval()
     model.save_pretrained(folder)
     ip = CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size})
@@ -53,6 +69,14 @@ def reference_clip_embeds(folder: Path, images, texts=None):
     model = CLIPModel.from_pretrained(folder).eval()
     proc = CLIPProcessor.from_pretrained(folder)
     with torch.no_grad():
-        out = model(**proc(images=[im.convert("RGB") for im in images], text=texts or ["x"] * len(images),
-                           padding=True, truncation=True, max_length=77, return_tensors="pt"))
+        out = model(
+            **proc(
+                images=[im.convert("RGB") for im in images],
+                text=texts or ["x"] * len(images),
+                padding=True,
+                truncation=True,
+                max_length=77,
+                return_tensors="pt",
+            )
+        )
     return out.image_embeds, out.text_embeds, model.logit_scale.exp().item()

@@ -29,13 +29,19 @@ def test_collate_text_to_image_and_editing():
     assert edit.ref_images[1][0].getpixel((0, 0)) == (1, 0, 0)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"images": torch.zeros(2, 3, 32), "prompts": ["a", "b"]}, r"\[B, 3, H, W\]"),
-    ({"images": torch.zeros(2, 4, 32, 32), "prompts": ["a", "b"]}, r"\[B, 3, H, W\]"),
-    ({"images": torch.zeros(2, 3, 32, 32), "prompts": ["a"]}, "2 images for 1 prompts"),
-    ({"images": torch.zeros(2, 3, 32, 32), "prompts": ["a", "b"], "ref_images": [[]]}, "1 lists of reference images"),
-    ({"images": torch.zeros(1, 3, 32, 32), "prompts": ["a"], "kind": "video"}, "t2i | edit"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"images": torch.zeros(2, 3, 32), "prompts": ["a", "b"]}, r"\[B, 3, H, W\]"),
+        ({"images": torch.zeros(2, 4, 32, 32), "prompts": ["a", "b"]}, r"\[B, 3, H, W\]"),
+        ({"images": torch.zeros(2, 3, 32, 32), "prompts": ["a"]}, "2 images for 1 prompts"),
+        (
+            {"images": torch.zeros(2, 3, 32, 32), "prompts": ["a", "b"], "ref_images": [[]]},
+            "1 lists of reference images",
+        ),
+        ({"images": torch.zeros(1, 3, 32, 32), "prompts": ["a"], "kind": "video"}, "t2i | edit"),
+    ],
+)
 def test_bad_batches_are_refused(kwargs, match):
     with pytest.raises(ValueError, match=match):
         SFTBatch(**kwargs)

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import pytest
 import webdataset as wds
+from sft_util import sft_cfg, write_t2i
 
 from mrgrpo.config import RecipeError, SFTSource
 from mrgrpo.sft_data import build_sft_stream
-
-from sft_util import sft_cfg, write_t2i
 
 
 def test_no_readable_record_fails_at_start_naming_the_file(tmp_path):

@@ -7,11 +7,10 @@ import io
 import numpy as np
 import pytest
 from PIL import Image
+from sft_util import BUDGET, img, png_bytes
 
 from mrgrpo.imaging import FITTED_KEY
 from mrgrpo.sft_data.images import failure_reason, fit_to_budget, open_image
-
-from sft_util import BUDGET, img, png_bytes
 
 
 def test_path_and_bytes_decode_alike_at_the_budget(tmp_path):

@@ -6,11 +6,10 @@ import json
 from collections import Counter
 
 import pytest
+from sft_util import batches_equal, mixed_sources, sft_cfg, write_edit, write_shards, write_t2i
 
 from mrgrpo.config import RecipeError, SFTSource
 from mrgrpo.sft_data import build_sft_stream
-
-from sft_util import batches_equal, mixed_sources, sft_cfg, write_edit, write_shards, write_t2i
 
 
 def test_mixture_ratio_and_source_weights(tmp_path):

@@ -6,11 +6,10 @@ import json
 
 import numpy as np
 from PIL import Image
+from sft_util import BUDGET, SIZES, img, png_bytes, sft_cfg, write_edit, write_t2i
 
 from mrgrpo.config import SFTSource
 from mrgrpo.sft_data import ImageRecordDataset, Sample, Skipped, build_sft_stream, fit_to_budget, resize_to_budget
-
-from sft_util import BUDGET, SIZES, img, png_bytes, sft_cfg, write_edit, write_t2i
 
 
 def test_t2i_json_list_and_jsonl(tmp_path):

@@ -7,11 +7,10 @@ from collections import Counter
 
 import pytest
 from PIL import Image
+from sft_util import sft_cfg, write_edit, write_t2i
 
 from mrgrpo.config import SFTSource
 from mrgrpo.sft_data import DataStats, Sample, SampleSource, SFTStream, SourceStream, build_sft_stream
-
-from sft_util import sft_cfg, write_edit, write_t2i
 
 
 def test_images_vanishing_mid_run_raise_instead_of_looping(tmp_path):

@@ -43,7 +43,9 @@ def test_files_and_manifest(synth_dir):
     assert prompts and set(prompts) <= {r["txt"] for r in t2i}
     pat = re.compile(r'^(an? \w+ (square|circle|triangle) on a \w+ background|the word "\w+" in \w+ on \w+)$')
     assert all(pat.match(r["txt"]) for r in t2i)
-    assert any("word" in r["txt"] for r in t2i) and any("circle" in r["txt"] or "square" in r["txt"] or "triangle" in r["txt"] for r in t2i)
+    assert any("word" in r["txt"] for r in t2i) and any(
+        "circle" in r["txt"] or "square" in r["txt"] or "triangle" in r["txt"] for r in t2i
+    )
     assert all(re.match(r"^(make the \w+ \w+|turn the \w+ into a \w+)$", e["instruction"]) for e in edits)
     sizes = {Image.open(out / r["image_path"]).size for r in t2i}
     assert (SIZE, SIZE) in sizes and len(sizes) > 1  # some non-square images for the size buckets
@@ -52,7 +54,9 @@ def test_files_and_manifest(synth_dir):
 def test_images_match_their_captions(synth_dir):
     out, paths = synth_dir
     for r in map(json.loads, paths["t2i"].read_text().splitlines()):
-        m = re.match(r"^an? (\w+) \w+ on a (\w+) background$", r["txt"]) or re.match(r'^the word "\w+" in (\w+) on (\w+)$', r["txt"])
+        m = re.match(r"^an? (\w+) \w+ on a (\w+) background$", r["txt"]) or re.match(
+            r'^the word "\w+" in (\w+) on (\w+)$', r["txt"]
+        )
         fg, bg = m.groups()
         colors = _colors(Image.open(out / r["image_path"]))
         assert colors.most_common(1)[0][0] == COLORS[bg]
@@ -81,11 +85,15 @@ def test_loads_through_the_datasets(synth_dir):
     _, paths = synth_dir
     ds = ImageRecordDataset(paths["edit"], "edit", pixel_budget=SIZE)
     assert all(isinstance(ds[i], Sample) and len(ds[i].refs) == 1 for i in range(len(ds)))
-    srcs = [SFTSource(name="t2i", path=str(paths["t2i"])),
-            SFTSource(name="cap", path=str(paths["caption"]), format="caption"),
-            SFTSource(name="edit", path=str(paths["edit"]), format="edit"),
-            SFTSource(name="wds", path=str(paths["webdataset"]), format="webdataset")]
-    stream = build_sft_stream(srcs, SFTConfig(pixel_budget=SIZE, caption_dropout=0.0, t2i_edit_ratio=(1, 1)), batch_size=2, seed=0)
+    srcs = [
+        SFTSource(name="t2i", path=str(paths["t2i"])),
+        SFTSource(name="cap", path=str(paths["caption"]), format="caption"),
+        SFTSource(name="edit", path=str(paths["edit"]), format="edit"),
+        SFTSource(name="wds", path=str(paths["webdataset"]), format="webdataset"),
+    ]
+    stream = build_sft_stream(
+        srcs, SFTConfig(pixel_budget=SIZE, caption_dropout=0.0, t2i_edit_ratio=(1, 1)), batch_size=2, seed=0
+    )
     sources = set()
     for _ in range(30):
         b = next(stream)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from sft_util import sft_cfg, write_shards
+
 from mrgrpo.config import SFTSource
 from mrgrpo.sft_data import build_sft_stream
-
-from sft_util import sft_cfg, write_shards
 
 
 def test_webdataset_shards_load(tmp_path):

@@ -1,4 +1,5 @@
 """Run by torchrun in test_distributed.py: one MR-GRPO step of the toy recipe, dumping advantages."""
+
 import sys
 from pathlib import Path
 

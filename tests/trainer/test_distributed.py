@@ -32,8 +32,15 @@ def test_two_process_advantages_equal_one_process(toy_recipe, tmp_path):
         recipe = dict(toy_recipe, output_dir=str(tmp_path / f"np{nproc}"))
         path = tmp_path / f"np{nproc}.yaml"
         path.write_text(yaml.safe_dump(recipe))
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               str(HERE / "dist_advantages.py"), str(path)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={nproc}",
+            str(HERE / "dist_advantages.py"),
+            str(path),
+        ]
         res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
         assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
         runs[nproc] = tmp_path / f"np{nproc}"
@@ -61,8 +68,15 @@ def test_deepspeed_zero2_two_processes_trains_like_one_process(toy_recipe, tmp_p
     path.write_text(yaml.safe_dump(recipe))
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(HERE))
     env.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "mrgrpo" / "torch_extensions"))
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(HERE / "ds_zero2_cpu.yaml"),
-           str(HERE / "dist_advantages.py"), str(path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(HERE / "ds_zero2_cpu.yaml"),
+        str(HERE / "dist_advantages.py"),
+        str(path),
+    ]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     got = read_metrics(tmp_path / "ds" / "metrics.jsonl")

@@ -72,8 +72,19 @@ def test_resolved_config_and_artifacts(toy_recipe):
     assert saved["rl"]["group_size"] == 4 and saved["train"]["lr"] == pytest.approx(3e-3)
     records = read_metrics(out / "metrics.jsonl")
     assert [r["step"] for r in records] == [1, 2, 3]
-    for key in ("reward/mean", "reward/bright", "reward/bright/invalid_frac", "advantage/std", "loss/policy",
-                "ratio/mean", "clip_frac", "lr", "time/rollout", "time/reward", "time/train"):
+    for key in (
+        "reward/mean",
+        "reward/bright",
+        "reward/bright/invalid_frac",
+        "advantage/std",
+        "loss/policy",
+        "ratio/mean",
+        "clip_frac",
+        "lr",
+        "time/rollout",
+        "time/reward",
+        "time/train",
+    ):
         assert key in records[0], key
     assert (out / "reward_curve.png").stat().st_size > 1000
     assert (out / "samples" / "step-000001.png").exists()
@@ -112,6 +123,7 @@ class _Flaky:
 
 def test_failed_reward_is_masked_and_logged(toy_recipe):
     from toy_rewards import brightness
+
     from mrgrpo.rewards.base import as_reward
 
     toy_recipe["data"]["sources"] = toy_recipe["data"]["sources"][:1]
@@ -126,6 +138,7 @@ def test_failed_reward_is_masked_and_logged(toy_recipe):
 
 def test_failed_reward_stops_when_asked(toy_recipe):
     from toy_rewards import brightness
+
     from mrgrpo.rewards.base import as_reward
 
     toy_recipe["data"]["sources"] = toy_recipe["data"]["sources"][:1]
@@ -140,8 +153,13 @@ def _run_cli(recipe_path: Path, *extra: str, env=None) -> subprocess.Popen:
     env = dict(os.environ if env is None else env)
     env["PYTHONPATH"] = os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")])
     env.setdefault("OMP_NUM_THREADS", "1")
-    return subprocess.Popen([sys.executable, "-m", "mrgrpo.cli", "train", str(recipe_path), *extra], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "mrgrpo.cli", "train", str(recipe_path), *extra],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def test_exact_resume_after_sigkill(toy_recipe, tmp_path):
@@ -199,8 +217,12 @@ def test_periodic_evaluation_is_deterministic(toy_recipe, tmp_path):
     """eval/<reward> is logged every eval.every steps with fixed seeds: at lr=0 it never changes."""
     evals = tmp_path / "eval.txt"
     evals.write_text("held out one\nheld out two\nheld out three\n")
-    toy_recipe["eval"] = {"sources": [{"name": "heldout", "path": str(evals), "rewards": {"bright": 1.0}}],
-                          "every": 1, "prompts": 2, "num_steps": 4}
+    toy_recipe["eval"] = {
+        "sources": [{"name": "heldout", "path": str(evals), "rewards": {"bright": 1.0}}],
+        "every": 1,
+        "prompts": 2,
+        "num_steps": 4,
+    }
     toy_recipe["train"]["max_steps"] = 2
     toy_recipe["train"]["lr"] = 1e-12
     hist = _trainer(toy_recipe).fit()
@@ -322,7 +344,16 @@ def test_resume_is_exact_with_several_updates_per_rollout(toy_recipe, tmp_path):
     got = read_metrics(tmp_path / "part" / "metrics.jsonl")
     assert [r["step"] for r in got] == [1, 2, 3, 4]
     for a, b in zip(full, got):
-        for key in ("reward/mean", "loss/policy", "loss/kl", "ratio/mean", "clip_frac", "grad_norm", "lr", "optimizer_steps"):
+        for key in (
+            "reward/mean",
+            "loss/policy",
+            "loss/kl",
+            "ratio/mean",
+            "clip_frac",
+            "grad_norm",
+            "lr",
+            "optimizer_steps",
+        ):
             assert b[key] == pytest.approx(a[key], rel=1e-6, abs=1e-9), key
     assert got[-1]["optimizer_steps"] == 8
 
@@ -343,7 +374,9 @@ def test_diagnostics_zero_std_frac_ratio_spread_and_ms_per_image(toy_recipe):
         return [float(len(p)) / 20 for p in prompts]
 
     toy_recipe["train"].update(max_steps=2, updates_per_rollout=2)
-    tr = _trainer(toy_recipe, rewards={"bright": as_reward(per_prompt), "red": as_reward(lambda im, p: [0.5] * len(im))})
+    tr = _trainer(
+        toy_recipe, rewards={"bright": as_reward(per_prompt), "red": as_reward(lambda im, p: [0.5] * len(im))}
+    )
     hist = tr.fit()
     assert hist[0]["zero_std_frac"] == 1.0 and hist[0]["reward/bright/zero_std_frac"] == 1.0
     toy_recipe["output_dir"] += "-b"

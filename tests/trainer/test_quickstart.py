@@ -14,9 +14,20 @@ RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "quickstart.yaml"
 
 
 def _run(tmp_path, seed: int, flip: bool, steps: int = 40) -> list[float]:
-    cfg = load_recipe(RECIPE, [f"output_dir={tmp_path}/s{seed}{int(flip)}", f"train.seed={seed}", f"train.max_steps={steps}",
-                               f"rl.flip_advantage_sign={str(flip).lower()}", "logging.progress_bar=false", "logging.tensorboard=false",
-                               "train.checkpoint_every=1000", "eval.every=1000", "logging.sample_every=1000"])
+    cfg = load_recipe(
+        RECIPE,
+        [
+            f"output_dir={tmp_path}/s{seed}{int(flip)}",
+            f"train.seed={seed}",
+            f"train.max_steps={steps}",
+            f"rl.flip_advantage_sign={str(flip).lower()}",
+            "logging.progress_bar=false",
+            "logging.tensorboard=false",
+            "train.checkpoint_every=1000",
+            "eval.every=1000",
+            "logging.sample_every=1000",
+        ],
+    )
     return [h["reward/brightness"] for h in GRPOTrainer(cfg).fit()]
 
 

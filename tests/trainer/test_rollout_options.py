@@ -31,10 +31,20 @@ def test_sde_window_shared_noise_and_cfg(toy_recipe):
 
 def test_deepgen_tiny_trains_on_editing_prompts(tmp_path, monkeypatch):
     monkeypatch.setenv("MRGRPO_CACHE", str(tmp_path / "cache"))
-    cfg = load_recipe(REPO / "recipes" / "quickstart.yaml", [
-        f"output_dir={tmp_path}/run", "train.max_steps=2", "logging.progress_bar=false", "logging.tensorboard=false",
-        "data.sources.0.path=prompts/edit_sample.jsonl", "data.sources.0.kind=edit", "data.sources.1.weight=0",
-        "eval.sources=[]", "train.checkpoint_every=100"])
+    cfg = load_recipe(
+        REPO / "recipes" / "quickstart.yaml",
+        [
+            f"output_dir={tmp_path}/run",
+            "train.max_steps=2",
+            "logging.progress_bar=false",
+            "logging.tensorboard=false",
+            "data.sources.0.path=prompts/edit_sample.jsonl",
+            "data.sources.0.kind=edit",
+            "data.sources.1.weight=0",
+            "eval.sources=[]",
+            "train.checkpoint_every=100",
+        ],
+    )
     tr = GRPOTrainer(cfg)
     batch = tr.rollout(1)
     refs = batch.cond.items["ref_latents"]
@@ -49,16 +59,32 @@ def test_sft_checkpoint_is_the_rl_starting_point(tmp_path, monkeypatch):
 
     monkeypatch.setenv("MRGRPO_CACHE", str(tmp_path / "cache"))
     synthesize(tmp_path / "synth", n=16, size=64, seed=0)
-    sft_cfg = load_recipe(REPO / "recipes" / "quickstart_sft.yaml", [
-        f"data.sft_sources.0.path={tmp_path}/synth/t2i.jsonl", f"data.sft_sources.1.path={tmp_path}/synth/edit.jsonl",
-        f"output_dir={tmp_path}/sft", "train.max_steps=2", "logging.progress_bar=false", "logging.tensorboard=false"])
+    sft_cfg = load_recipe(
+        REPO / "recipes" / "quickstart_sft.yaml",
+        [
+            f"data.sft_sources.0.path={tmp_path}/synth/t2i.jsonl",
+            f"data.sft_sources.1.path={tmp_path}/synth/edit.jsonl",
+            f"output_dir={tmp_path}/sft",
+            "train.max_steps=2",
+            "logging.progress_bar=false",
+            "logging.tensorboard=false",
+        ],
+    )
     sft = SFTTrainer(sft_cfg)
     sft.fit()
     trained = {n: p.detach().clone() for n, p in sft.policy.named_parameters() if p.requires_grad}
     assert any("lora_" in n for n in trained) and any(n.startswith("transformer.") for n in trained)
-    rl_cfg = load_recipe(REPO / "recipes" / "quickstart.yaml", [
-        f"output_dir={tmp_path}/rl", f"policy.checkpoint={tmp_path}/sft/final", "train.max_steps=1", "logging.progress_bar=false",
-        "logging.tensorboard=false", "eval.sources=[]"])
+    rl_cfg = load_recipe(
+        REPO / "recipes" / "quickstart.yaml",
+        [
+            f"output_dir={tmp_path}/rl",
+            f"policy.checkpoint={tmp_path}/sft/final",
+            "train.max_steps=1",
+            "logging.progress_bar=false",
+            "logging.tensorboard=false",
+            "eval.sources=[]",
+        ],
+    )
     rl = GRPOTrainer(rl_cfg)
     params = dict(rl.policy.named_parameters())
     for name, value in trained.items():

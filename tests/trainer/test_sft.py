@@ -25,15 +25,25 @@ def synth(tmp_path_factory):
 
 
 def _cfg(synth, tmp_path, *overrides):
-    return load_recipe(REPO / "recipes" / "quickstart_sft.yaml",
-                       [f"data.sft_sources.0.path={synth}/t2i.jsonl", f"data.sft_sources.1.path={synth}/edit.jsonl",
-                        f"output_dir={tmp_path}/run", "logging.progress_bar=false", "logging.tensorboard=false", *overrides])
+    return load_recipe(
+        REPO / "recipes" / "quickstart_sft.yaml",
+        [
+            f"data.sft_sources.0.path={synth}/t2i.jsonl",
+            f"data.sft_sources.1.path={synth}/edit.jsonl",
+            f"output_dir={tmp_path}/run",
+            "logging.progress_bar=false",
+            "logging.tensorboard=false",
+            *overrides,
+        ],
+    )
 
 
 def test_sft_loss_falls_on_synthetic_data_for_t2i_and_edit(synth, tmp_path, monkeypatch):
     monkeypatch.setenv("MRGRPO_CACHE", str(tmp_path / "cache"))
     for seed in (0, 1):
-        hist = SFTTrainer(_cfg(synth, tmp_path / str(seed), f"train.seed={seed}", "train.max_steps=60", "logging.sample_every=1000")).fit()
+        hist = SFTTrainer(
+            _cfg(synth, tmp_path / str(seed), f"train.seed={seed}", "train.max_steps=60", "logging.sample_every=1000")
+        ).fit()
         for kind in ("t2i", "edit"):
             vals = [h[f"loss/{kind}"] for h in hist if f"loss/{kind}" in h]
             assert len(vals) >= 10, kind
@@ -45,13 +55,29 @@ def test_sft_loss_falls_on_synthetic_data_for_t2i_and_edit(synth, tmp_path, monk
 
 
 def _toy_sft(synth, tmp_path, *overrides):
-    return load_recipe(data={
-        "stage": "sft", "output_dir": str(tmp_path), "policy": {"name": "toy_policy:ToyPolicy"},
-        "data": {"sft_sources": [{"name": "t", "path": f"{synth}/t2i.jsonl", "format": "t2i"}]},
-        "sft": {"pixel_budget": 32}, "rl": {"height": 32, "width": 32}, "eval": {"num_steps": 3},
-        "train": {"lr": 1e-2, "images_per_step": 8, "micro_batch_size": 4, "max_steps": 4, "mixed_precision": "no",
-                  "warmup_steps": 0, "checkpoint_every": 2, "seed": 0},
-        "logging": {"tensorboard": False, "progress_bar": False, "sample_every": 100}}, overrides=list(overrides))
+    return load_recipe(
+        data={
+            "stage": "sft",
+            "output_dir": str(tmp_path),
+            "policy": {"name": "toy_policy:ToyPolicy"},
+            "data": {"sft_sources": [{"name": "t", "path": f"{synth}/t2i.jsonl", "format": "t2i"}]},
+            "sft": {"pixel_budget": 32},
+            "rl": {"height": 32, "width": 32},
+            "eval": {"num_steps": 3},
+            "train": {
+                "lr": 1e-2,
+                "images_per_step": 8,
+                "micro_batch_size": 4,
+                "max_steps": 4,
+                "mixed_precision": "no",
+                "warmup_steps": 0,
+                "checkpoint_every": 2,
+                "seed": 0,
+            },
+            "logging": {"tensorboard": False, "progress_bar": False, "sample_every": 100},
+        },
+        overrides=list(overrides),
+    )
 
 
 def test_sft_resume_is_exact(synth, tmp_path):
@@ -85,7 +111,9 @@ def test_aux_sft_loss_in_mrgrpo_is_the_sft_trainers_loss(synth, tmp_path, toy_re
 
 
 def test_sft_without_readable_data_fails_at_start(tmp_path):
-    cfg = load_recipe(REPO / "recipes" / "quickstart_sft.yaml", [f"data.sft_sources.0.path={tmp_path}/none.jsonl",
-                                                                   f"data.sft_sources.1.path={tmp_path}/none2.jsonl"])
+    cfg = load_recipe(
+        REPO / "recipes" / "quickstart_sft.yaml",
+        [f"data.sft_sources.0.path={tmp_path}/none.jsonl", f"data.sft_sources.1.path={tmp_path}/none2.jsonl"],
+    )
     with pytest.raises(RecipeError, match="none.jsonl|no readable|no SFT"):
         SFTTrainer(cfg)

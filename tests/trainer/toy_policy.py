@@ -60,7 +60,9 @@ class ToyPolicy(DiffusionPolicy):
                 rows.append(torch.randn(self.dim, generator=gen))
             return Conditioning({"pooled": torch.stack(rows).to(self.device)})
 
-        return EncodedPrompts(emb(prompts), emb([negative_prompt] * len(prompts)) if negative_prompt is not None else None)
+        return EncodedPrompts(
+            emb(prompts), emb([negative_prompt] * len(prompts)) if negative_prompt is not None else None
+        )
 
     def velocity(self, latents, sigma, cond, ref_latents=None):
         net = self._ref_net if self._use_ref else self.net
