@@ -156,12 +156,15 @@ class SFTTrainer(TrainerBase):
 
     def fit(self) -> list[dict[str, float]]:
         """Train until ``train.max_steps`` (resuming if asked); returns the per-step metrics."""
-        plot = lambda: plot_curves(
-            self.run_tracker.metrics_path,
-            self.out / "loss_curve.png",  # noqa: E731
-            prefixes=("loss",),
-            title=f"{self.cfg.stage} loss",
-        )
+
+        def plot() -> None:
+            plot_curves(
+                self.run_tracker.metrics_path,
+                self.out / "loss_curve.png",
+                prefixes=("loss",),
+                title=f"{self.cfg.stage} loss",
+            )
+
         return self.run_loop(
             self.step_once,
             desc=self.cfg.stage.upper(),

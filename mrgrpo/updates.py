@@ -21,11 +21,11 @@ accumulation (a fixed ``gradient_accumulation_steps``) steps exactly at the end 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Union
+from typing import Literal
 
 import numpy as np
 
-UpdatesPerRollout = Union[int, Literal["per_timestep"]]
+UpdatesPerRollout = int | Literal["per_timestep"]
 
 
 @dataclass(frozen=True)

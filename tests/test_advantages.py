@@ -245,7 +245,7 @@ def test_reduce_fn_two_processes_match_the_full_batch(batch):
     assert len(sent) == 2
     for rank, idx in enumerate(halves):
         other = sent[1 - rank]
-        got = part(idx, reduce_fn=lambda t: t + other.to(t.dtype))
+        got = part(idx, reduce_fn=lambda t, other=other: t + other.to(t.dtype))
         torch.testing.assert_close(got, full[idx], atol=1e-5, rtol=1e-5)
         # without the reduction a half normalises over itself only: a different answer
         assert (part(idx) - full[idx]).abs().max() > 1e-3
