@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: quickstart quickstart-sft test test-slow test-gpu bench bench-gpu
+.PHONY: quickstart quickstart-sft test test-slow test-gpu bench bench-gpu lint format
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -14,6 +14,17 @@ $(STAMP): setup.cfg pyproject.toml
 
 quickstart: $(STAMP)
 	$(BIN)/mrgrpo train recipes/quickstart.yaml
+
+# ruff (lint + format check) and mypy (pydantic plugin) over the installed package layout
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python tools/typecheck_tree.py >/dev/null
+	cd build/typecheck && ../../$(BIN)/mypy --config-file ../../pyproject.toml mrgrpo
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
