@@ -7,7 +7,8 @@ the GPU (bf16 frozen parts, float32 trained DiT, bf16 frozen reference copy), th
 trainer (rollout at 512x512, G=8, CPS sampler, 60% of the steps trained, velocity KL, AdamW) and
 reports time per phase, the on-policy ratio of the first update and peak GPU memory.
 Quality is meaningless (random weights); shapes, dtypes, memory and speed are the real ones.
-Levers (gradient checkpointing, fused AdamW, regional compile, beta 0, LoRA) are flags; each run is stored\nunder its label in the --out JSON. benchmarks/gpu_session.sh runs the whole set in one device session.
+Levers (gradient checkpointing, fused AdamW, regional compile, beta 0, LoRA) are flags; each run is stored
+under its label in the --out JSON. benchmarks/gpu_session.sh runs the whole set in one device session.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Which `train.updates_per_rollout` learns fastest on the quickstart: per rollout and per second.
 
-    python benchmarks/updates_per_rollout.py [--steps 40] [--seeds 0 1 2] [--settings 1 2 per_timestep] --out results.json
+    python benchmarks/updates_per_rollout.py [--steps 40] [--seeds 0 1 2] \
+        [--settings 1 2 per_timestep] --out results.json
 
 For each setting and seed, trains the shipped quickstart recipe (tiny DeepGen, brightness + colour
 + OCR mixtures) for ``--steps`` rollouts and reports the rise of ``reward/brightness`` (mean of the

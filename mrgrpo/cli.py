@@ -59,7 +59,8 @@ def _cmd_recipes_list(args: argparse.Namespace) -> int:
                 break
         stage = (yaml.safe_load(path.read_text()) or {}).get("stage", "rl")
         print(
-            f"{path.relative_to(_recipes_dir().parent) if _recipes_dir().parent in path.parents else path}  [{stage}]  {first}"
+            f"{path.relative_to(_recipes_dir().parent) if _recipes_dir().parent in path.parents else path}"
+            f"  [{stage}]  {first}"
         )
     return 0
 

@@ -46,7 +46,10 @@ class PolicyConfig(_Strict):
     )
     checkpoint: str | None = Field(
         None,
-        description="Weights to start from: a directory written by `policy.save`, or a released DeepGen checkpoint (.safetensors/.pt).",
+        description=(
+            "Weights to start from: a directory written by `policy.save`, or a released DeepGen checkpoint "
+            "(.safetensors/.pt)."
+        ),
     )
 
 
@@ -65,7 +68,9 @@ class PromptSource(_Strict):
     name: str = Field(..., description="Source name, used in logs (`data/<name>`).")
     path: str = Field(
         ...,
-        description="Prompt file: .txt (one prompt a line), .jsonl (`prompt` [+ `image`, fields]) or .csv (`prompt` column).",
+        description=(
+            "Prompt file: .txt (one prompt a line), .jsonl (`prompt` [+ `image`, fields]) or .csv (`prompt` column)."
+        ),
     )
     format: Literal["auto", "txt", "jsonl", "csv"] = Field(
         "auto", description="File format; `auto` picks it from the extension."
@@ -78,11 +83,17 @@ class PromptSource(_Strict):
     )
     rewards: dict[str, float] = Field(
         ...,
-        description="Reward mixture of the source: reward name -> weight (paper text rendering: unifiedreward_think 0.2, clip 0.1, ocr 0.7).",
+        description=(
+            "Reward mixture of the source: reward name -> weight (paper text rendering: unifiedreward_think 0.2, "
+            "clip 0.1, ocr 0.7)."
+        ),
     )
     required: bool = Field(
         True,
-        description="Fail at start when the file is missing; `false` skips it with a warning (for sources users point at their copies).",
+        description=(
+            "Fail at start when the file is missing; `false` skips it with a warning (for sources users point at "
+            "their copies)."
+        ),
     )
 
 
@@ -90,18 +101,25 @@ class SFTSource(_Strict):
     name: str = Field(..., description="Source name, used in logs.")
     path: str = Field(
         ...,
-        description="Records file (.json/.jsonl), a folder of them, or WebDataset shards (`{000..009}.tar` brace pattern).",
+        description=(
+            "Records file (.json/.jsonl), a folder of them, or WebDataset shards (`{000..009}.tar` brace pattern)."
+        ),
     )
     format: Literal["t2i", "caption", "edit", "webdataset"] = Field(
         "t2i",
-        description="`t2i`: {image_path, txt}; `caption`: {image, annotation}; `edit`: {input_image, output_image, instruction}; `webdataset`: tar shards.",
+        description=(
+            "`t2i`: {image_path, txt}; `caption`: {image, annotation}; `edit`: {input_image, output_image, "
+            "instruction}; `webdataset`: tar shards."
+        ),
     )
     caption_key: str = Field(
         "caption", description="Key inside `annotation` (caption format) or the text key of webdataset samples."
     )
     image_root: str | None = Field(
         None,
-        description="Folder that relative image paths in the records are resolved against (default: the records file's folder).",
+        description=(
+            "Folder that relative image paths in the records are resolved against (default: the records file's folder)."
+        ),
     )
     weight: float = Field(1.0, ge=0, description="Sample weight among SFT sources of the same kind.")
     required: bool = Field(True, description="Fail at start when missing; `false` skips it with a warning.")
@@ -113,7 +131,9 @@ class DataConfig(_Strict):
     )
     source_sampling: Literal["prompts_x_weight", "weight"] = Field(
         "prompts_x_weight",
-        description="Source probability proportional to (number of prompts x weight), as in the paper, or to weight only.",
+        description=(
+            "Source probability proportional to (number of prompts x weight), as in the paper, or to weight only."
+        ),
     )
     sft_sources: list[SFTSource] = Field(
         default_factory=list,
@@ -171,7 +191,9 @@ class RLConfig(_Strict):
     sft_aux_every: int = Field(
         1,
         ge=1,
-        description="Add the auxiliary SFT loss every k rollout steps (one SFT batch per optimizer step of those rollouts).",
+        description=(
+            "Add the auxiliary SFT loss every k rollout steps (one SFT batch per optimizer step of those rollouts)."
+        ),
     )
     sft_aux_batch_size: int = Field(8, ge=1, description="Images in each auxiliary SFT batch (per process).")
     inner_epochs: int = Field(
@@ -214,13 +236,18 @@ class SFTConfig(_Strict):
 class EvalConfig(_Strict):
     sources: list[PromptSource] = Field(
         default_factory=list,
-        description="Held-out prompt sources (MR-GRPO): each prompt is sampled once with the ODE sampler from fixed noise and scored with its source's reward mixture (`eval/<reward>`, `eval/mean`).",
+        description=(
+            "Held-out prompt sources (MR-GRPO): each prompt is sampled once with the ODE sampler from fixed noise "
+            "and scored with its source's reward mixture (`eval/<reward>`, `eval/mean`)."
+        ),
     )
     every: int = Field(100, ge=1, description="Evaluate every N steps (and at the last step); MR-GRPO only.")
     prompts: int = Field(
         16,
         ge=1,
-        description="Held-out prompts per evaluation: the first N of `eval.sources`, in file order, split over the processes.",
+        description=(
+            "Held-out prompts per evaluation: the first N of `eval.sources`, in file order, split over the processes."
+        ),
     )
     num_steps: int = Field(
         50, ge=2, description="ODE denoising steps of evaluation images and of the sample grids of both trainers."
@@ -228,7 +255,10 @@ class EvalConfig(_Strict):
     cfg_scale: float = Field(
         4.0,
         ge=0,
-        description="CFG scale of evaluation images and sample grids (paper: 4.0); <= 1 disables CFG (no negative prompt is encoded).",
+        description=(
+            "CFG scale of evaluation images and sample grids (paper: 4.0); <= 1 disables CFG (no negative prompt is "
+            "encoded)."
+        ),
     )
 
 
@@ -274,11 +304,18 @@ class TrainConfig(_Strict):
     images_per_step: int = Field(
         256,
         ge=1,
-        description="Global images per step (RL: prompts x G of one rollout over all processes; SFT: images per optimizer step).",
+        description=(
+            "Global images per step (RL: prompts x G of one rollout over all processes; SFT: images per optimizer "
+            "step)."
+        ),
     )
     updates_per_rollout: int | Literal["per_timestep"] = Field(
         1,
-        description="RL optimizer steps per pass over a rollout: 1 (all samples and trained timesteps accumulate into one step; the ratio stays 1), k (the groups split into k steps, groups kept whole) or `per_timestep` (one step per trained timestep over the whole batch: the released DeepGen-RL schedule). See docs/training.md.",
+        description=(
+            "RL optimizer steps per pass over a rollout: 1 (all samples and trained timesteps accumulate into one "
+            "step; the ratio stays 1), k (the groups split into k steps, groups kept whole) or `per_timestep` (one "
+            "step per trained timestep over the whole batch: the released DeepGen-RL schedule). See docs/training.md."
+        ),
     )
     micro_batch_size: int = Field(
         8, ge=1, description="Images per forward/backward on one process (gradients accumulate)."
@@ -286,7 +323,9 @@ class TrainConfig(_Strict):
     max_steps: int = Field(
         1500,
         ge=1,
-        description="Steps of the run (RL: rollouts; SFT: optimizer steps). The LR schedule and warm-up count these steps.",
+        description=(
+            "Steps of the run (RL: rollouts; SFT: optimizer steps). The LR schedule and warm-up count these steps."
+        ),
     )
     grad_clip: float | None = Field(1.0, gt=0, description="Max global gradient norm; null disables.")
     mixed_precision: Literal["no", "bf16", "fp16"] = Field(
@@ -298,14 +337,17 @@ class TrainConfig(_Strict):
     gradient_checkpointing: bool | Literal["auto"] = Field(
         False,
         description=(
-            "Recompute activations in the backward pass to save memory. `auto`: only on CUDA when weights + gradients + "
-            "AdamW states would take more than half of the device's memory (a heuristic; it trades ~30% train time for memory)."
+            "Recompute activations in the backward pass to save memory. `auto`: only on CUDA when weights + "
+            "gradients + "
+            "AdamW states would take more than half of the device's memory (a heuristic; it trades ~30% train time "
+            "for memory)."
         ),
     )
     fused_optimizer: bool | Literal["auto"] = Field(
         "auto",
         description=(
-            "torch's fused AdamW kernel (one launch for all parameters). `auto`: on CUDA only; same update up to float rounding."
+            "torch's fused AdamW kernel (one launch for all parameters). `auto`: on CUDA only; same update up to "
+            "float rounding."
         ),
     )
     compile_dit: bool = Field(
@@ -675,7 +717,8 @@ def check_recipe(cfg: RunConfig, *, check_files: bool = True, source: str = "<re
                 "train.images_per_step",
                 train.images_per_step,
                 f"is not divisible by rl.group_size={rl.group_size}",
-                f"use a multiple of {rl.group_size} (e.g. {max(1, train.images_per_step // rl.group_size) * rl.group_size})",
+                f"use a multiple of {rl.group_size} (e.g. "
+                f"{max(1, train.images_per_step // rl.group_size) * rl.group_size})",
             )
         for h_name in ("height", "width"):
             v = getattr(rl, h_name)
@@ -731,7 +774,8 @@ def check_recipe(cfg: RunConfig, *, check_files: bool = True, source: str = "<re
                 f"{field}.path",
                 src.path,
                 f"does not exist (looked at {gone})",
-                "point it at an existing prompt file (relative paths are taken from the recipe's folder) or set `required: false`",
+                "point it at an existing prompt file (relative paths are taken from the recipe's folder) or set "
+                "`required: false`",
             )
     if cfg.stage == "rl" and cfg.data.sources and all(s.weight == 0 for s in cfg.data.sources):
         bad(

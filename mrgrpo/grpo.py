@@ -96,14 +96,16 @@ class GRPOTrainer(TrainerBase):
         n_prompts = cfg.prompts_per_step
         if n_prompts % world:
             raise RecipeError(
-                f"train.images_per_step={train.images_per_step} gives {n_prompts} prompts a step, not divisible by {world} processes. Fix: use a multiple of {self.G * world}."
+                f"train.images_per_step={train.images_per_step} gives {n_prompts} prompts a step, not divisible by "
+                f"{world} processes. Fix: use a multiple of {self.G * world}."
             )
         self.local_prompts = n_prompts // world
         self.local_images = self.local_prompts * self.G
         n_sde = int(sde_step_mask(rl.num_steps, rl.sde_window).sum())
         if n_sde == 0:
             raise RecipeError(
-                f"rl.sde_window={rl.sde_window} leaves no trainable SDE step among rl.num_steps={rl.num_steps} (the last step is never trained). Fix: widen the window."
+                f"rl.sde_window={rl.sde_window} leaves no trainable SDE step among rl.num_steps={rl.num_steps} (the "
+                "last step is never trained). Fix: widen the window."
             )
         self.train_steps_per_sample = max(1, int(round(rl.timestep_fraction * n_sde)))
         try:

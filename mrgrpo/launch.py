@@ -14,7 +14,8 @@ def launch_command(cfg: RunConfig, recipe: str, overrides: list[str]) -> list[st
     """The ``accelerate launch`` command line for a recipe (no ``--launch`` inside, so no recursion)."""
     if not cfg.distributed.accelerate_config:
         raise RecipeError(
-            "--launch needs distributed.accelerate_config (e.g. accelerate/deepspeed_zero2.yaml). Fix: set it in the recipe or with --set."
+            "--launch needs distributed.accelerate_config (e.g. accelerate/deepspeed_zero2.yaml). Fix: set it in "
+            "the recipe or with --set."
         )
     cmd = [
         sys.executable,

@@ -149,7 +149,8 @@ def load_prompt_file(path: str | Path, *, source: str, fmt: str = "auto", kind: 
         for r in records:
             if not r.images:
                 raise RecipeError(
-                    f"{p}: editing source {source!r} has a record without a reference image ({r.prompt[:40]!r}). Fix: add `image` to every record."
+                    f"{p}: editing source {source!r} has a record without a reference image ({r.prompt[:40]!r}). "
+                    "Fix: add `image` to every record."
                 )
             for img in r.images:
                 if not Path(img).is_file():
@@ -230,7 +231,8 @@ class PromptSampler:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("sources") != [s.name for s in self.sources]:
             raise RecipeError(
-                f"cannot resume: checkpoint prompt sources {state.get('sources')} differ from the recipe's {[s.name for s in self.sources]}."
+                f"cannot resume: checkpoint prompt sources {state.get('sources')} differ from the recipe's "
+                f"{[s.name for s in self.sources]}."
             )
         self.cursors = [int(c) for c in state["cursors"]]
 

@@ -183,7 +183,8 @@ class RewardMixture:
                 failures += int(out.details.get("failures", 0)) if isinstance(out.details, dict) else 0
             if failures and self.failure == "stop":
                 raise RewardFailure(
-                    f"reward {name!r} could not score {failures} image(s). Set rl.reward_failure: mask to continue without them."
+                    f"reward {name!r} could not score {failures} image(s). Set rl.reward_failure: mask to continue "
+                    "without them."
                 )
             return name, scores, valid, failures
 

@@ -50,7 +50,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="recipe override (a.b=c); for a saved folder only policy.kwargs.NAME=VALUE (e.g. policy.kwargs.mask_padding=false)",
+        help=(
+            "recipe override (a.b=c); for a saved folder only policy.kwargs.NAME=VALUE (e.g. "
+            "policy.kwargs.mask_padding=false)"
+        ),
     )
 
 

@@ -40,7 +40,8 @@ class SFTTrainer(TrainerBase):
         per_step = train.micro_batch_size * world
         if train.images_per_step % per_step:
             raise RecipeError(
-                f"train.images_per_step={train.images_per_step} is not a multiple of train.micro_batch_size x processes = {per_step}. "
+                f"train.images_per_step={train.images_per_step} is not a multiple of train.micro_batch_size x "
+                f"processes = {per_step}. "
                 f"Fix: use a multiple of {per_step}."
             )
         super().__init__(cfg, train.images_per_step // per_step)

@@ -154,7 +154,8 @@ class Tracker:
                 import wandb as _wandb
             except ImportError as exc:
                 raise RuntimeError(
-                    "logging.wandb is true but wandb is not installed. Fix: pip install wandb, or set logging.wandb: false."
+                    "logging.wandb is true but wandb is not installed. Fix: pip install wandb, or set "
+                    "logging.wandb: false."
                 ) from exc
             self._wandb = _wandb.init(project=wandb_project, dir=str(self.dir), config=config, resume="allow")
 

@@ -59,7 +59,8 @@ def make_accelerator(cfg: RunConfig, gradient_accumulation_steps: int):
 
 
 def build_optimizer(params: Sequence[tuple[str, torch.nn.Parameter]], cfg: RunConfig) -> torch.optim.Optimizer:
-    """AdamW with weight decay on matrices only (ndim >= 2); torch's fused kernel on CUDA (``train.fused_optimizer``)."""
+    """AdamW with weight decay on matrices only (ndim >= 2); torch's fused kernel on CUDA
+    (``train.fused_optimizer``)."""
     if not params:
         raise RecipeError("the policy has no trainable parameters for this stage. Fix: check the stage / train.lora.")
     decay = [p for _, p in params if p.ndim >= 2]
@@ -169,7 +170,8 @@ class TrainerBase:
         if cfg.train.compile_dit:
             if not hasattr(policy, "compile_blocks"):
                 raise RecipeError(
-                    f"train.compile_dit: the {type(policy).__name__} policy has no compile_blocks(). Fix: set it to false."
+                    f"train.compile_dit: the {type(policy).__name__} policy has no compile_blocks(). Fix: set it to "
+                    "false."
                 )
             policy.compile_blocks()
         optimizer = build_optimizer(self.trainable, cfg)

@@ -57,7 +57,8 @@ def lora_config(spec: dict[str, Any], default_targets: Any, init: str | bool = "
 
 
 def save_adapter(module: torch.nn.Module, config: Any, directory: Path) -> None:
-    """Write ``module``'s ``default`` LoRA as peft adapter files (``adapter_config.json`` + ``adapter_model.safetensors``)."""
+    """Write ``module``'s ``default`` LoRA as peft adapter files (``adapter_config.json`` +
+    ``adapter_model.safetensors``)."""
     from peft import get_peft_model_state_dict
     from safetensors.torch import save_file
 
@@ -129,7 +130,8 @@ class DiTPolicy(DiffusionPolicy):
         largest = grid * cfg.patch_size * self.vae_scale_factor if grid else None
         if largest and max(height, width) > largest:
             raise ValueError(
-                f"{height}x{width} is larger than this DiT's position grid allows ({largest} px per side); use a smaller size"
+                f"{height}x{width} is larger than this DiT's position grid allows ({largest} px per side); use a "
+                "smaller size"
             )
         return super().init_noise(batch, height, width, generator)
 
@@ -141,7 +143,8 @@ class DiTPolicy(DiffusionPolicy):
         return (self.vae.decode(x).sample.float() / 2 + 0.5).clamp(0, 1)
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        """DiT latents ``[B, C, H/f, W/f]`` float32 (posterior mode, shifted and scaled) of ``[B, 3, H, W]`` in [0, 1]."""
+        """DiT latents ``[B, C, H/f, W/f]`` float32 (posterior mode, shifted and scaled) of ``[B, 3, H, W]``
+        in [0, 1]."""
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"encode_images takes [B, 3, H, W] in [0, 1], got {tuple(images.shape)}")
         cfg = self.vae.config
@@ -149,7 +152,8 @@ class DiTPolicy(DiffusionPolicy):
         return ((dist.mode() - (cfg.shift_factor or 0.0)) * cfg.scaling_factor).float()
 
     def sigmas(self, num_steps: int) -> torch.Tensor:
-        """``[num_steps + 1]`` float32 from 1 to 0: the scheduler's shifted sigmas (shift ``scheduler.config.shift``)."""
+        """``[num_steps + 1]`` float32 from 1 to 0: the scheduler's shifted sigmas
+        (shift ``scheduler.config.shift``)."""
         if num_steps < 1:
             raise ValueError(f"num_steps must be >= 1, got {num_steps}")
         self.scheduler.set_timesteps(num_steps)
@@ -163,7 +167,8 @@ class DiTPolicy(DiffusionPolicy):
 
     # -- DiT training -------------------------------------------------------------------------
     def add_dit_lora(self, spec: dict[str, Any]) -> None:
-        """Add a LoRA adapter (``default``) to the DiT: ``{rank, alpha, dropout, target_modules}``; frozen until trained."""
+        """Add a LoRA adapter (``default``) to the DiT: ``{rank, alpha, dropout, target_modules}``;
+        frozen until trained."""
         if self.dit_lora is not None:
             raise RuntimeError(f"the DiT already has a LoRA ({self.dit_lora}); build a fresh policy for another one")
         config = lora_config(spec, list(DIT_LORA_TARGETS))

@@ -247,7 +247,8 @@ class FluxPolicy(DiTPolicy):
         """SFT loss on an :class:`~mrgrpo.sft_data.batch.SFTBatch` (``images [B, 3, H, W]`` in [0, 1], ``B`` prompts,
         ``ref_images`` ``[B][<=1]`` PIL or None).
 
-        Noise and ``sigma`` (shift ``timestep_shift`` = exp(mu) at ``resolution``) come from ``generator`` (drawn on its own device).
+        Noise and ``sigma`` (shift ``timestep_shift`` = exp(mu) at ``resolution``) come from ``generator``
+        (drawn on its own device).
         """
         with torch.no_grad():
             x0 = self.encode_images(batch.images.to(self.device))

@@ -136,7 +136,8 @@ class SD3Policy(DiTPolicy):
         self.stage = stage
 
     def load(self, path: str) -> None:
-        """A folder written by :meth:`save`, or a flat DiT state dict (``transformer.<name>`` or bare diffusers names)."""
+        """A folder written by :meth:`save`, or a flat DiT state dict (``transformer.<name>`` or bare diffusers
+        names)."""
         p = Path(path)
         if not p.exists():
             raise FileNotFoundError(f"sd3 weights {path} do not exist")

@@ -46,7 +46,6 @@ BIG_REQUEST_PIXELS = 2**22
 SMALL_RESERVE_PIXELS = 2**24
 
 
-
 @dataclass
 class ServerLimits:
     """Request limits.

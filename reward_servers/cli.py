@@ -217,7 +217,8 @@ def run(args: argparse.Namespace) -> int:
     )
     if min(sizes) <= 0:
         print(
-            "error: --max-batch, --max-images, --max-pixels, --max-request-pixels, --max-inflight-pixels, --max-body-mb "
+            "error: --max-batch, --max-images, --max-pixels, --max-request-pixels, --max-inflight-pixels, "
+            "--max-body-mb "
             "and --read-timeout must be positive",
             file=sys.stderr,
         )

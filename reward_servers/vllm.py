@@ -71,7 +71,8 @@ def build_vllm_command(
 def wait_healthy(
     url: str, timeout: float = 1800.0, proc: subprocess.Popen | None = None, interval: float = 2.0
 ) -> None:
-    """Poll ``url`` (e.g. ``http://127.0.0.1:8000/health``) until it answers 200; raise if the process dies or time runs out."""
+    """Poll ``url`` (e.g. ``http://127.0.0.1:8000/health``) until it answers 200; raise if the process dies or
+    time runs out."""
     import httpx
 
     deadline = time.time() + timeout

@@ -140,7 +140,8 @@ def build_reward(
 
 
 def accepted_kwargs(factory: Callable[..., Any]) -> list[str] | None:
-    """Keyword names ``factory`` accepts (its ``__init__`` for a class); None when it takes ``**kwargs`` or has no signature."""
+    """Keyword names ``factory`` accepts (its ``__init__`` for a class); None when it takes ``**kwargs`` or has no
+    signature."""
     try:
         sig = inspect.signature(factory)
     except (TypeError, ValueError):

@@ -61,7 +61,8 @@ def quoted_segments(prompt: str) -> list[str]:
 
 
 def normalise(text: str, *, case_sensitive: bool = False, ignore_punct: bool = False) -> str:
-    """Whitespace removed; optionally punctuation removed (keeps letters and digits of any script); lower-cased unless ``case_sensitive``."""
+    """Whitespace removed; optionally punctuation removed (keeps letters and digits of any script); lower-cased
+    unless ``case_sensitive``."""
     s = re.sub(r"\s+", "", text or "")
     if ignore_punct:
         s = "".join(ch for ch in s if ch.isalnum())
@@ -82,7 +83,8 @@ def levenshtein(a: str, b: str) -> int:
 
 
 def flowgrpo_score(recognised: str, target: str) -> float:
-    """``1 - min(d, len(t)) / len(t)`` with ``d = 0`` for a substring match, else Levenshtein (lower-case, no spaces)."""
+    """``1 - min(d, len(t)) / len(t)`` with ``d = 0`` for a substring match, else Levenshtein
+    (lower-case, no spaces)."""
     rec, tgt = normalise(recognised), normalise(target)
     if not tgt:
         raise ValueError("empty OCR target")

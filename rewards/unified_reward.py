@@ -96,7 +96,7 @@ Image 2: 7+8+5=20
 </think>
 <answer>Image 1 is better</answer>
 
-The example only shows the format; base your judgement on the given caption and images."""
+The example only shows the format; base your judgement on the given caption and images."""  # noqa: E501
 
 POINT_TEMPLATE = """You are shown an image generated from a text caption. Assess the image against the caption on three axes, each rated from 1 to 5:
 - Alignment Score: how well the image content matches the caption.
@@ -109,7 +109,7 @@ Alignment Score (1-5): X
 Coherence Score (1-5): Y
 Style Score (1-5): Z
 
-The caption is: [{prompt}]"""
+The caption is: [{prompt}]"""  # noqa: E501
 
 POINT_FINAL_TEMPLATE = (
     "You are given a text prompt and an image generated from it. Rate how well the image follows the prompt "
@@ -356,7 +356,8 @@ class UnifiedRewardThink(_JudgeBase):
     Args:
         base_url: the server's OpenAI API root, e.g. ``http://127.0.0.1:8000/v1``.
         model: served model name (default: the first of ``GET /models``).
-        template: ``"deepgen"`` or ``"official"``; ``template_text`` / ``template_file`` give your own (with ``{prompt}``).
+        template: ``"deepgen"`` or ``"official"``; ``template_text`` / ``template_file`` give your own
+            (with ``{prompt}``).
         swap: also judge every pair in the other order and average (2x requests).
         require_answer_tag: only a verdict inside ``<answer>`` counts (else the whole reply is searched).
         max_concurrency: requests in flight at once (per reward object, shared by all calling threads).

@@ -186,7 +186,10 @@ def synthesize(out_dir: str | Path, n: int = 200, size: int = 64, seed: int = 0)
     paths["prompts"].write_text("\n".join(prompts[:32]) + "\n")
     manifest: dict[str, Any] = {
         "name": "mrgrpo synthetic shapes and words",
-        "description": "Coloured shapes and rendered words (text-to-image) and shape edits (editing), drawn with PIL for smoke runs and tests.",
+        "description": (
+            "Coloured shapes and rendered words (text-to-image) and shape edits (editing), drawn with PIL for smoke "
+            "runs and tests."
+        ),
         "seed": seed,
         "size": size,
         "counts": {"t2i": len(t2i), "edit": len(edits), "prompts": min(32, len(prompts))},

@@ -146,7 +146,8 @@ def _problems(report: LoadReport) -> list[str]:
 
     if report.missing:
         out.append(
-            f"{len(report.missing)} missing key(s) (the checkpoint holds only part of these components):{listing(report.missing)}"
+            f"{len(report.missing)} missing key(s) (the checkpoint holds only part of these "
+            f"components):{listing(report.missing)}"
         )
     if report.unexpected:
         out.append(
@@ -216,7 +217,8 @@ def load_deepgen_checkpoint(
         msg = (
             f"checkpoint {path} does not fit the model:\n  "
             + "\n  ".join(problems)
-            + "\n  Check that the base models (vlm / transformer), scb_layers, num_queries and the connector shape match the checkpoint."
+            + "\n  Check that the base models (vlm / transformer), scb_layers, num_queries and the connector shape "
+            "match the checkpoint."
         )
         if strict:
             raise CheckpointError(msg)

@@ -68,7 +68,8 @@ def install_masked_attention(transformer) -> None:
 def embed_with_references(
     transformer, latents: torch.Tensor, ref_latents: Sequence[Sequence[torch.Tensor]] | None
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Patch tokens ``[B, N_tgt + N_ref_max, D]`` (targets first) and their validity mask ``[B, N]`` (None: all valid)."""
+    """Patch tokens ``[B, N_tgt + N_ref_max, D]`` (targets first) and their validity mask ``[B, N]``
+    (None: all valid)."""
     tokens = transformer.pos_embed(latents)
     if not ref_latents or not any(len(r) for r in ref_latents):
         return tokens, None

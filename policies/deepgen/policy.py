@@ -213,7 +213,8 @@ class DeepGenPolicy(DiTPolicy):
         gh, gw = h // p, w // p
         if gh % m or gw % m:
             raise ValueError(
-                f"reference of {pixels.shape[-1]}x{pixels.shape[-2]} px does not pack into ViT patches; sides must be multiples of 32"
+                f"reference of {pixels.shape[-1]}x{pixels.shape[-2]} px does not pack into ViT patches; sides must "
+                "be multiples of 32"
             )
         x = x[None].expand(tp, c, h, w)  # one frame repeated over the temporal patch
         x = x.reshape(tp, c, gh // m, m, p, gw // m, m, p).permute(2, 5, 3, 6, 1, 0, 4, 7)  # gh/m gw/m m m c tp p p
@@ -361,14 +362,16 @@ class DeepGenPolicy(DiTPolicy):
         cond: Conditioning,
         ref_latents: list[list[torch.Tensor]] | None = None,
     ) -> torch.Tensor:
-        """DiT velocity ``[B, C, h, w]`` (the DiT's dtype) of ``latents [B, C, h, w]`` at ``sigma [B]`` (timestep = sigma * 1000).
+        """DiT velocity ``[B, C, h, w]`` (the DiT's dtype) of ``latents [B, C, h, w]`` at ``sigma [B]``
+        (timestep = sigma * 1000).
 
         Reference latents (``cond.items["ref_latents"]`` or ``ref_latents``) join the target's tokens in the
         joint attention; the context mask hides pads when ``mask_padding``.
         """
         if latents.ndim != 4 or sigma.shape != (latents.shape[0],):
             raise ValueError(
-                f"velocity takes latents [B, C, h, w] and sigma [B], got {tuple(latents.shape)} and {tuple(sigma.shape)}"
+                f"velocity takes latents [B, C, h, w] and sigma [B], got {tuple(latents.shape)} and "
+                f"{tuple(sigma.shape)}"
             )
         if len(cond) != latents.shape[0]:
             raise ValueError(
@@ -396,7 +399,8 @@ class DeepGenPolicy(DiTPolicy):
         """SFT loss on an :class:`~mrgrpo.sft_data.batch.SFTBatch` (``images [B, 3, H, W]`` in [0, 1], ``B`` prompts,
         ``ref_images`` ``[B][k]`` PIL or None; the batch checks that the counts agree).
 
-        Targets encoded by the VAE (mode); noise and ``sigma ~ shift-3 law`` drawn from ``generator`` (on its own device).
+        Targets encoded by the VAE (mode); noise and ``sigma ~ shift-3 law`` drawn from ``generator``
+        (on its own device).
         """
         with torch.no_grad():
             x0 = self.encode_images(batch.images.to(self.device))
@@ -474,7 +478,8 @@ class DeepGenPolicy(DiTPolicy):
     def add_vlm_lora(self, spec: dict[str, Any]) -> None:
         """Inject a LoRA (adapter ``default``, gaussian init as released) into the VLM; frozen until a stage trains it.
 
-        Keys then read ``lmm.model.language_model.layers.{i}.self_attn.q_proj.lora_A.default.weight`` (the released layout).
+        Keys then read ``lmm.model.language_model.layers.{i}.self_attn.q_proj.lora_A.default.weight``
+        (the released layout).
         """
         from peft import inject_adapter_in_model
 

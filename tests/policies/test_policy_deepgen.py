@@ -28,7 +28,8 @@ def test_prompt_templates_think_tokens_and_left_padding(build):
     )
     assert policy.prompt_text("make it blue", 2, [2, 3]) == (
         "<|im_start|>user\n<|vision_start|><|image_pad|><|image_pad|><|vision_end|>"
-        "<|vision_start|><|image_pad|><|image_pad|><|image_pad|><|vision_end|>\nmake it blue<|im_end|>\n<|im_start|>assistant\n"
+        "<|vision_start|><|image_pad|><|image_pad|><|image_pad|><|vision_end|>\nmake it "
+        "blue<|im_end|>\n<|im_start|>assistant\n"
     )
     q = policy.meta_queries.shape[0]
     ids, mask = policy._tokenize([policy.prompt_text("a"), policy.prompt_text("a much longer prompt")], [False, False])

@@ -123,7 +123,10 @@ class FakeJudge:
         winner = 1 if self.biased or imgs[0] > imgs[1] else 2
         if self.no_tag:
             return f"Image {winner} is better"
-        return f"<think>1. Semantic consistency: \n    Image 1 (8/10) - ...; \n    Image 2 (7/10) - ...</think>\n<answer>Image {winner} is better</answer>"
+        return (
+            "<think>1. Semantic consistency: \n    Image 1 (8/10) - ...; \n    Image 2 (7/10) - ...</think>\n"
+            f"<answer>Image {winner} is better</answer>"
+        )
 
     def close(self):
         self.server.shutdown()
