@@ -182,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, module, what, help_text in (
         ("sample", "mrgrpo.sample", "mrgrpo sample", "generate images from a recipe's policy or a saved checkpoint"),
         ("serve", "mrgrpo.reward_servers.cli", "mrgrpo serve", "serve a registered reward over HTTP (or launch the vLLM judge)"),
+        ("eval", "mrgrpo.eval", "mrgrpo eval", "score a saved policy on a prompt file with registered rewards (per-category table)"),
     ):
         add, run = _delegate(module, what)
         p = sub.add_parser(name, help=help_text)
