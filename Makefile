@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: quickstart quickstart-sft test test-slow bench
+.PHONY: quickstart quickstart-sft test test-slow bench toy-world
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -27,3 +27,7 @@ bench: $(STAMP)
 quickstart-sft: $(STAMP)
 	$(BIN)/mrgrpo data synth --out data/synth
 	$(BIN)/mrgrpo train recipes/quickstart_sft.yaml
+
+# SFT (cached), MR-GRPO on 3 seeds, ablations, held-out evaluation; report in outputs/toy_world/ (docs/toy_world.md)
+toy-world: $(STAMP)
+	$(BIN)/python -m mrgrpo.toy_world.pipeline --out outputs/toy_world --seeds 0 1 2 --ablations

@@ -52,15 +52,17 @@ class Clock:
 
 
 def ensure_data() -> Path:
-    """The cached SFT data folder (``t2i.jsonl`` + images), written once."""
+    """The cached SFT data folder (``t2i.jsonl`` + images), written once (``MRGRPO_TOY_DATA_N`` images,
+    default :data:`DATA_VERSION` ``n``)."""
     from mrgrpo.toy_world.build import write_sft_data
 
-    key = hashlib.sha1(json.dumps(DATA_VERSION, sort_keys=True).encode()).hexdigest()[:10]
+    spec = {**DATA_VERSION, "n": int(os.environ.get("MRGRPO_TOY_DATA_N", DATA_VERSION["n"]))}
+    key = hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:10]
     out = cache_root() / f"data-{key}"
     if not (out / "t2i.jsonl").exists():
         cache_root().mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".data-", dir=cache_root()))
-        write_sft_data(tmp, n=DATA_VERSION["n"], size=DATA_VERSION["size"], seed=DATA_VERSION["seed"])
+        write_sft_data(tmp, n=spec["n"], size=spec["size"], seed=spec["seed"])
         _publish(tmp, out)
     return out
 
@@ -144,7 +146,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override of the RL recipe")
     ap.add_argument("--sft-set", action="append", default=[], metavar="KEY=VALUE", help="override of the SFT recipe")
     ap.add_argument("--skip-baseline", action="store_true", help="reuse the SFT evaluation already in --out")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch CPU threads (1: these tiny ops gain little from 2, and on a shared CPU 2 threads spin-wait)")
     args = ap.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     prompts = RECIPES / "toy_world" / "prompts" / "heldout.jsonl"

@@ -6,6 +6,9 @@
   ``encode().latent_dist.mode()``, ``decode().sample``).
 * a 4-layer variant of ``deepgen-tiny``'s VLM and its think tokens (built once into the cache, frozen);
 * a 4-layer x 64-dim SD3 DiT (patch 2) on the 12-channel latents;
+* timestep shift 1 (sampler and training noise law) instead of SD3's 3: at 32x32 in pixel space, shift 3
+  leaves the last of 10 steps to jump from sigma 0.25 to 0 and trains too rarely at low noise (the
+  samples stay speckled);
 * :class:`ToyDeepGenPolicy`: the ``sft`` stage trains the connector/projectors and the whole DiT with
   the VLM and the think tokens frozen (no VLM LoRA: 2-3x faster on CPU); ``rl`` trains the DiT.
 """
@@ -23,7 +26,7 @@ from mrgrpo.policies.deepgen.policy import DeepGenPolicy
 from mrgrpo.policies.deepgen.tiny import TINY, _scb_kwargs, build_tiny_deepgen, tiny_cache_dir
 
 #: DiT of the toy world: 4 layers x 64 dims (4 heads x 16), patch 2
-TOY_DIT = {"dit_layers": 4, "dit_heads": 4, "dit_head_dim": 16, "factor": 2}
+TOY_DIT = {"dit_layers": 4, "dit_heads": 4, "dit_head_dim": 16, "factor": 2, "shift": 1.0}
 #: the frozen VLM: deepgen-tiny's shape with 4 decoder layers (SCB reads hidden states 4..1)
 TOY_VLM = {"layers": 4, "scb_layers": [4, 4, 3, 3, 2, 1]}
 
@@ -99,13 +102,17 @@ def _build_dit(seed: int, latent_channels: int, spec: dict[str, Any]):
                                      qk_norm="rms_norm")
 
 
-def toy_deepgen(seed: int = 0, cache_dir: str | None = None, spec: dict | None = None, **kwargs: Any) -> ToyDeepGenPolicy:
+def toy_deepgen(seed: int = 0, cache_dir: str | None = None, spec: dict | None = None, pretrained: str | None = None,
+                **kwargs: Any) -> ToyDeepGenPolicy:
     """Registry factory of ``deepgen-toy`` (see the module docstring).
 
     Args:
         seed: initialisation seed (VLM files, connector, DiT).
         cache_dir: folder of the tiny VLM files (default: ``deepgen-tiny``'s cache folder for ``seed``).
-        spec: overrides of :data:`TOY_DIT` (``dit_layers``, ``dit_heads``, ``dit_head_dim``, ``factor``).
+        spec: overrides of :data:`TOY_DIT` (``dit_layers``, ``dit_heads``, ``dit_head_dim``, ``factor``, ``shift``).
+        pretrained: ``"toy-world-sft"`` loads the toy world's SFT policy, trained on first use with
+            ``recipes/toy_world/sft.yaml`` and cached under ``$MRGRPO_CACHE/toy_world`` (like the tiny
+            model files); None starts from random weights.
         kwargs: :class:`DeepGenPolicy` options (``mask_padding``, ``checkpoint``, ...).
     """
     from diffusers import FlowMatchEulerDiscreteScheduler
@@ -121,12 +128,19 @@ def toy_deepgen(seed: int = 0, cache_dir: str | None = None, spec: dict | None =
     modules = {"lmm": Qwen2_5_VLForConditionalGeneration.from_pretrained(str(path / "vlm"), dtype=torch.float32),
                "tokenizer": AutoTokenizer.from_pretrained(str(path / "vlm")),
                "transformer": _build_dit(seed, vae.config.latent_channels, s), "vae": vae,
-               "scheduler": FlowMatchEulerDiscreteScheduler(shift=3.0)}
-    options = {"dtype": "float32", "pixel_budget": 32, **_scb_kwargs({**TINY, **TOY_VLM}), **kwargs}
+               "scheduler": FlowMatchEulerDiscreteScheduler(shift=s["shift"])}
+    options = {"dtype": "float32", "pixel_budget": 32, "timestep_shift": s["shift"], **_scb_kwargs({**TINY, **TOY_VLM}), **kwargs}
     checkpoint = options.pop("checkpoint", None)
     # the think tokens come from the tiny model's initial SCB weights; connector/projectors from init_seed
     policy = ToyDeepGenPolicy("", "", modules=modules, init_seed=seed, policy_name="deepgen-toy",
-                              policy_kwargs={"seed": seed, "cache_dir": cache_dir, "spec": spec, **kwargs}, **options)
+                              policy_kwargs={"seed": seed, "cache_dir": cache_dir, "spec": spec, "pretrained": pretrained, **kwargs},
+                              **options)
+    if pretrained is not None:
+        if pretrained != "toy-world-sft":
+            raise ValueError(f"deepgen-toy: pretrained must be 'toy-world-sft' or null, got {pretrained!r}")
+        from mrgrpo.toy_world.pipeline import ensure_sft
+
+        policy.load(str(ensure_sft()))
     if checkpoint:
         policy.load(checkpoint)
     return policy

@@ -31,7 +31,7 @@ def test_sde_window_shared_noise_and_cfg(toy_recipe):
 
 def test_deepgen_tiny_trains_on_editing_prompts(tmp_path, monkeypatch):
     monkeypatch.setenv("MRGRPO_CACHE", str(tmp_path / "cache"))
-    cfg = load_recipe(REPO / "recipes" / "quickstart.yaml", [
+    cfg = load_recipe(REPO / "recipes" / "smoke_pixel.yaml", [
         f"output_dir={tmp_path}/run", "train.max_steps=2", "logging.progress_bar=false", "logging.tensorboard=false",
         "data.sources.0.path=prompts/edit_sample.jsonl", "data.sources.0.kind=edit", "data.sources.1.weight=0",
         "data.eval_sources=[]", "train.checkpoint_every=100"])
@@ -56,7 +56,7 @@ def test_sft_checkpoint_is_the_rl_starting_point(tmp_path, monkeypatch):
     sft.fit()
     trained = {n: p.detach().clone() for n, p in sft.policy.named_parameters() if p.requires_grad}
     assert any("lora_" in n for n in trained) and any(n.startswith("transformer.") for n in trained)
-    rl_cfg = load_recipe(REPO / "recipes" / "quickstart.yaml", [
+    rl_cfg = load_recipe(REPO / "recipes" / "smoke_pixel.yaml", [
         f"output_dir={tmp_path}/rl", f"policy.checkpoint={tmp_path}/sft/final", "train.max_steps=1", "logging.progress_bar=false",
         "logging.tensorboard=false", "data.eval_sources=[]"])
     rl = GRPOTrainer(rl_cfg)
