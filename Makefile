@@ -13,7 +13,7 @@ $(STAMP): setup.cfg pyproject.toml
 	touch $(STAMP)
 
 quickstart: $(STAMP)
-	$(BIN)/mrgrpo train recipes/quickstart.yaml
+	OMP_NUM_THREADS=1 $(BIN)/mrgrpo train recipes/quickstart.yaml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
@@ -30,4 +30,4 @@ quickstart-sft: $(STAMP)
 
 # SFT (cached), MR-GRPO on 3 seeds, ablations, held-out evaluation; report in outputs/toy_world/ (docs/toy_world.md)
 toy-world: $(STAMP)
-	$(BIN)/python -m mrgrpo.toy_world.pipeline --out outputs/toy_world --seeds 0 1 2 --ablations
+	$(BIN)/python -m mrgrpo.toy_world.pipeline --out outputs/toy_world --seeds 0 1 2 --samples 32 --ablations

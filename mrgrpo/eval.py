@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -39,7 +39,9 @@ def load_eval_prompts(path: str | Path) -> list[EvalPrompt]:
     """Prompts of a ``.txt`` or ``.jsonl`` file (see the module docstring); raises ValueError naming the line."""
     p = Path(path)
     if not p.is_file():
-        raise ValueError(f"prompt file {p} does not exist. Fix: pass a .txt (one prompt a line) or .jsonl (prompt + tag) file")
+        raise ValueError(
+            f"prompt file {p} does not exist. Fix: pass a .txt (one prompt a line) or .jsonl (prompt + tag) file"
+        )
     out: list[EvalPrompt] = []
     for i, line in enumerate(p.read_text().splitlines(), 1):
         line = line.strip()
@@ -51,7 +53,9 @@ def load_eval_prompts(path: str | Path) -> list[EvalPrompt]:
             except json.JSONDecodeError as exc:
                 raise ValueError(f"{p}:{i}: not valid JSON ({exc}). Fix: one JSON object a line") from None
             if not isinstance(obj, dict) or not isinstance(obj.get("prompt"), str):
-                raise ValueError(f"{p}:{i}: needs a string field `prompt`. Fix: write {{\"prompt\": \"...\", \"tag\": \"category\"}}")
+                raise ValueError(
+                    f'{p}:{i}: needs a string field `prompt`. Fix: write {{"prompt": "...", "tag": "category"}}'
+                )
             cat = obj.get("tag", obj.get("category", "all"))
             out.append(EvalPrompt(obj["prompt"], str(cat), {k: v for k, v in obj.items() if k != "prompt"}))
         else:
@@ -69,8 +73,18 @@ def eval_seed(seed: int, prompt_index: int, sample: int) -> int:
 
 
 @torch.no_grad()
-def generate(policy, prompts: Sequence[EvalPrompt], *, samples: int, seed: int, num_steps: int, cfg_scale: float,
-             height: int, width: int, batch_prompts: int = 8) -> torch.Tensor:
+def generate(
+    policy,
+    prompts: Sequence[EvalPrompt],
+    *,
+    samples: int,
+    seed: int,
+    num_steps: int,
+    cfg_scale: float,
+    height: int,
+    width: int,
+    batch_prompts: int = 8,
+) -> torch.Tensor:
     """Images ``[P, S, 3, H, W]`` in [0, 1]: ``samples`` ODE samples of each prompt from :func:`eval_seed` noise."""
     from mrgrpo.rollout import sample_ode
 
@@ -79,19 +93,32 @@ def generate(policy, prompts: Sequence[EvalPrompt], *, samples: int, seed: int, 
     sigmas = policy.sigmas(num_steps).to(device)
     out = []
     for start in range(0, len(prompts), batch_prompts):
-        chunk = list(prompts[start:start + batch_prompts])
+        chunk = list(prompts[start : start + batch_prompts])
         enc = policy.encode([p.prompt for p in chunk], negative_prompt="" if cfg_scale > 1 else None)
         cond = enc.cond.select([i for i in range(len(chunk)) for _ in range(samples)])
-        uncond = enc.uncond.select([i for i in range(len(chunk)) for _ in range(samples)]) if enc.uncond is not None else None
-        noise = torch.cat([policy.init_noise(1, height, width, torch.Generator().manual_seed(eval_seed(seed, start + i, s)))
-                           for i in range(len(chunk)) for s in range(samples)])
-        final = sample_ode(lambda x, s, c: policy.velocity(x, s, c), noise.to(device), sigmas, cond, uncond=uncond, cfg_scale=cfg_scale)
+        uncond = (
+            enc.uncond.select([i for i in range(len(chunk)) for _ in range(samples)])
+            if enc.uncond is not None
+            else None
+        )
+        noise = torch.cat(
+            [
+                policy.init_noise(1, height, width, torch.Generator().manual_seed(eval_seed(seed, start + i, s)))
+                for i in range(len(chunk))
+                for s in range(samples)
+            ]
+        )
+        final = sample_ode(
+            lambda x, s, c: policy.velocity(x, s, c), noise.to(device), sigmas, cond, uncond=uncond, cfg_scale=cfg_scale
+        )
         pixels = policy.decode(final).float().cpu()
         out.append(pixels.view(len(chunk), samples, *pixels.shape[1:]))
     return torch.cat(out)
 
 
-def score_images(pixels: torch.Tensor, prompts: Sequence[EvalPrompt], rewards: dict[str, Any]) -> dict[str, dict[str, torch.Tensor]]:
+def score_images(
+    pixels: torch.Tensor, prompts: Sequence[EvalPrompt], rewards: dict[str, Any]
+) -> dict[str, dict[str, torch.Tensor]]:
     """``{reward: {"scores": [P, S], "valid": [P, S]}}`` of images ``[P, S, 3, H, W]``."""
     from mrgrpo.policies.base import tensor_to_images
 
@@ -118,8 +145,10 @@ def summarise(prompts: Sequence[EvalPrompt], scored: dict[str, dict[str, torch.T
     for cat in cats + ["overall"]:
         rows = [i for i, p in enumerate(prompts) if cat == "overall" or p.category == cat]
         by_cat[cat] = {"prompts": len(rows), **{name: mean(rows, name) for name in scored}}
-    per_prompt = [{"prompt": p.prompt, "category": p.category, **{name: mean([i], name) for name in scored}}
-                  for i, p in enumerate(prompts)]
+    per_prompt = [
+        {"prompt": p.prompt, "category": p.category, **{name: mean([i], name) for name in scored}}
+        for i, p in enumerate(prompts)
+    ]
     return {"categories": by_cat, "prompts": per_prompt}
 
 
@@ -132,15 +161,41 @@ def markdown_table(summary: dict[str, Any], rewards: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
-def evaluate_policy(policy, prompts: Sequence[EvalPrompt], rewards: dict[str, Any], *, samples: int = 8, seed: int = 0,
-                    num_steps: int = 10, cfg_scale: float = 3.0, height: int = 32, width: int = 32,
-                    out_dir: str | Path | None = None, grid_samples: int = 8) -> dict[str, Any]:
+def evaluate_policy(
+    policy,
+    prompts: Sequence[EvalPrompt],
+    rewards: dict[str, Any],
+    *,
+    samples: int = 8,
+    seed: int = 0,
+    num_steps: int = 10,
+    cfg_scale: float = 3.0,
+    height: int = 32,
+    width: int = 32,
+    out_dir: str | Path | None = None,
+    grid_samples: int = 8,
+) -> dict[str, Any]:
     """Generate, score and summarise; with ``out_dir`` also write results.json, results.md and grid.png."""
-    pixels = generate(policy, prompts, samples=samples, seed=seed, num_steps=num_steps, cfg_scale=cfg_scale, height=height, width=width)
+    pixels = generate(
+        policy,
+        prompts,
+        samples=samples,
+        seed=seed,
+        num_steps=num_steps,
+        cfg_scale=cfg_scale,
+        height=height,
+        width=width,
+    )
     scored = score_images(pixels, prompts, rewards)
     summary = summarise(prompts, scored)
-    summary["settings"] = {"samples": samples, "seed": seed, "num_steps": num_steps, "cfg_scale": cfg_scale,
-                           "height": height, "width": width}
+    summary["settings"] = {
+        "samples": samples,
+        "seed": seed,
+        "num_steps": num_steps,
+        "cfg_scale": cfg_scale,
+        "height": height,
+        "width": width,
+    }
     if out_dir is not None:
         from mrgrpo.tracking import save_image_grid
 
@@ -186,21 +241,36 @@ def load_policy(target: str, overrides: Sequence[str] = ()):
         from mrgrpo.trainer_base import build_policy
 
         return build_policy(load_recipe(p, list(overrides), check_files=False))
-    raise ValueError(f"{target}: not a saved policy folder (with policy.json), a run folder with final/, or a recipe .yaml")
+    raise ValueError(
+        f"{target}: not a saved policy folder (with policy.json), a run folder with final/, or a recipe .yaml"
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("policy", help="a saved policy folder (policy.json), a run folder (uses final/), or a recipe .yaml")
-    parser.add_argument("--prompts", required=True, help=".txt (one prompt a line) or .jsonl (prompt + tag/category; GenEval layout)")
-    parser.add_argument("--reward", action="append", required=True, metavar="[LABEL=]NAME[:k=v,...]",
-                        help="a registered reward (repeatable), e.g. --reward toy_geneval --reward ocr:mode=multi")
+    parser.add_argument(
+        "policy", help="a saved policy folder (policy.json), a run folder (uses final/), or a recipe .yaml"
+    )
+    parser.add_argument(
+        "--prompts", required=True, help=".txt (one prompt a line) or .jsonl (prompt + tag/category; GenEval layout)"
+    )
+    parser.add_argument(
+        "--reward",
+        action="append",
+        required=True,
+        metavar="[LABEL=]NAME[:k=v,...]",
+        help="a registered reward (repeatable), e.g. --reward toy_geneval --reward ocr:mode=multi",
+    )
     parser.add_argument("--out", required=True, help="output folder (results.json, results.md, grid.png)")
     parser.add_argument("--samples", type=int, default=8, help="images per prompt")
     parser.add_argument("--seed", type=int, default=0, help="evaluation seed (fixed noise for every policy)")
     parser.add_argument("--steps", type=int, default=10, help="ODE steps")
     parser.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance scale")
-    parser.add_argument("--size", type=int, default=None, help="image side in pixels (default 32 for deepgen-toy, else 512)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="recipe override (recipe targets)")
+    parser.add_argument(
+        "--size", type=int, default=None, help="image side in pixels (default 32 for deepgen-toy, else 512)"
+    )
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="recipe override (recipe targets)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -215,8 +285,18 @@ def run(args: argparse.Namespace) -> int:
         rewards[label] = build_reward(name, kwargs, label=label)
     policy = load_policy(args.policy, args.set)
     size = args.size or (32 if getattr(policy, "policy_name", "") == "deepgen-toy" else 512)
-    summary = evaluate_policy(policy, prompts, rewards, samples=args.samples, seed=args.seed, num_steps=args.steps,
-                              cfg_scale=args.cfg, height=size, width=size, out_dir=args.out)
+    summary = evaluate_policy(
+        policy,
+        prompts,
+        rewards,
+        samples=args.samples,
+        seed=args.seed,
+        num_steps=args.steps,
+        cfg_scale=args.cfg,
+        height=size,
+        width=size,
+        out_dir=args.out,
+    )
     print(markdown_table(summary, list(rewards)))
     print(f"wrote {Path(args.out) / 'results.json'}, results.md, grid.png")
     return 0

@@ -38,8 +38,8 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from mrgrpo.rewards.base import Reward, RewardOutput
+
 from mrgrpo.toy_world.grammar import CLAUSES, COLORS, SHAPES, Scene, parse_prompt
 
 _NAMES = list(COLORS)
@@ -63,7 +63,7 @@ class Component:
 
     def shape_iou(self, shape: str) -> float:
         x0, y0, x1, y1 = self.bbox
-        crop = self.mask[y0:y1 + 1, x0:x1 + 1]
+        crop = self.mask[y0 : y1 + 1, x0 : x1 + 1]
         ideal = _ideal(shape, x1 - x0 + 1, y1 - y0 + 1)
         union = np.logical_or(crop, ideal).sum()
         return float(np.logical_and(crop, ideal).sum() / union) if union else 0.0
@@ -126,8 +126,16 @@ def components(labels: np.ndarray, min_area: int) -> list[Component]:
             lab = labels[ys, xs]
             fr = {c: float((lab == i).mean()) for i, c in enumerate(_NAMES)}
             best = max(fr, key=fr.get)
-            out.append(Component(mask, len(pix), (int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())),
-                                 (float(xs.mean()), float(ys.mean())), best if fr[best] >= 0.5 else None, fr))
+            out.append(
+                Component(
+                    mask,
+                    len(pix),
+                    (int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())),
+                    (float(xs.mean()), float(ys.mean())),
+                    best if fr[best] >= 0.5 else None,
+                    fr,
+                )
+            )
     out.sort(key=lambda c: -c.area)
     return out
 
@@ -144,7 +152,9 @@ def _shape_ok(c: Component, shape: str, min_iou: float) -> bool:
     return best == shape and iou >= min_iou and c.aspect <= 1.5
 
 
-def grade(image: Any, scene: Scene, *, size: int | None = None, min_iou: float = 0.6, max_dist: float = 100.0) -> dict[str, tuple[float, bool]]:
+def grade(
+    image: Any, scene: Scene, *, size: int | None = None, min_iou: float = 0.6, max_dist: float = 100.0
+) -> dict[str, tuple[float, bool]]:
     """``{clause: (soft score in [0, 1], strict pass)}`` for the object clauses of ``scene``
     (``color``, ``shape``, ``count`` (single and count), ``position``); the word clause is OCR's."""
     comps = analyse(image, max_dist)
@@ -173,11 +183,19 @@ def grade(image: Any, scene: Scene, *, size: int | None = None, min_iou: float =
         for o in scene.objects:
             mine = [c for c in comps if c.color == o.color]
             found.append(mine[0] if mine else None)
-        color_soft = float(np.mean([max((c.fractions[o.color] for c in comps), default=0.0) if f is None else 1.0
-                                    for o, f in zip(scene.objects, found)]))
+        color_soft = float(
+            np.mean(
+                [
+                    max((c.fractions[o.color] for c in comps), default=0.0) if f is None else 1.0
+                    for o, f in zip(scene.objects, found)
+                ]
+            )
+        )
         out["color"] = (color_soft, all(f is not None for f in found))
-        out["shape"] = (float(np.mean([f.shape_iou(o.shape) if f is not None else 0.0 for o, f in zip(scene.objects, found)])),
-                        all(f is not None and _shape_ok(f, o.shape, min_iou) for o, f in zip(scene.objects, found)))
+        out["shape"] = (
+            float(np.mean([f.shape_iou(o.shape) if f is not None else 0.0 for o, f in zip(scene.objects, found)])),
+            all(f is not None and _shape_ok(f, o.shape, min_iou) for o, f in zip(scene.objects, found)),
+        )
         a, b = found
         if a is None or b is None:
             out["position"] = (0.0, False)
@@ -208,9 +226,8 @@ class ToyGrader(Reward):
         self._ocr = None
 
     def _word_scores(self, images: list[Any], words: list[str]) -> list[float]:
-        from PIL import Image
-
         from mrgrpo.rewards.ocr import OCRReward
+        from PIL import Image
 
         if self._ocr is None:
             self._ocr = OCRReward()
@@ -221,7 +238,9 @@ class ToyGrader(Reward):
     def score(self, images, prompts, metadata):
         scenes = [parse_prompt(p) for p in prompts]
         scores, valid, clauses = [0.0] * len(images), [False] * len(images), [None] * len(images)
-        word_idx = [i for i, s in enumerate(scenes) if s is not None and s.category == "word" and self.clause in ("word", "all")]
+        word_idx = [
+            i for i, s in enumerate(scenes) if s is not None and s.category == "word" and self.clause in ("word", "all")
+        ]
         words = self._word_scores([images[i] for i in word_idx], [scenes[i].word for i in word_idx]) if word_idx else []
         word_score = dict(zip(word_idx, words))
         for i, (im, scene) in enumerate(zip(images, scenes)):

@@ -12,17 +12,25 @@ from mrgrpo.eval import EvalPrompt, load_eval_prompts, markdown_table, summarise
 
 def test_geneval_jsonl_and_txt(tmp_path):
     f = tmp_path / "meta.jsonl"
-    f.write_text('{"tag": "two_object", "include": [{"class": "cat", "count": 1}], "prompt": "a cat and a dog"}\n'
-                 '\n{"prompt": "a red car", "category": "colors", "ocr_text": "x"}\n{"prompt": "no tag"}\n')
+    f.write_text(
+        '{"tag": "two_object", "include": [{"class": "cat", "count": 1}], "prompt": "a cat and a dog"}\n'
+        '\n{"prompt": "a red car", "category": "colors", "ocr_text": "x"}\n{"prompt": "no tag"}\n'
+    )
     ps = load_eval_prompts(f)
-    assert [(p.prompt, p.category) for p in ps] == [("a cat and a dog", "two_object"), ("a red car", "colors"), ("no tag", "all")]
+    assert [(p.prompt, p.category) for p in ps] == [
+        ("a cat and a dog", "two_object"),
+        ("a red car", "colors"),
+        ("no tag", "all"),
+    ]
     assert ps[0].fields["include"][0]["class"] == "cat" and ps[1].fields["ocr_text"] == "x"
     t = tmp_path / "p.txt"
     t.write_text("# comment\na\n\nb\n")
     assert [(p.prompt, p.category) for p in load_eval_prompts(t)] == [("a", "all"), ("b", "all")]
 
 
-@pytest.mark.parametrize("text,match", [('{"prompt": 3}', "string field `prompt`"), ("{oops", "not valid JSON"), ("", "no prompts")])
+@pytest.mark.parametrize(
+    "text,match", [('{"prompt": 3}', "string field `prompt`"), ("{oops", "not valid JSON"), ("", "no prompts")]
+)
 def test_bad_prompt_files_name_the_line(tmp_path, text, match):
     f = tmp_path / "bad.jsonl"
     f.write_text(text + "\n")
@@ -63,13 +71,31 @@ def test_cli_scores_a_saved_policy_deterministically(tmp_path, monkeypatch, one_
     policy.set_stage("rl")
     policy.save(str(tmp_path / "policy"))
     prompts = tmp_path / "p.jsonl"
-    prompts.write_text('{"prompt": "a red circle", "tag": "single"}\n{"prompt": "two blue squares", "tag": "count"}\n'
-                       '{"prompt": "a green square", "tag": "single"}\n')
+    prompts.write_text(
+        '{"prompt": "a red circle", "tag": "single"}\n{"prompt": "two blue squares", "tag": "count"}\n'
+        '{"prompt": "a green square", "tag": "single"}\n'
+    )
     results = []
     for run in ("a", "b"):
         out = tmp_path / run
-        rc = main(["eval", str(tmp_path / "policy"), "--prompts", str(prompts), "--reward", "toy_color",
-                   "--reward", "bright=brightness", "--samples", "2", "--steps", "3", "--out", str(out)])
+        rc = main(
+            [
+                "eval",
+                str(tmp_path / "policy"),
+                "--prompts",
+                str(prompts),
+                "--reward",
+                "toy_color",
+                "--reward",
+                "bright=brightness",
+                "--samples",
+                "2",
+                "--steps",
+                "3",
+                "--out",
+                str(out),
+            ]
+        )
         assert rc == 0
         assert (out / "grid.png").is_file() and "| single | 2 |" in (out / "results.md").read_text()
         results.append(json.loads((out / "results.json").read_text()))

@@ -18,22 +18,29 @@ import json
 import random
 from pathlib import Path
 
-from mrgrpo.toy_world.grammar import COUNT_WORDS, RELATIONS, Obj, Scene, all_pairs, prompt_of, sample_scene, split_pairs
+from mrgrpo.toy_world.grammar import COUNT_WORDS, RELATIONS, Obj, Scene, prompt_of, sample_scene, split_pairs
 from mrgrpo.toy_world.render import render_scene
 
 #: categories of the CPU run (position and word are in the grammar and graders, not in the short run)
 RUN_CATEGORIES: tuple[str, ...] = ("single", "count")
 
 
-def scenes_of(category: str, pairs: list[Obj], partners: list[Obj] | None = None, counts: tuple[int, ...] = (2, 3)) -> list[Scene]:
+def scenes_of(
+    category: str, pairs: list[Obj], partners: list[Obj] | None = None, counts: tuple[int, ...] = (2, 3)
+) -> list[Scene]:
     """Every scene of ``category`` whose (first) object is in ``pairs``."""
     if category == "single":
         return [Scene("single", (o,)) for o in pairs]
     if category == "count":
         return [Scene("count", (o,), count=n) for o in pairs for n in counts]
     if category == "position":
-        return [Scene("position", (a, b), relation=r) for a in pairs for b in (partners or pairs)
-                for r in RELATIONS if a.color != b.color and a.shape != b.shape]
+        return [
+            Scene("position", (a, b), relation=r)
+            for a in pairs
+            for b in (partners or pairs)
+            for r in RELATIONS
+            if a.color != b.color and a.shape != b.shape
+        ]
     raise ValueError(f"category {category!r} has no enumerable prompt set here")
 
 
@@ -45,14 +52,18 @@ def geneval_record(scene: Scene) -> dict:
         rec["include"] = [{"class": o.shape, "count": scene.count, "color": o.color}]
     elif scene.category == "position":
         (a, b), rel = scene.objects, scene.relation
-        rec["include"] = [{"class": a.shape, "count": 1, "color": a.color},
-                          {"class": b.shape, "count": 1, "color": b.color, "position": [rel, 0]}]
+        rec["include"] = [
+            {"class": a.shape, "count": 1, "color": a.color},
+            {"class": b.shape, "count": 1, "color": b.color, "position": [rel, 0]},
+        ]
     elif scene.category == "word":
         rec["ocr_text"] = scene.word
     return rec
 
 
-def write_prompts(out_dir: str | Path, categories: tuple[str, ...] = RUN_CATEGORIES, n_heldout: int = 6, split_seed: int = 0) -> Path:
+def write_prompts(
+    out_dir: str | Path, categories: tuple[str, ...] = RUN_CATEGORIES, n_heldout: int = 6, split_seed: int = 0
+) -> Path:
     """Write the prompt files of a world (see the module docstring); returns ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -62,14 +73,29 @@ def write_prompts(out_dir: str | Path, categories: tuple[str, ...] = RUN_CATEGOR
     for name, pairs in (("heldout", held), ("trained", train)):
         lines = [json.dumps(geneval_record(s)) for cat in categories for s in scenes_of(cat, pairs, partners=train)]
         (out / f"{name}.jsonl").write_text("\n".join(lines) + "\n")
-    (out / "world.json").write_text(json.dumps({"categories": list(categories), "train_pairs": [[o.color, o.shape] for o in train],
-                                                "heldout_pairs": [[o.color, o.shape] for o in held], "count_words": COUNT_WORDS},
-                                               indent=1))
+    (out / "world.json").write_text(
+        json.dumps(
+            {
+                "categories": list(categories),
+                "train_pairs": [[o.color, o.shape] for o in train],
+                "heldout_pairs": [[o.color, o.shape] for o in held],
+                "count_words": COUNT_WORDS,
+            },
+            indent=1,
+        )
+    )
     return out
 
 
-def write_sft_data(out_dir: str | Path, n: int = 4000, size: int = 32, seed: int = 0, categories: tuple[str, ...] = RUN_CATEGORIES,
-                   n_heldout: int = 6, split_seed: int = 0) -> Path:
+def write_sft_data(
+    out_dir: str | Path,
+    n: int = 4000,
+    size: int = 32,
+    seed: int = 0,
+    categories: tuple[str, ...] = RUN_CATEGORIES,
+    n_heldout: int = 6,
+    split_seed: int = 0,
+) -> Path:
     """Render ``n`` training-pair scenes (categories in turn) and write ``t2i.jsonl``; returns its path."""
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)

@@ -19,8 +19,12 @@ from dataclasses import dataclass, field
 
 #: palette (RGB 0-255): hues far apart so a nearest-colour grader is unambiguous
 COLORS: dict[str, tuple[int, int, int]] = {
-    "red": (220, 30, 30), "green": (30, 160, 50), "blue": (30, 60, 220),
-    "yellow": (235, 200, 20), "purple": (140, 40, 170), "orange": (240, 120, 20),
+    "red": (220, 30, 30),
+    "green": (30, 160, 50),
+    "blue": (30, 60, 220),
+    "yellow": (235, 200, 20),
+    "purple": (140, 40, 170),
+    "orange": (240, 120, 20),
 }
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
 COUNT_WORDS: dict[int, str] = {1: "one", 2: "two", 3: "three"}
@@ -28,8 +32,10 @@ RELATIONS: tuple[str, ...] = ("left of", "above")
 WORDS: tuple[str, ...] = ("cat", "sun", "box", "red", "map", "dog")
 CATEGORIES: tuple[str, ...] = ("single", "count", "position", "word")
 CLAUSES: dict[str, tuple[str, ...]] = {
-    "single": ("color", "shape"), "count": ("count", "color", "shape"),
-    "position": ("color", "shape", "position"), "word": ("word",),
+    "single": ("color", "shape"),
+    "count": ("count", "color", "shape"),
+    "position": ("color", "shape", "position"),
+    "word": ("word",),
 }
 
 
@@ -137,8 +143,14 @@ def split_pairs(n_heldout: int = 6, seed: int = 0) -> tuple[list[Obj], list[Obj]
     return train, held
 
 
-def sample_scene(rng: random.Random, category: str, pairs: list[Obj], *, counts: tuple[int, ...] = (2, 3),
-                 partner_pairs: list[Obj] | None = None) -> Scene:
+def sample_scene(
+    rng: random.Random,
+    category: str,
+    pairs: list[Obj],
+    *,
+    counts: tuple[int, ...] = (2, 3),
+    partner_pairs: list[Obj] | None = None,
+) -> Scene:
     """A random scene of ``category`` whose first object comes from ``pairs`` (the partner of a
     ``position`` scene from ``partner_pairs``, default ``pairs``), both objects of different colours."""
     if category == "single":

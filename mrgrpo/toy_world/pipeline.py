@@ -43,11 +43,11 @@ def _publish(tmp: Path, out: Path) -> None:
 class Clock:
     """Wall and process CPU seconds of a stage."""
 
-    def __enter__(self) -> "Clock":
+    def __enter__(self) -> Clock:
         self.w, self.c = time.perf_counter(), time.process_time()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.wall, self.cpu = time.perf_counter() - self.w, time.process_time() - self.c
 
 
@@ -106,8 +106,18 @@ def evaluate(policy_dir: Path, prompts_file: Path, out_dir: Path, samples: int, 
     from mrgrpo.eval import evaluate_policy, load_eval_prompts, load_policy
 
     policy = load_policy(str(policy_dir))
-    return evaluate_policy(policy, load_eval_prompts(prompts_file), build_eval_rewards(), samples=samples, seed=seed,
-                           num_steps=10, cfg_scale=3.0, height=32, width=32, out_dir=out_dir)
+    return evaluate_policy(
+        policy,
+        load_eval_prompts(prompts_file),
+        build_eval_rewards(),
+        samples=samples,
+        seed=seed,
+        num_steps=10,
+        cfg_scale=3.0,
+        height=32,
+        width=32,
+        out_dir=out_dir,
+    )
 
 
 def run_rl(recipe: Path, sft: Path, out_dir: Path, seed: int, extra: list[str]) -> dict[str, Any]:
@@ -115,7 +125,9 @@ def run_rl(recipe: Path, sft: Path, out_dir: Path, seed: int, extra: list[str]) 
     from mrgrpo.config import load_recipe
     from mrgrpo.grpo import GRPOTrainer
 
-    cfg = load_recipe(recipe, [f"policy.checkpoint={sft}", f"output_dir={out_dir}", f"train.seed={seed}", *COMMON, *extra])
+    cfg = load_recipe(
+        recipe, [f"policy.checkpoint={sft}", f"output_dir={out_dir}", f"train.seed={seed}", *COMMON, *extra]
+    )
     with Clock() as c:
         history = GRPOTrainer(cfg).fit()
     return {"wall_s": c.wall, "cpu_s": c.cpu, "history": history}
@@ -124,8 +136,10 @@ def run_rl(recipe: Path, sft: Path, out_dir: Path, seed: int, extra: list[str]) 
 ABLATIONS = {
     "grpo": ["rl.adv_mode=grpo"],
     "kl": ["rl.beta=0.01"],
-    "overweight_count": ["data.sources.0.rewards={toy_color: 0.1, toy_shape: 0.1, toy_count: 0.8}",
-                         "data.sources.1.rewards={toy_count: 0.9, toy_color: 0.05, toy_shape: 0.05}"],
+    "overweight_count": [
+        "data.sources.0.rewards={toy_color: 0.1, toy_shape: 0.1, toy_count: 0.8}",
+        "data.sources.1.rewards={toy_count: 0.9, toy_color: 0.05, toy_shape: 0.05}",
+    ],
 }
 
 
@@ -142,12 +156,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--recipe", default=str(RECIPES / "toy_world" / "rl.yaml"), help="the MR-GRPO recipe")
     ap.add_argument("--ablations", action="store_true", help="also run the ablations (seed 0 unless --ablation-seeds)")
     ap.add_argument("--ablation-seeds", type=int, nargs="+", default=[0])
-    ap.add_argument("--only", nargs="+", default=None, help="ablations to run (default: all of %s)" % list(ABLATIONS))
+    ap.add_argument("--only", nargs="+", default=None, help=f"ablations to run (default: all of {list(ABLATIONS)})")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override of the RL recipe")
     ap.add_argument("--sft-set", action="append", default=[], metavar="KEY=VALUE", help="override of the SFT recipe")
     ap.add_argument("--skip-baseline", action="store_true", help="reuse the SFT evaluation already in --out")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch CPU threads (1: these tiny ops gain little from 2, and on a shared CPU 2 threads spin-wait)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (1: these tiny ops gain little from 2, and on a shared CPU 2 threads spin-wait)",
+    )
     args = ap.parse_args(argv)
     import torch
 
@@ -183,10 +201,18 @@ def main(argv: list[str] | None = None) -> int:
         hist = info.pop("history")
         info["first_rewards"] = {k: v for k, v in hist[0].items() if k.startswith("reward/")}
         info["last_rewards"] = {k: v for k, v in hist[-1].items() if k.startswith("reward/")}
-        report["runs"][f"{name}-seed{seed}"] = {"name": name, "seed": seed, "overrides": extra, **info, "eval": summary,
-                                                 "eval_wall_s": c.wall}
-        print(f"{name} seed {seed}: held-out accuracy {_acc(report['sft_eval']):.3f} -> {_acc(summary):.3f} "
-              f"(RL {info['wall_s']:.0f} s wall, {info['cpu_s']:.0f} s CPU)")
+        report["runs"][f"{name}-seed{seed}"] = {
+            "name": name,
+            "seed": seed,
+            "overrides": extra,
+            **info,
+            "eval": summary,
+            "eval_wall_s": c.wall,
+        }
+        print(
+            f"{name} seed {seed}: held-out accuracy {_acc(report['sft_eval']):.3f} -> {_acc(summary):.3f} "
+            f"(RL {info['wall_s']:.0f} s wall, {info['cpu_s']:.0f} s CPU)"
+        )
         save()
     from mrgrpo.toy_world.report import write_report
 

@@ -37,7 +37,9 @@ def shape_mask(shape: str, width: int, height: int) -> np.ndarray:
     return np.asarray(im) > 0
 
 
-def _boxes(rng: random.Random, n: int, size: int, lo: int, hi: int, gap: int = 2, tries: int = 200) -> list[tuple[int, int, int, int]]:
+def _boxes(
+    rng: random.Random, n: int, size: int, lo: int, hi: int, gap: int = 2, tries: int = 200
+) -> list[tuple[int, int, int, int]]:
     """``n`` non-overlapping square boxes (side in [lo, hi]) at least ``gap`` px apart."""
     for _ in range(tries):
         boxes = []
@@ -45,8 +47,11 @@ def _boxes(rng: random.Random, n: int, size: int, lo: int, hi: int, gap: int = 2
             s = rng.randint(lo, hi)
             x, y = rng.randint(1, size - s - 1), rng.randint(1, size - s - 1)
             boxes.append((x, y, x + s - 1, y + s - 1))
-        if all(a[2] + gap < b[0] or b[2] + gap < a[0] or a[3] + gap < b[1] or b[3] + gap < a[1]
-               for i, a in enumerate(boxes) for b in boxes[i + 1:]):
+        if all(
+            a[2] + gap < b[0] or b[2] + gap < a[0] or a[3] + gap < b[1] or b[3] + gap < a[1]
+            for i, a in enumerate(boxes)
+            for b in boxes[i + 1 :]
+        ):
             return boxes
     raise RuntimeError(f"could not place {n} boxes of {lo}-{hi} px in {size} px")
 

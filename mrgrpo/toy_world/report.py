@@ -10,7 +10,12 @@ from typing import Any
 import numpy as np
 
 COLUMNS = ("toy_geneval", "toy_color_strict", "toy_shape_strict", "toy_count_strict")
-LABELS = {"toy_geneval": "all clauses", "toy_color_strict": "colour", "toy_shape_strict": "shape", "toy_count_strict": "count"}
+LABELS = {
+    "toy_geneval": "all clauses",
+    "toy_color_strict": "colour",
+    "toy_shape_strict": "shape",
+    "toy_count_strict": "count",
+}
 
 
 def _v(summary: dict[str, Any], cat: str, key: str) -> float:
@@ -44,12 +49,18 @@ def category_table(report: dict[str, Any], name: str = "mrgrpo") -> str:
 def ablation_table(report: dict[str, Any]) -> str:
     """Held-out accuracy (all clauses, colour, shape, count; %) of every run, with its overrides."""
     base = report["sft_eval"]
-    lines = ["| run | seed | all clauses | colour | shape | count | change (all) | RL CPU s |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| run | seed | all clauses | colour | shape | count | change (all) | RL CPU s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     lines.append("| SFT policy | - | " + " | ".join(_fmt(_v(base, "overall", k)) for k in COLUMNS) + " | - | - |")
     for key, r in report["runs"].items():
         vals = [_v(r["eval"], "overall", k) for k in COLUMNS]
-        lines.append(f"| {r['name']} | {r['seed']} | " + " | ".join(_fmt(v) for v in vals)
-                     + f" | {vals[0] - _v(base, 'overall', 'toy_geneval'):+.1f} | {r['cpu_s']:.0f} |")
+        lines.append(
+            f"| {r['name']} | {r['seed']} | "
+            + " | ".join(_fmt(v) for v in vals)
+            + f" | {vals[0] - _v(base, 'overall', 'toy_geneval'):+.1f} | {r['cpu_s']:.0f} |"
+        )
     return "\n".join(lines)
 
 
@@ -101,8 +112,20 @@ def plot(report: dict[str, Any], out_dir: Path, path: Path) -> None:
 def write_report(report: dict[str, Any], out_dir: str | Path) -> Path:
     """Write ``report.md`` and ``toy_world.png`` into ``out_dir``; returns the Markdown path."""
     out = Path(out_dir)
-    md = ["# Toy world report", "", "Held-out colour-shape pairs (never in SFT or RL prompts), strict graders, %.", "",
-          "## Per category, SFT vs MR-GRPO", "", category_table(report), "", "## Every run", "", ablation_table(report), ""]
+    md = [
+        "# Toy world report",
+        "",
+        "Held-out colour-shape pairs (never in SFT or RL prompts), strict graders, %.",
+        "",
+        "## Per category, SFT vs MR-GRPO",
+        "",
+        category_table(report),
+        "",
+        "## Every run",
+        "",
+        ablation_table(report),
+        "",
+    ]
     sft = report.get("sft", {})
     md += [f"SFT policy: {sft.get('path', '?')}", ""]
     (out / "report.md").write_text("\n".join(md))

@@ -20,10 +20,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from mrgrpo.policies.deepgen.policy import DeepGenPolicy
 from mrgrpo.policies.deepgen.tiny import TINY, _scb_kwargs, build_tiny_deepgen, tiny_cache_dir
+from torch import nn
 
 #: DiT of the toy world: 4 layers x 64 dims (4 heads x 16), patch 2
 TOY_DIT = {"dit_layers": 4, "dit_heads": 4, "dit_head_dim": 16, "factor": 2, "shift": 1.0}
@@ -45,8 +44,9 @@ class PixelAutoencoder(nn.Module):
             raise ValueError(f"factor must be a power of two, got {factor}")
         self.factor = factor
         levels = factor.bit_length()  # 2 -> 2 entries (scale 2), 4 -> 3 entries (scale 4)
-        self.config = SimpleNamespace(block_out_channels=(3,) * levels, latent_channels=3 * factor * factor,
-                                      scaling_factor=1.0, shift_factor=0.0)
+        self.config = SimpleNamespace(
+            block_out_channels=(3,) * levels, latent_channels=3 * factor * factor, scaling_factor=1.0, shift_factor=0.0
+        )
         self.register_buffer("_anchor", torch.zeros(()), persistent=False)  # device / dtype holder
 
     @property
@@ -94,16 +94,25 @@ def _build_dit(seed: int, latent_channels: int, spec: dict[str, Any]):
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return SD3Transformer2DModel(sample_size=16, patch_size=2, in_channels=latent_channels, out_channels=latent_channels,
-                                     num_layers=spec["dit_layers"], attention_head_dim=spec["dit_head_dim"],
-                                     num_attention_heads=spec["dit_heads"], joint_attention_dim=spec.get("joint_dim", TINY["joint_dim"]),
-                                     caption_projection_dim=spec["dit_heads"] * spec["dit_head_dim"],
-                                     pooled_projection_dim=spec.get("pooled_dim", TINY["pooled_dim"]), pos_embed_max_size=16,
-                                     qk_norm="rms_norm")
+        return SD3Transformer2DModel(
+            sample_size=16,
+            patch_size=2,
+            in_channels=latent_channels,
+            out_channels=latent_channels,
+            num_layers=spec["dit_layers"],
+            attention_head_dim=spec["dit_head_dim"],
+            num_attention_heads=spec["dit_heads"],
+            joint_attention_dim=spec.get("joint_dim", TINY["joint_dim"]),
+            caption_projection_dim=spec["dit_heads"] * spec["dit_head_dim"],
+            pooled_projection_dim=spec.get("pooled_dim", TINY["pooled_dim"]),
+            pos_embed_max_size=16,
+            qk_norm="rms_norm",
+        )
 
 
-def toy_deepgen(seed: int = 0, cache_dir: str | None = None, spec: dict | None = None, pretrained: str | None = None,
-                **kwargs: Any) -> ToyDeepGenPolicy:
+def toy_deepgen(
+    seed: int = 0, cache_dir: str | None = None, spec: dict | None = None, pretrained: str | None = None, **kwargs: Any
+) -> ToyDeepGenPolicy:
     """Registry factory of ``deepgen-toy`` (see the module docstring).
 
     Args:
@@ -115,8 +124,9 @@ def toy_deepgen(seed: int = 0, cache_dir: str | None = None, spec: dict | None =
             model files); None starts from random weights.
         kwargs: :class:`DeepGenPolicy` options (``mask_padding``, ``checkpoint``, ...).
     """
-    from diffusers import FlowMatchEulerDiscreteScheduler
     from pathlib import Path
+
+    from diffusers import FlowMatchEulerDiscreteScheduler
     from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
 
     s = {**TOY_DIT, **(spec or {})}
@@ -125,16 +135,31 @@ def toy_deepgen(seed: int = 0, cache_dir: str | None = None, spec: dict | None =
         path.parent.mkdir(parents=True, exist_ok=True)
         build_tiny_deepgen(path, seed=seed, spec=TOY_VLM)
     vae = PixelAutoencoder(s["factor"])
-    modules = {"lmm": Qwen2_5_VLForConditionalGeneration.from_pretrained(str(path / "vlm"), dtype=torch.float32),
-               "tokenizer": AutoTokenizer.from_pretrained(str(path / "vlm")),
-               "transformer": _build_dit(seed, vae.config.latent_channels, s), "vae": vae,
-               "scheduler": FlowMatchEulerDiscreteScheduler(shift=s["shift"])}
-    options = {"dtype": "float32", "pixel_budget": 32, "timestep_shift": s["shift"], **_scb_kwargs({**TINY, **TOY_VLM}), **kwargs}
+    modules = {
+        "lmm": Qwen2_5_VLForConditionalGeneration.from_pretrained(str(path / "vlm"), dtype=torch.float32),
+        "tokenizer": AutoTokenizer.from_pretrained(str(path / "vlm")),
+        "transformer": _build_dit(seed, vae.config.latent_channels, s),
+        "vae": vae,
+        "scheduler": FlowMatchEulerDiscreteScheduler(shift=s["shift"]),
+    }
+    options = {
+        "dtype": "float32",
+        "pixel_budget": 32,
+        "timestep_shift": s["shift"],
+        **_scb_kwargs({**TINY, **TOY_VLM}),
+        **kwargs,
+    }
     checkpoint = options.pop("checkpoint", None)
     # the think tokens come from the tiny model's initial SCB weights; connector/projectors from init_seed
-    policy = ToyDeepGenPolicy("", "", modules=modules, init_seed=seed, policy_name="deepgen-toy",
-                              policy_kwargs={"seed": seed, "cache_dir": cache_dir, "spec": spec, "pretrained": pretrained, **kwargs},
-                              **options)
+    policy = ToyDeepGenPolicy(
+        "",
+        "",
+        modules=modules,
+        init_seed=seed,
+        policy_name="deepgen-toy",
+        policy_kwargs={"seed": seed, "cache_dir": cache_dir, "spec": spec, "pretrained": pretrained, **kwargs},
+        **options,
+    )
     if pretrained is not None:
         if pretrained != "toy-world-sft":
             raise ValueError(f"deepgen-toy: pretrained must be 'toy-world-sft' or null, got {pretrained!r}")

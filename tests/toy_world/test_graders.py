@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from mrgrpo.rewards.base import build_reward
 from PIL import Image, ImageDraw
 
-from mrgrpo.rewards.base import build_reward
 from mrgrpo.toy_world.grammar import COLORS
 
 RED, BLUE, GREEN = COLORS["red"], COLORS["blue"], COLORS["green"]

@@ -13,11 +13,33 @@ def test_pipeline_runs_end_to_end_and_caches_sft(tmp_path, monkeypatch):
     monkeypatch.setenv("MRGRPO_TOY_DATA_N", "16")
     from mrgrpo.toy_world.pipeline import ensure_sft, main
 
-    sft = ["train.max_steps=2", "train.images_per_step=4", "train.micro_batch_size=4", "train.checkpoint_every=2",
-           "logging.sample_every=2"]
-    args = ["--out", str(tmp_path / "out"), "--seeds", "0", "--samples", "1", "--ablations", "--only", "grpo",
-            "--set", "train.max_steps=1", "--set", "train.images_per_step=8", "--set", "train.micro_batch_size=8",
-            "--set", "logging.eval_prompts=2", *[a for s in sft for a in ("--sft-set", s)]]
+    sft = [
+        "train.max_steps=2",
+        "train.images_per_step=4",
+        "train.micro_batch_size=4",
+        "train.checkpoint_every=2",
+        "logging.sample_every=2",
+    ]
+    args = [
+        "--out",
+        str(tmp_path / "out"),
+        "--seeds",
+        "0",
+        "--samples",
+        "1",
+        "--ablations",
+        "--only",
+        "grpo",
+        "--set",
+        "train.max_steps=1",
+        "--set",
+        "train.images_per_step=8",
+        "--set",
+        "train.micro_batch_size=8",
+        "--set",
+        "logging.eval_prompts=2",
+        *[a for s in sft for a in ("--sft-set", s)],
+    ]
     assert main(args) == 0
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert set(report["runs"]) == {"mrgrpo-seed0", "grpo-seed0"}
