@@ -65,7 +65,7 @@ def ablation_table(report: dict[str, Any]) -> str:
 
 
 def plot(report: dict[str, Any], out_dir: Path, path: Path) -> None:
-    """Left: training rewards of every ``mrgrpo`` seed (5-step running mean); right: held-out accuracy before/after."""
+    """Left: training rewards of every ``mrgrpo`` seed (5-step running mean); right: held-out accuracy per clause before/after."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -91,16 +91,15 @@ def plot(report: dict[str, Any], out_dir: Path, path: Path) -> None:
     a.set_ylabel("training reward (soft, 5-step mean)")
     a.legend(fontsize=6, ncol=3)
     base = report["sft_eval"]
-    cats = list(base["categories"])
-    x = np.arange(len(cats))
-    b.bar(x - 0.2, [_v(base, c, "toy_geneval") for c in cats], 0.4, label="SFT")
-    after = [[_v(r["eval"], c, "toy_geneval") for c in cats] for r in runs.values()]
+    x = np.arange(len(COLUMNS))
+    b.bar(x - 0.2, [_v(base, "overall", k) for k in COLUMNS], 0.4, label="SFT policy")
+    after = [[_v(r["eval"], "overall", k) for k in COLUMNS] for r in runs.values()]
     if after:
-        b.bar(x + 0.2, np.nanmean(after, axis=0), 0.4, label=f"MR-GRPO (mean of {len(after)} seeds)")
+        b.bar(x + 0.2, np.nanmean(after, axis=0), 0.4, label=f"MR-GRPO (mean of {len(after)} seeds; dots: seeds)")
         for row in after:
             b.plot(x + 0.2, row, "k.", ms=4)
-    b.set_xticks(x, cats)
-    b.set_ylabel("held-out accuracy, all clauses (%)")
+    b.set_xticks(x, [LABELS[k] for k in COLUMNS])
+    b.set_ylabel("held-out prompts, strict grader (% of images right)")
     b.legend(fontsize=8)
     fig.suptitle("toy world: held-out colour-shape pairs")
     fig.tight_layout()
