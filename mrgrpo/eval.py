@@ -21,9 +21,10 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # torch is imported lazily: `mrgrpo --help` must not load the ML stack
+    import torch
 
 
 @dataclass
@@ -72,7 +73,6 @@ def eval_seed(seed: int, prompt_index: int, sample: int) -> int:
     return derive_seed(seed, 7, prompt_index, sample)
 
 
-@torch.no_grad()
 def generate(
     policy,
     prompts: Sequence[EvalPrompt],
@@ -86,6 +86,15 @@ def generate(
     batch_prompts: int = 8,
 ) -> torch.Tensor:
     """Images ``[P, S, 3, H, W]`` in [0, 1]: ``samples`` ODE samples of each prompt from :func:`eval_seed` noise."""
+    import torch
+
+    with torch.no_grad():
+        return _generate(policy, prompts, samples, seed, num_steps, cfg_scale, height, width, batch_prompts)
+
+
+def _generate(policy, prompts, samples, seed, num_steps, cfg_scale, height, width, batch_prompts):
+    import torch
+
     from mrgrpo.rollout import sample_ode
 
     policy.eval()
