@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: quickstart quickstart-sft test test-slow test-gpu bench bench-gpu lint format
+.PHONY: quickstart quickstart-sft test test-slow test-gpu bench bench-gpu lint format toy-world
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -13,7 +13,7 @@ $(STAMP): setup.cfg pyproject.toml
 	touch $(STAMP)
 
 quickstart: $(STAMP)
-	$(BIN)/mrgrpo train recipes/quickstart.yaml
+	OMP_NUM_THREADS=1 $(BIN)/mrgrpo train recipes/quickstart.yaml
 
 # ruff (lint + format check) and mypy (pydantic plugin) over the installed package layout
 lint: $(STAMP)
@@ -45,3 +45,7 @@ bench: $(STAMP)
 quickstart-sft: $(STAMP)
 	$(BIN)/mrgrpo data synth --out data/synth
 	$(BIN)/mrgrpo train recipes/quickstart_sft.yaml
+
+# SFT (cached), MR-GRPO on 3 seeds, ablations, held-out evaluation; report in outputs/toy_world/ (docs/toy_world.md)
+toy-world: $(STAMP)
+	$(BIN)/python -m mrgrpo.toy_world.pipeline --out outputs/toy_world --seeds 0 1 2 --samples 32 --ablations

@@ -221,6 +221,12 @@ def build_parser() -> argparse.ArgumentParser:
             "mrgrpo serve",
             "serve a registered reward over HTTP (or launch the vLLM judge)",
         ),
+        (
+            "eval",
+            "mrgrpo.eval",
+            "mrgrpo eval",
+            "score a saved policy on a prompt file with registered rewards (per-category table)",
+        ),
     ):
         add, run = _delegate(module, what)
         p = sub.add_parser(name, help=help_text)

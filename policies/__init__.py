@@ -15,6 +15,10 @@ _BUILTINS = {
         "mrgrpo.policies.deepgen.tiny:tiny_deepgen",
         "toy-size random-init DeepGen built locally (tests, CPU quickstart)",
     ),
+    "deepgen-toy": (
+        "mrgrpo.policies.deepgen.toy:toy_deepgen",
+        "tiny DeepGen with an exact pixel autoencoder, 32x32 (the toy world)",
+    ),
     "sd3": ("mrgrpo.policies.sd3:build_sd3", "plain SD3 / SD3.5 from a diffusers pipeline folder or id"),
     "sd3-tiny": ("mrgrpo.policies.sd3:tiny_sd3", "toy-size random-init SD3 built locally (tests)"),
     "flux": (

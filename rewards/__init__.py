@@ -53,5 +53,20 @@ _BUILTINS.update(
         ),
     }
 )
+# toy-world graders (docs/toy_world.md): soft scores for RL, *_strict pass/fail for evaluation
+_BUILTINS.update(
+    {
+        f"toy_{c}{s}": (
+            f"mrgrpo.rewards.toy_world:toy_{c}{s}",
+            f"toy world: {c} clause{' (pass/fail)' if s else ' (soft)'}",
+        )
+        for c in ("color", "shape", "count", "position", "word")
+        for s in ("", "_strict")
+    }
+)
+_BUILTINS["toy_geneval"] = (
+    "mrgrpo.rewards.toy_world:toy_geneval",
+    "toy world: 1 when every clause of the prompt is right",
+)
 
 REWARDS.register_builtins(_BUILTINS)

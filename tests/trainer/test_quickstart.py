@@ -1,4 +1,5 @@
-"""The shipped quickstart recipe (tiny DeepGen, pixel + OCR rewards) learns on CPU (slow: make test-slow)."""
+"""The pixel smoke recipe (tiny DeepGen, pixel + OCR rewards; the former quickstart) learns on CPU
+(slow: make test-slow)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 from mrgrpo.config import load_recipe
 from mrgrpo.grpo import GRPOTrainer
 
-RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "quickstart.yaml"
+RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "smoke_pixel.yaml"  # the former quickstart
 
 
 def _run(tmp_path, seed: int, flip: bool, steps: int = 40) -> list[float]:

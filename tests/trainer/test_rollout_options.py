@@ -32,7 +32,7 @@ def test_sde_window_shared_noise_and_cfg(toy_recipe):
 def test_deepgen_tiny_trains_on_editing_prompts(tmp_path, monkeypatch):
     monkeypatch.setenv("MRGRPO_CACHE", str(tmp_path / "cache"))
     cfg = load_recipe(
-        REPO / "recipes" / "quickstart.yaml",
+        REPO / "recipes" / "smoke_pixel.yaml",
         [
             f"output_dir={tmp_path}/run",
             "train.max_steps=2",
@@ -75,7 +75,7 @@ def test_sft_checkpoint_is_the_rl_starting_point(tmp_path, monkeypatch):
     trained = {n: p.detach().clone() for n, p in sft.policy.named_parameters() if p.requires_grad}
     assert any("lora_" in n for n in trained) and any(n.startswith("transformer.") for n in trained)
     rl_cfg = load_recipe(
-        REPO / "recipes" / "quickstart.yaml",
+        REPO / "recipes" / "smoke_pixel.yaml",
         [
             f"output_dir={tmp_path}/rl",
             f"policy.checkpoint={tmp_path}/sft/final",
