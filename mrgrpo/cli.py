@@ -159,41 +159,21 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
         return relaunch(cfg, args.recipe, overrides)
     module = {"rl": "mrgrpo.grpo", "pretrain": "mrgrpo.sft", "sft": "mrgrpo.sft"}[cfg.stage]
-    try:
-        trainer = importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if exc.name == module:
-            return _fail(f"the {cfg.stage} trainer ({module}) is not available yet in this version")
-        raise
-    return int(trainer.train(cfg) or 0)
+    return int(importlib.import_module(module).train(cfg) or 0)
 
 
 # -- delegated subcommands ----------------------------------------------------------------
 def _delegate(
     module_name: str, what: str
 ) -> tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]:
-    """``add_arguments`` / ``run`` of a module that may not be installed yet."""
-
-    def _module():
-        try:
-            return importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name == module_name:
-                return None
-            raise
+    """``add_arguments`` / ``run`` of the module behind a subcommand, imported only when that command runs
+    (``mrgrpo --help`` must not import torch)."""
 
     def add(parser: argparse.ArgumentParser) -> None:
-        mod = _module()
-        if mod is not None:
-            mod.add_arguments(parser)
-        else:
-            parser.add_argument("rest", nargs=argparse.REMAINDER)
+        importlib.import_module(module_name).add_arguments(parser)
 
     def run(args: argparse.Namespace) -> int:
-        mod = _module()
-        if mod is None:
-            return _fail(f"`{what}` is not available yet in this version")
-        return int(mod.run(args) or 0)
+        return int(importlib.import_module(module_name).run(args) or 0)
 
     return add, run
 

@@ -362,6 +362,12 @@ class TrainConfig(_Strict):
         None, description="`auto` (latest checkpoint in output_dir), a checkpoint directory, or null."
     )
 
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _bare_no(cls, v):
+        # YAML 1.1 reads a bare `no` (in a file or in `--set train.mixed_precision=no`) as false
+        return "no" if v is False else v
+
     @field_validator("betas")
     @classmethod
     def _betas_range(cls, v):

@@ -4,7 +4,7 @@ Convention (SD3 flow matching): ``x_sigma = (1 - sigma) * x0 + sigma * eps`` wit
 [0, 1] (1 = pure noise); the model predicts the velocity ``v ~ eps - x0``. A step goes from
 ``sigma`` to ``sigma_next < sigma`` and writes ``x' = mean + std * z`` with ``z ~ N(0, I)``.
 
-Samplers (formulas in ``shared/MATH.md``):
+Samplers (formulas in docs/training.md, section Samplers):
 
 * ``ode``   - Euler step, ``std = 0`` (no log-prob; ``log_prob`` is returned as zeros).
 * ``sde``   - Flow-GRPO's SDE, ``g = a * sqrt(s / (1 - s~))`` with ``s~ = sigma_max`` where

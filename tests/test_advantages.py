@@ -1,4 +1,4 @@
-"""Advantages (mrgrpo.advantages) against an independent loop implementation of shared/MATH.md.
+"""Advantages (mrgrpo.advantages) against an independent loop implementation of docs/training.md.
 
 The reference below uses plain Python lists and loops (unbiased std, eps = 1e-4), never the
 module's own helpers.

@@ -300,3 +300,12 @@ def test_moved_eval_fields_name_their_new_place():
         load_recipe(data=base, overrides=["rl.eval_cfg_scale=2"], check_files=False)
     cfg = load_recipe(data=base, overrides=["eval.cfg_scale=2", "eval.num_steps=7"], check_files=False)
     assert cfg.eval.cfg_scale == 2.0 and cfg.eval.num_steps == 7
+
+
+def test_a_bare_no_for_mixed_precision_means_no():
+    """YAML reads `no` as false; `train.mixed_precision: no` (file or --set) must still mean "no"."""
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "quickstart.yaml"
+    assert load_recipe(recipe, ["train.mixed_precision=no"], check_files=False).train.mixed_precision == "no"
+    assert load_recipe(recipe, ["train.mixed_precision=bf16"], check_files=False).train.mixed_precision == "bf16"
+    with pytest.raises(RecipeError, match="mixed_precision"):
+        load_recipe(recipe, ["train.mixed_precision=yes"], check_files=False)

@@ -1,4 +1,4 @@
-"""Losses (mrgrpo.losses) against shared/MATH.md, expected values computed by hand or by loops."""
+"""Losses (mrgrpo.losses) against docs/training.md, expected values computed by hand or by loops."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""Samplers (mrgrpo.sde) against shared/MATH.md.
+"""Samplers (mrgrpo.sde) against the formulas of docs/training.md.
 
-Expected values come from ``ref_step`` below: the MATH.md formulas written again in float64
+Expected values come from ``ref_step`` below: the docs/training.md formulas written again in float64
 with plain torch/math, never through mrgrpo.sde's own helpers.
 """
 
@@ -19,7 +19,7 @@ LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
 
 def ref_step(x, v, s, s2, sampler, a, sigma_1=None):
-    """(mean, std) of one step from MATH.md, float64, scalars s/s2/a."""
+    """(mean, std) of one step from docs/training.md, float64, scalars s/s2/a."""
     x, v = x.double(), v.double()
     d = s2 - s
     if sampler == "ode":

@@ -4,7 +4,7 @@ Accepted: flat state dicts in ``.safetensors`` / ``.pt`` / ``.pth`` / ``.bin`` f
 wrapped in ``{"state_dict": ...}`` (or ``{"module": ...}`` / ``{"model": ...}``), or a directory
 holding one (``model.safetensors`` first, else every weight file in it, shards merged).
 
-Released keys (see ``shared/DEEPGEN.md``): ``meta_queries``, ``projector_{1,2,3}.*``,
+Released keys (docs/policies.md, DeepGen): ``meta_queries``, ``projector_{1,2,3}.*``,
 ``connector.layers.{i}...`` (the SCB, component ``scb``), ``transformer.<diffusers SD3 names>``
 (``transformer``), and the SFT VLM LoRA as
 ``lmm.model.language_model.layers.{i}...lora_{A,B}.default.weight`` /

@@ -3,8 +3,8 @@
 Qwen2.5-VL (transformers) reads the prompt (and reference images for editing) followed by
 learnable think tokens; Stacked Channel Bridging turns six of its layers' hidden states into the
 context and pooled embeddings of an SD3.5-Medium-shaped DiT (diffusers), which denoises the
-target latents together with the reference latents in one joint attention sequence. Facts in
-``shared/DEEPGEN.md``.
+target latents together with the reference latents in one joint attention sequence (architecture,
+prompts and released layouts: docs/policies.md, section DeepGen).
 
 Deviation from the released code (on purpose): padding is masked in the connector, the mean
 pool and the DiT context, so outputs do not depend on how much left padding a batch needs. Set
