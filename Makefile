@@ -40,7 +40,7 @@ bench-gpu: $(STAMP)
 	$(BIN)/python benchmarks/gpu_realsize.py --out benchmarks/results/gpu_realsize.json
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/step_time.py --out benchmarks/results/step_time_cpu.json
+	$(BIN)/python benchmarks/step_time.py --recipe recipes/smoke_pixel.yaml --out benchmarks/results/step_time_cpu.json
 
 quickstart-sft: $(STAMP)
 	$(BIN)/mrgrpo data synth --out data/synth
