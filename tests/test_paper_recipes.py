@@ -53,7 +53,7 @@ AUDITED = {
     "train.betas": (0.9, 0.999),
     "train.weight_decay": 0.0,
     "train.schedule": "constant_with_warmup",
-    "train.warmup_steps": 20,
+    "train.warmup_steps": 1,
     "train.warmup_ratio": None,
     "train.images_per_step": 256,
     "train.micro_batch_size": 32,
