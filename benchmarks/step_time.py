@@ -1,6 +1,6 @@
 """Step-time breakdown of MR-GRPO and its overhead over the bare denoiser compute.
 
-    python benchmarks/step_time.py [--recipe recipes/quickstart.yaml] [--steps 3] [--set k=v ...] --out results.json
+    python benchmarks/step_time.py [--recipe recipes/smoke_pixel.yaml] [--steps 3] [--set k=v ...] --out results.json
 
 For each measured step: time per phase (encode, rollout, decode, reward, train) from the
 trainer's own metrics; then the *bare* compute of the same tensors: the rollout's T denoiser
@@ -49,7 +49,7 @@ def bare_compute_seconds(trainer, batch) -> float:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--recipe", default="recipes/quickstart.yaml")
+    ap.add_argument("--recipe", default="recipes/smoke_pixel.yaml")
     ap.add_argument("--steps", type=int, default=3, help="measured steps (after one warm-up step)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--out", default="benchmarks/results/step_time_cpu.json")

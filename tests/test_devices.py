@@ -46,7 +46,7 @@ def test_noise_is_a_function_of_the_generator_seed_whatever_the_target_device():
 
 
 def _quickstart_dict(tmp_path: Path, synth_dir: Path) -> dict:
-    recipe = yaml.safe_load((REPO / "recipes" / "quickstart.yaml").read_text())
+    recipe = yaml.safe_load((REPO / "recipes" / "smoke_pixel.yaml").read_text())
     for src in recipe["data"]["sources"] + recipe["eval"]["sources"]:
         src["path"] = str(REPO / "recipes" / src["path"])
     recipe["rewards"] = {"brightness": {}, "color_match": {}}
@@ -154,7 +154,7 @@ def test_speed_levers_resolve_on_cpu(tmp_path, monkeypatch):
     weights = sum(p.numel() * p.element_size() for p in policy.parameters())
     assert static_training_bytes(policy, trainable) == weights + 12 * n_trained
     cfg = load_recipe(
-        data={**yaml.safe_load((REPO / "recipes" / "quickstart.yaml").read_text()), "output_dir": str(tmp_path / "o")},
+        data={**yaml.safe_load((REPO / "recipes" / "smoke_pixel.yaml").read_text()), "output_dir": str(tmp_path / "o")},
         check_files=False,
     )
     opt = build_optimizer(trainable, cfg)

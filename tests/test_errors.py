@@ -38,7 +38,7 @@ def _assert_clean_error(code: int, err: str, *names: str) -> None:
 def recipe(tmp_path):
     """``recipe(**changes)``: the quickstart recipe (absolute prompt paths, output in tmp) with
     ``changes`` applied as dotted keys, written to a file; returns its path."""
-    base = yaml.safe_load((REPO / "recipes" / "quickstart.yaml").read_text())
+    base = yaml.safe_load((REPO / "recipes" / "smoke_pixel.yaml").read_text())
     for src in base["data"]["sources"] + base["eval"]["sources"]:
         src["path"] = str(PROMPTS / Path(src["path"]).name)
     base["output_dir"] = str(tmp_path / "run")

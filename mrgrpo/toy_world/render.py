@@ -84,7 +84,7 @@ def render_scene(scene: Scene, size: int = 32, rng: random.Random | None = None)
         for o, box in zip(scene.objects, _position_boxes(rng, scene.relation, size, size // 4, size * 3 // 8)):
             draw_shape(draw, o.shape, box, COLORS[o.color])
     elif scene.category == "word":
-        from mrgrpo.synth import _font
+        from mrgrpo.sft_data.synth import _font
 
         font = _font(max(8, size // 3))
         left, top, right, bottom = draw.textbbox((0, 0), scene.word, font=font)

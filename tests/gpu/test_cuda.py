@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _recipe(tmp_path: Path, policy: str, **train) -> dict:
-    recipe = yaml.safe_load((REPO / "recipes" / "quickstart.yaml").read_text())
+    recipe = yaml.safe_load((REPO / "recipes" / "smoke_pixel.yaml").read_text())
     for src in recipe["data"]["sources"] + recipe["eval"]["sources"]:
         src["path"] = str(REPO / "recipes" / src["path"])
     recipe["policy"] = {"name": policy, "kwargs": {"seed": 0}}
@@ -115,7 +115,7 @@ def test_sample_cli_on_cuda(tmp_path, monkeypatch):
     out = tmp_path / "a.png"
     args = parser.parse_args(
         [
-            str(REPO / "recipes" / "quickstart.yaml"),
+            str(REPO / "recipes" / "smoke_pixel.yaml"),
             "--prompt",
             "a red square",
             "--out",

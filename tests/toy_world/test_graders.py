@@ -128,7 +128,7 @@ def test_empty_image_fails_every_clause():
 
 def test_word_through_ocr():
     pytest.importorskip("rapidocr_onnxruntime")
-    from mrgrpo.synth import _font
+    from mrgrpo.sft_data.synth import _font
 
     im, d = canvas()
     d.text((6, 10), "cat", fill=(0, 0, 0), font=_font(10))  # 13 x 8 px of text
