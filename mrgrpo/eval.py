@@ -303,10 +303,13 @@ def _parse_reward(text: str) -> tuple[str, str, dict[str, Any]]:
 
 
 def load_policy(target: str, overrides: Sequence[str] = ()):
-    """A policy from a ``save()`` folder (``policy.json``), a run folder (its ``final/``) or a recipe YAML."""
+    """A policy from a ``save()`` folder (``policy.json``), a checkpoint (``checkpoints/step-N``: its ``policy/``),
+    a run folder (its ``final/``) or a recipe YAML."""
     from mrgrpo.registry import POLICIES
 
     p = Path(target)
+    if p.is_dir() and not (p / "policy.json").is_file() and (p / "policy" / "policy.json").is_file():
+        p = p / "policy"
     if p.is_dir() and not (p / "policy.json").is_file() and (p / "final" / "policy.json").is_file():
         p = p / "final"
     if p.is_dir() and (p / "policy.json").is_file():
@@ -321,13 +324,16 @@ def load_policy(target: str, overrides: Sequence[str] = ()):
 
         return build_policy(load_recipe(p, list(overrides), check_files=False))
     raise UsageError(
-        f"{target}: not a saved policy folder (with policy.json), a run folder with final/, or a recipe .yaml"
+        f"{target}: not a saved policy folder (with policy.json), a checkpoints/step-N folder, a run folder with "
+        "final/, or a recipe .yaml"
     )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "policy", help="a saved policy folder (policy.json), a run folder (uses final/), or a recipe .yaml"
+        "policy",
+        help="a saved policy folder (policy.json), a checkpoint (checkpoints/step-N), a run folder (uses final/), "
+        "or a recipe .yaml",
     )
     parser.add_argument(
         "--benchmark",

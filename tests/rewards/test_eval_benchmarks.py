@@ -4,6 +4,7 @@ handling, and the three benchmarks end to end on the toy policy with tiny local 
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -168,8 +169,11 @@ def test_ocr_benchmark_end_to_end(tmp_path, toy_policy):
     pytest.importorskip("rapidocr_onnxruntime")
     prompts = tmp_path / "ocr.jsonl"
     prompts.write_text('{"prompt": "a sign that says \\"Open\\"", "tag": "sign"}\n{"prompt": "\\"Route 42\\""}\n')
+    step = tmp_path / "run" / "checkpoints" / "step-000010"  # a checkpoint keeps the policy in policy/
+    step.mkdir(parents=True)
+    shutil.copytree(toy_policy, step / "policy")
     out = tmp_path / "ocr"
-    _eval(toy_policy, "--benchmark", "ocr", "--prompts", str(prompts), "--samples", "1", "--out", str(out))
+    _eval(str(step), "--benchmark", "ocr", "--prompts", str(prompts), "--samples", "1", "--out", str(out))
     res = json.loads((out / "results.json").read_text())
     assert set(res["categories"]["overall"]) == {"prompts", "ocr", "word_accuracy", "edit_distance"}
     for row in res["prompts"]:  # a 32-pixel toy image: whatever was read, the metrics are in range
