@@ -135,15 +135,26 @@ def generate(
     height: int,
     width: int,
     batch_prompts: int = 8,
+    as_uint8: bool = False,
 ) -> torch.Tensor:
-    """Images ``[P, S, 3, H, W]`` in [0, 1]: ``samples`` ODE samples of each prompt from :func:`eval_seed` noise."""
+    """Images ``[P, S, 3, H, W]`` in [0, 1]: ``samples`` ODE samples of each prompt from :func:`eval_seed` noise.
+
+    ``as_uint8``: return them as uint8 in [0, 255] (rounded as PIL images are: a quarter of the memory, and
+    the same images once converted), for benchmarks with thousands of images."""
     import torch
 
     with torch.no_grad():
-        return _generate(policy, prompts, samples, seed, num_steps, cfg_scale, height, width, batch_prompts)
+        return _generate(policy, prompts, samples, seed, num_steps, cfg_scale, height, width, batch_prompts, as_uint8)
 
 
-def _generate(policy, prompts, samples, seed, num_steps, cfg_scale, height, width, batch_prompts):
+def to_uint8(pixels: torch.Tensor) -> torch.Tensor:
+    """``[..., 3, H, W]`` in [0, 1] -> uint8 in [0, 255], rounded (the quantisation of a saved image)."""
+    import torch
+
+    return (pixels.float().clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def _generate(policy, prompts, samples, seed, num_steps, cfg_scale, height, width, batch_prompts, as_uint8=False):
     import torch
 
     from mrgrpo.rollout import sample_ode
@@ -172,19 +183,27 @@ def _generate(policy, prompts, samples, seed, num_steps, cfg_scale, height, widt
             lambda x, s, c: policy.velocity(x, s, c), noise.to(device), sigmas, cond, uncond=uncond, cfg_scale=cfg_scale
         )
         pixels = policy.decode(final).float().cpu()
+        pixels = to_uint8(pixels) if as_uint8 else pixels
         out.append(pixels.view(len(chunk), samples, *pixels.shape[1:]))
     return torch.cat(out)
 
 
 def score_images(
     pixels: torch.Tensor, prompts: Sequence[EvalPrompt], rewards: dict[str, Any]
-) -> dict[str, dict[str, torch.Tensor]]:
+) -> dict[str, dict[str, Any]]:
     """``{reward: {"scores": [P, S], "valid": [P, S], "details": dict}}`` of images ``[P, S, 3, H, W]``
-    (``details``: the reward's, per-image lists in prompt-major order)."""
+    (float in [0, 1], or uint8 from ``generate(as_uint8=True)``; ``details``: the reward's, per-image lists
+    in prompt-major order)."""
+    import torch
+    from PIL import Image
+
     from mrgrpo.policies.base import tensor_to_images
 
     n_p, n_s = pixels.shape[:2]
-    images = tensor_to_images(pixels.flatten(0, 1))
+    if pixels.dtype == torch.uint8:  # from generate(as_uint8=True): already quantised
+        images = [Image.fromarray(a) for a in pixels.flatten(0, 1).permute(0, 2, 3, 1).numpy()]
+    else:
+        images = tensor_to_images(pixels.flatten(0, 1))
     texts = [p.prompt for p in prompts for _ in range(n_s)]
     meta = [dict(p.fields) for p in prompts for _ in range(n_s)]
     out = {}
@@ -194,7 +213,7 @@ def score_images(
     return out
 
 
-def summarise(prompts: Sequence[EvalPrompt], scored: dict[str, dict[str, torch.Tensor]]) -> dict[str, Any]:
+def summarise(prompts: Sequence[EvalPrompt], scored: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Per-category and per-prompt means (over valid images) of every reward; ``None`` where nothing was valid."""
     cats = list(dict.fromkeys(p.category for p in prompts))
 
@@ -258,6 +277,7 @@ def evaluate_policy(
         cfg_scale=cfg_scale,
         height=height,
         width=width,
+        as_uint8=True,
     )
     scored = score_images(pixels, prompts, rewards)
     if benchmark is not None and benchmark.derive is not None:
@@ -283,7 +303,7 @@ def evaluate_policy(
         (out / "results.json").write_text(json.dumps(summary, indent=1))
         (out / "results.md").write_text(report_markdown(summary, list(scored), benchmark) + "\n")
         k = min(grid_samples, samples)
-        save_image_grid(pixels[:, :k].flatten(0, 1), out / "grid.png", nrow=k)
+        save_image_grid(pixels[:, :k].flatten(0, 1).float() / 255, out / "grid.png", nrow=k)
     return summary
 
 

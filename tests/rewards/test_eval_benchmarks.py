@@ -224,3 +224,18 @@ def test_drawbench_needs_prompts_and_scores_pickscore_and_clip(tmp_path, toy_pol
     colors = [p["pickscore"] for p in res["prompts"] if p["category"] == "Colors"]
     assert cats["Colors"]["pickscore"] == pytest.approx(sum(colors) / 2)
     assert all(-1 <= p["clip"] <= 1 for p in res["prompts"])
+
+
+def test_uint8_generation_scores_like_float(toy_policy):
+    """Benchmarks keep images as uint8: the same images (and scores) as the float path."""
+    from mrgrpo.eval import generate, load_policy, score_images, to_uint8
+    from mrgrpo.rewards.base import build_reward
+
+    policy = load_policy(toy_policy)
+    prompts = [EvalPrompt("a red circle"), EvalPrompt("two blue squares")]
+    kw = dict(samples=2, seed=3, num_steps=2, cfg_scale=3.0, height=32, width=32)
+    f, u = generate(policy, prompts, **kw), generate(policy, prompts, **kw, as_uint8=True)
+    assert u.dtype == torch.uint8 and torch.equal(u, to_uint8(f)) and f.dtype == torch.float32
+    reward = {"b": build_reward("brightness", {})}
+    a, b = score_images(f, prompts, reward)["b"], score_images(u, prompts, reward)["b"]
+    assert torch.equal(a["scores"], b["scores"])
