@@ -124,7 +124,12 @@ def geneval_official(prompts: Sequence[EvalPrompt], scored: Scored) -> dict[str,
 
     rows = geneval_rows(prompts, scored)
     if not rows:
-        raise ValueError("geneval: no image could be graded (no prompt had a GenEval spec)")
+        from mrgrpo.errors import DataError
+
+        raise DataError(
+            "geneval: no image could be graded: no prompt has a GenEval spec. Fix: use GenEval-format records "
+            "(`include`, `tag`) or GenEval's own prompts"
+        )
     return geneval_score(rows)
 
 
