@@ -48,4 +48,5 @@ quickstart-sft: $(STAMP)
 
 # SFT (cached), MR-GRPO on 3 seeds, ablations, held-out evaluation; report in outputs/toy_world/ (docs/toy_world.md)
 toy-world: $(STAMP)
-	$(BIN)/python -m mrgrpo.toy_world.pipeline --out outputs/toy_world --seeds 0 1 2 --samples 32 --ablations
+	$(BIN)/python -m mrgrpo.toy_world.pipeline --out outputs/toy_world --seeds 0 1 2 --samples 32 --ablations \
+		--sft-set train.max_steps=1500

@@ -15,6 +15,7 @@ def test_pipeline_runs_end_to_end_and_caches_sft(tmp_path, monkeypatch):
 
     sft = [
         "train.max_steps=2",
+        "train.warmup_steps=0",
         "train.images_per_step=4",
         "train.micro_batch_size=4",
         "train.checkpoint_every=2",
