@@ -24,14 +24,19 @@ import contextlib
 import copy
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from mrgrpo.policies.base import DiffusionPolicy
+from mrgrpo.devices import randn
+from mrgrpo.losses import add_flow_noise, flow_matching_loss, sample_flow_sigmas
+from mrgrpo.policies.base import STAGES, Conditioning, DiffusionPolicy
 from mrgrpo.policies.common import DIT_LORA_TARGETS, prefix_bare_keys, read_state_dict, strip_wrapper_prefixes
+
+if TYPE_CHECKING:
+    from mrgrpo.sft_data.batch import SFTBatch
 
 log = logging.getLogger("mrgrpo.policies")
 
@@ -111,6 +116,10 @@ class DiTPolicy(DiffusionPolicy):
     _use_reference = False
     stage: str | None = None
     timestep_shift: float = 3.0
+    #: registry family named in error messages (``sd3``, ``flux``, ...)
+    family: str = "dit"
+    #: human-readable model name in error messages
+    model_label: str = "DiT"
 
     def _lineage(self) -> list[dict[str, Any]]:
         if "_loaded_from" not in self.__dict__:
@@ -186,6 +195,69 @@ class DiTPolicy(DiffusionPolicy):
                 p.data = p.data.float()
                 p.requires_grad_(False)
         self.train(self.training)  # new LoRA modules (dropout) follow the policy's train/eval mode
+
+    def set_dit_only_stage(self, stage: str, lora: dict | None, frozen: str) -> None:
+        """``set_stage`` of a policy whose only trainable part is the DiT (``sft`` and ``rl``).
+
+        ``pretrain`` is refused with a message naming the frozen encoder (``frozen``, e.g. "its text
+        encoders are frozen").
+        """
+        if stage not in STAGES:
+            raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+        if stage == "pretrain":
+            raise ValueError(f"the {self.family} policy has no pre-training stage ({frozen}); use stage sft or rl")
+        self.requires_grad_(False)
+        self.train_dit(lora)
+        self.stage = stage
+
+    def dit_flow_matching_loss(
+        self, batch: SFTBatch, generator: torch.Generator | None = None, *, references: bool = True
+    ) -> torch.Tensor:
+        """Flow-matching (SFT) loss of a batch on this DiT; the prompts (and, with ``references``, the batch's
+        reference images) condition it. Noise and ``sigma`` (shift ``timestep_shift``) come from ``generator``,
+        drawn on its own device."""
+        with torch.no_grad():
+            x0 = self.encode_images(batch.images.to(self.device))
+        refs = batch.ref_images if references else None
+        cond = self.encode(list(batch.prompts), refs if refs is not None and any(refs) else None).cond
+        noise = randn(x0.shape, generator, device=x0.device)
+        sigma = sample_flow_sigmas(x0.shape[0], shift=self.timestep_shift, generator=generator, device=x0.device)
+        return flow_matching_loss(self.velocity(add_flow_noise(x0, noise, sigma), sigma, cond), x0, noise)
+
+    def velocity_by_reference_shape(
+        self,
+        latents: torch.Tensor,
+        sigma: torch.Tensor,
+        cond: Conditioning,
+        ref_latents: list[list[torch.Tensor]] | None,
+        dit: Callable[[torch.Tensor, torch.Tensor, Conditioning, list[torch.Tensor] | None], torch.Tensor],
+    ) -> torch.Tensor:
+        """Velocity ``[B, C, h, w]`` (the DiT's dtype) of a batch whose samples may carry one reference latent
+        of different shapes: ``dit(latents, sigma, cond, refs)`` runs once per group of equal reference shape
+        (no padding, for DiTs without an attention mask over image tokens)."""
+        if latents.ndim != 4 or sigma.shape != (latents.shape[0],):
+            raise ValueError(
+                f"velocity takes latents [B, C, h, w] and sigma [B], "
+                f"got {tuple(latents.shape)} and {tuple(sigma.shape)}"
+            )
+        if len(cond) != latents.shape[0]:
+            raise ValueError(
+                f"conditioning holds {len(cond)} samples for {latents.shape[0]} latents (use cond.repeat(G))"
+            )
+        refs = ref_latents if ref_latents is not None else cond.items.get("ref_latents")
+        if refs is not None and any(refs) and not self.supports_editing:
+            raise ValueError(f"this {self.model_label} model takes no reference latents (it is text-to-image only)")
+        keys = [tuple(refs[i][0].shape) if refs is not None and refs[i] else None for i in range(latents.shape[0])]
+        ref_rows = refs or []  # a key is not None only where refs holds that sample's latents
+        if len(set(keys)) == 1:
+            return dit(latents, sigma, cond, [r[0] for r in ref_rows] if keys[0] else None)
+        out = torch.empty_like(latents, dtype=next(self.active_transformer().parameters()).dtype)
+        for key in dict.fromkeys(keys):
+            idx = [i for i, k in enumerate(keys) if k == key]
+            sub = torch.as_tensor(idx, device=latents.device)
+            sub_refs = [ref_rows[i][0] for i in idx] if key else None
+            out[sub] = dit(latents[sub], sigma[sub], cond.select(idx), sub_refs)
+        return out
 
     def train_dit(self, lora: dict | None) -> None:
         """Make the DiT trainable (float32): a LoRA on it when ``lora`` is given, else all of it."""

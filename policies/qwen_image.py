@@ -27,9 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from mrgrpo.devices import randn
-from mrgrpo.losses import add_flow_noise, flow_matching_loss, sample_flow_sigmas
-from mrgrpo.policies.base import STAGES, Conditioning, EncodedPrompts, images_to_tensor
+from mrgrpo.policies.base import Conditioning, EncodedPrompts, images_to_tensor
 from mrgrpo.policies.common import resolve_dtype
 from mrgrpo.policies.dit_policy import DiTPolicy
 from mrgrpo.policies.packed_latents import dynamic_shift_mu, pack_latents, shifted_sigmas, unpack_latents
@@ -73,6 +71,9 @@ class QwenImagePolicy(DiTPolicy):
         editing: whether the model takes a reference image (default: the folder holds a Qwen-Image-Edit pipeline).
         reference_size: edit references resized to about ``reference_size**2`` pixels (pipeline: 1024).
     """
+
+    family = "qwen_image"
+    model_label = "Qwen-Image"
 
     # declared so that mypy does not type them through nn.Module.__getattr__ (Tensor | Module)
     text_encoder: Any
@@ -249,29 +250,7 @@ class QwenImagePolicy(DiTPolicy):
     ) -> torch.Tensor:
         """DiT velocity ``[B, C, h, w]`` (the DiT's dtype) of ``latents [B, C, h, w]`` at ``sigma [B]``; samples run in
         groups of equal reference shape."""
-        if latents.ndim != 4 or sigma.shape != (latents.shape[0],):
-            raise ValueError(
-                f"velocity takes latents [B, C, h, w] and sigma [B], "
-                f"got {tuple(latents.shape)} and {tuple(sigma.shape)}"
-            )
-        if len(cond) != latents.shape[0]:
-            raise ValueError(
-                f"conditioning holds {len(cond)} samples for {latents.shape[0]} latents (use cond.repeat(G))"
-            )
-        refs = ref_latents if ref_latents is not None else cond.items.get("ref_latents")
-        if refs is not None and any(refs) and not self.supports_editing:
-            raise ValueError("this Qwen-Image model takes no reference latents (it is text-to-image only)")
-        keys = [tuple(refs[i][0].shape) if refs is not None and refs[i] else None for i in range(latents.shape[0])]
-        ref_rows = refs or []  # a key is not None only where refs holds that sample's latents
-        if len(set(keys)) == 1:
-            return self._dit(latents, sigma, cond, [r[0] for r in ref_rows] if keys[0] else None)
-        out = torch.empty_like(latents, dtype=next(self.active_transformer().parameters()).dtype)
-        for key in dict.fromkeys(keys):
-            idx = [i for i, k in enumerate(keys) if k == key]
-            sub = torch.as_tensor(idx, device=latents.device)
-            sub_refs = [ref_rows[i][0] for i in idx] if key else None
-            out[sub] = self._dit(latents[sub], sigma[sub], cond.select(idx), sub_refs)
-        return out
+        return self.velocity_by_reference_shape(latents, sigma, cond, ref_latents, self._dit)
 
     def _dit(
         self, latents: torch.Tensor, sigma: torch.Tensor, cond: Conditioning, refs: list[torch.Tensor] | None
@@ -309,25 +288,11 @@ class QwenImagePolicy(DiTPolicy):
         """SFT loss on an :class:`~mrgrpo.sft_data.batch.SFTBatch` (``images [B, 3, H, W]`` in [0, 1], ``B`` prompts,
         ``ref_images`` ``[B][<=1]`` PIL or None);
         noise and ``sigma`` (shift ``timestep_shift``) come from ``generator`` (drawn on its own device)."""
-        with torch.no_grad():
-            x0 = self.encode_images(batch.images.to(self.device))
-        refs = batch.ref_images
-        cond = self.encode(list(batch.prompts), refs if refs is not None and any(refs) else None).cond
-        noise = randn(x0.shape, generator, device=x0.device)
-        sigma = sample_flow_sigmas(x0.shape[0], shift=self.timestep_shift, generator=generator, device=x0.device)
-        return flow_matching_loss(self.velocity(add_flow_noise(x0, noise, sigma), sigma, cond), x0, noise)
+        return self.dit_flow_matching_loss(batch, generator)
 
     def set_stage(self, stage: str, lora: dict | None = None) -> None:
         """Only the DiT trains (``sft`` and ``rl``; Qwen2.5-VL stays frozen, so ``pretrain`` is refused)."""
-        if stage not in STAGES:
-            raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
-        if stage == "pretrain":
-            raise ValueError(
-                "the qwen_image policy has no pre-training stage (its text encoder is frozen); use stage sft or rl"
-            )
-        self.requires_grad_(False)
-        self.train_dit(lora)
-        self.stage = stage
+        self.set_dit_only_stage(stage, lora, "its text encoder is frozen")
 
     def train(self, mode: bool = True) -> QwenImagePolicy:
         """Train/eval mode; the text encoder and the VAE always stay in eval mode."""

@@ -13,9 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from mrgrpo.devices import randn
-from mrgrpo.losses import add_flow_noise, flow_matching_loss, sample_flow_sigmas
-from mrgrpo.policies.base import STAGES, Conditioning, EncodedPrompts
+from mrgrpo.policies.base import Conditioning, EncodedPrompts
 from mrgrpo.policies.common import resolve_dtype
 from mrgrpo.policies.dit_policy import DiTPolicy
 
@@ -31,6 +29,8 @@ class SD3Policy(DiTPolicy):
         dtype: dtype of the frozen parts (text encoders, VAE, and the DiT until it trains).
         max_sequence_length: T5 tokens.
     """
+
+    family = "sd3"
 
     pipe: Any  # the diffusers pipeline (untyped for mypy), kept outside the module tree
 
@@ -116,24 +116,11 @@ class SD3Policy(DiTPolicy):
         ).sample
 
     def flow_matching_loss(self, batch: SFTBatch, generator: torch.Generator | None = None) -> torch.Tensor:
-        with torch.no_grad():
-            x0 = self.encode_images(batch.images.to(self.device))
-        cond = self.encode(list(batch.prompts)).cond
-        noise = randn(x0.shape, generator, device=x0.device)
-        sigma = sample_flow_sigmas(x0.shape[0], shift=self.timestep_shift, generator=generator, device=x0.device)
-        return flow_matching_loss(self.velocity(add_flow_noise(x0, noise, sigma), sigma, cond), x0, noise)
+        return self.dit_flow_matching_loss(batch, generator, references=False)
 
     def set_stage(self, stage: str, lora: dict | None = None) -> None:
         """Only the DiT trains (``rl`` and ``sft``; ``pretrain`` has nothing to pre-train here)."""
-        if stage not in STAGES:
-            raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
-        if stage == "pretrain":
-            raise ValueError(
-                "the sd3 policy has no pre-training stage (its text encoders are frozen); use stage sft or rl"
-            )
-        self.requires_grad_(False)
-        self.train_dit(lora)
-        self.stage = stage
+        self.set_dit_only_stage(stage, lora, "its text encoders are frozen")
 
     def load(self, path: str) -> None:
         """A folder written by :meth:`save`, or a flat DiT state dict (``transformer.<name>`` or bare diffusers
