@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from mrgrpo.rewards.base import RewardOutput
-from mrgrpo.rewards.unified_reward import _JudgeBase
+from mrgrpo.rewards.judge_client import JudgeReward
 
 VQASCORE_TEMPLATE = 'Does this figure show "{prompt}"? Please answer yes or no.'
 QUESTION_TEMPLATE = "{question} Please answer yes or no."
@@ -77,7 +77,7 @@ def load_judge_template(template: str, template_text: str | None, template_file:
     return text, label
 
 
-class VLMJudge(_JudgeBase):
+class VLMJudge(JudgeReward):
     """Pointwise yes/no VLM judge scored by P(Yes) from logprobs.
 
     Args:

@@ -32,7 +32,7 @@ import torch
 from mrgrpo.policies.common import CheckpointError, find_weight_files, read_state_dict  # noqa: F401 (re-exported)
 
 if TYPE_CHECKING:
-    from mrgrpo.policies.deepgen.policy import DeepGenPolicy
+    from mrgrpo.policies.deepgen.weights import DeepGenWeights
 
 log = logging.getLogger("mrgrpo.policies.deepgen")
 
@@ -159,7 +159,7 @@ def _problems(report: LoadReport) -> list[str]:
 
 
 def load_deepgen_checkpoint(
-    model: DeepGenPolicy, path: str | Path, *, strict: bool = True, state: dict[str, torch.Tensor] | None = None
+    model: DeepGenWeights, path: str | Path, *, strict: bool = True, state: dict[str, torch.Tensor] | None = None
 ) -> LoadReport:
     """Load a released (or flat) DeepGen checkpoint into ``model`` (a :class:`DeepGenPolicy`).
 
@@ -228,3 +228,22 @@ def load_deepgen_checkpoint(
             own[k].copy_(state[k].to(own[k].dtype))
     log.info("%s", report)
     return report
+
+
+def fetch_checkpoint_from_hub(spec: str) -> str:
+    """``owner/name`` (whole repo) or ``owner/name/path/in/repo.pt`` (one file) from the Hugging Face hub."""
+    parts = spec.split("/")
+    if spec.startswith(("/", ".", "~")) or len(parts) < 2 or not all(parts):
+        raise FileNotFoundError(f"DeepGen checkpoint {spec} does not exist (and is not a hub id owner/name[/file])")
+    try:
+        if len(parts) == 2:
+            from huggingface_hub import snapshot_download
+
+            return snapshot_download(spec)
+        from huggingface_hub import hf_hub_download
+
+        return hf_hub_download("/".join(parts[:2]), "/".join(parts[2:]))
+    except Exception as exc:  # offline, unknown repo or file
+        raise FileNotFoundError(
+            f"DeepGen checkpoint {spec}: not a local path, and the hub download failed: {exc}"
+        ) from exc

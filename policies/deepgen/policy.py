@@ -16,11 +16,9 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from mrgrpo.devices import randn
@@ -28,43 +26,28 @@ from mrgrpo.imaging import resize_to_budget
 from mrgrpo.losses import add_flow_noise, flow_matching_loss, sample_flow_sigmas
 from mrgrpo.policies.base import STAGES, Conditioning, EncodedPrompts, images_to_tensor
 from mrgrpo.policies.common import resolve_dtype
-from mrgrpo.policies.deepgen.checkpoint import (
-    SCB_PREFIXES,
-    LoadReport,
-    load_deepgen_checkpoint,
-)
 from mrgrpo.policies.deepgen.dit import dit_forward, install_masked_attention
-from mrgrpo.policies.deepgen.scb import Connector, masked_mean
-from mrgrpo.policies.dit_policy import (
-    DiTPolicy,
-    load_adapter_state,
-    lora_config,
-    read_adapter,
-    save_adapter,
+from mrgrpo.policies.deepgen.prompting import (  # noqa: F401  (re-exported: the templates are public names)
+    EDIT_TEMPLATE,
+    IMAGE_SLOT,
+    T2I_TEMPLATE,
+    VIT_MEAN,
+    VIT_STD,
+    left_padded_rows,
+    prompt_text,
+    vit_patches,
 )
+from mrgrpo.policies.deepgen.scb import Connector, masked_mean
+from mrgrpo.policies.deepgen.weights import VLM_LORA_DEFAULT, VLM_LORA_TARGETS, DeepGenWeights  # noqa: F401
 
 if TYPE_CHECKING:
     from mrgrpo.sft_data.batch import SFTBatch
 
-T2I_TEMPLATE = "<|im_start|>user\nGenerate an image: {prompt}<|im_end|>\n<|im_start|>assistant\n"
-EDIT_TEMPLATE = "<|im_start|>user\n{images}\n{prompt}<|im_end|>\n<|im_start|>assistant\n"
-IMAGE_SLOT = "<|vision_start|>{pads}<|vision_end|>"
 #: released SCB selection: decoder outputs of 0-based layers 34, 28, 22, 16, 10, 4
 RELEASED_SCB_LAYERS = (35, 29, 23, 17, 11, 5)
-VLM_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-#: default VLM LoRA (SFT stage): language-model linear layers + embed_tokens, never the ViT
-VLM_LORA_DEFAULT = {
-    "rank": 64,
-    "alpha": 128,
-    "dropout": 0.05,
-    "target_modules": r".*language_model.*\.(" + "|".join(VLM_LORA_TARGETS + ("embed_tokens",)) + ")",
-}
-#: CLIP normalisation of the ViT input (Qwen2.5-VL's image processor uses the same)
-VIT_MEAN = (0.48145466, 0.4578275, 0.40821073)
-VIT_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-class DeepGenPolicy(DiTPolicy):
+class DeepGenPolicy(DeepGenWeights):
     """DeepGen: Qwen2.5-VL + SCB + think tokens + SD3.5-M DiT (text-to-image and editing).
 
     Args:
@@ -198,27 +181,9 @@ class DeepGenPolicy(DiTPolicy):
 
     # -- prompt building ----------------------------------------------------------------------
     def vit_patches(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Qwen2.5-VL ViT input of one reference ``[3, H, W]`` in [0, 1] (sides multiples of 32).
-
-        Resized by 28/32 (bilinear, as released), CLIP-normalised, packed into patches:
-        returns ``patches [(H'/14)(W'/14), 3 * 2 * 14 * 14]`` and ``grid_thw [1, 3]``; the ViT then gives
-        ``(H/32)(W/32)`` tokens.
-        """
-        x = F.interpolate(pixels[None].float(), scale_factor=28 / 32, mode="bilinear")[0]
-        mean = torch.tensor(VIT_MEAN, dtype=x.dtype).view(3, 1, 1)
-        std = torch.tensor(VIT_STD, dtype=x.dtype).view(3, 1, 1)
-        x = (x - mean) / std
-        c, h, w = x.shape
-        p, m, tp = self.vit_patch, self.merge, self.temporal_patch
-        gh, gw = h // p, w // p
-        if gh % m or gw % m:
-            raise ValueError(
-                f"reference of {pixels.shape[-1]}x{pixels.shape[-2]} px does not pack into ViT patches; sides must "
-                "be multiples of 32"
-            )
-        x = x[None].expand(tp, c, h, w)  # one frame repeated over the temporal patch
-        x = x.reshape(tp, c, gh // m, m, p, gw // m, m, p).permute(2, 5, 3, 6, 1, 0, 4, 7)  # gh/m gw/m m m c tp p p
-        return x.reshape(gh * gw, c * tp * p * p), torch.tensor([[1, gh, gw]])
+        """ViT patches ``[N, 3 * tp * 14 * 14]`` and ``grid_thw [1, 3]`` of one reference ``[3, H, W]`` in [0, 1]
+        (:func:`~mrgrpo.policies.deepgen.prompting.vit_patches` with this VLM's vision settings)."""
+        return vit_patches(pixels, self.vit_patch, self.merge, self.temporal_patch)
 
     def _ref_inputs(
         self, images: Sequence[Any]
@@ -239,25 +204,12 @@ class DeepGenPolicy(DiTPolicy):
 
     def _tokenize(self, texts: list[str], truncate: list[bool]) -> tuple[torch.Tensor, torch.Tensor]:
         """Left-padded ids ``[B, L]`` and mask ``[B, L]``, with ``num_queries`` placeholders appended to each row."""
-        q = self.meta_queries.shape[0]
         rows = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-        if self.max_prompt_tokens:
-            rows = [r[-self.max_prompt_tokens :] if cut else r for r, cut in zip(rows, truncate)]
-        rows = [r + [self.pad_token_id] * q for r in rows]
-        longest = max(len(r) for r in rows)
-        ids = torch.full((len(rows), longest), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), longest), dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, longest - len(r) :] = torch.tensor(r)
-            mask[i, longest - len(r) :] = 1
-        return ids, mask
+        return left_padded_rows(rows, truncate, self.max_prompt_tokens, self.pad_token_id, self.meta_queries.shape[0])
 
     def prompt_text(self, prompt: str, num_refs: int = 0, ref_tokens: Sequence[int] = ()) -> str:
         """The VLM prompt (before the think tokens): the T2I template, or the editing one with image slots."""
-        if not num_refs:
-            return T2I_TEMPLATE.format(prompt=prompt)
-        slots = "".join(IMAGE_SLOT.format(pads=self.image_token * n) for n in ref_tokens)
-        return EDIT_TEMPLATE.format(images=slots, prompt=prompt)
+        return prompt_text(prompt, self.image_token, num_refs, ref_tokens)
 
     def _encode_batch(self, prompts: list[str], refs: list[list[Any]] | None, truncate: bool = False) -> Conditioning:
         """The VLM + SCB forward for B prompts.
@@ -470,135 +422,6 @@ class DeepGenPolicy(DiTPolicy):
                 self.lmm.activation_checkpointing_enable({"use_reentrant": False})
             else:
                 self.lmm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-
-    # -- VLM LoRA ----------------------------------------------------------------------------------
-    def has_vlm_lora(self) -> bool:
-        return self.vlm_lora is not None
-
-    def add_vlm_lora(self, spec: dict[str, Any]) -> None:
-        """Inject a LoRA (adapter ``default``, gaussian init as released) into the VLM; frozen until a stage trains it.
-
-        Keys then read ``lmm.model.language_model.layers.{i}.self_attn.q_proj.lora_A.default.weight``
-        (the released layout).
-        """
-        from peft import inject_adapter_in_model
-
-        if self.has_vlm_lora():
-            raise RuntimeError("the VLM already has a LoRA")
-        config = lora_config(spec, VLM_LORA_DEFAULT["target_modules"], init="gaussian")
-        inject_adapter_in_model(config, self.lmm, adapter_name="default")
-        self.lmm.peft_config = {"default": config}
-        targets = config.target_modules
-        self.vlm_lora = {
-            "rank": config.r,
-            "alpha": config.lora_alpha,
-            "dropout": config.lora_dropout,
-            "target_modules": sorted(targets) if isinstance(targets, (set, list)) else targets,
-            "rank_pattern": dict(config.rank_pattern or {}),
-        }
-        for n, p in self.lmm.named_parameters():
-            if "lora_" in n:
-                p.data = p.data.float()
-                p.requires_grad_(False)
-        self.train(self.training)  # new LoRA modules (dropout) follow the policy's train/eval mode
-
-    # -- persistence ---------------------------------------------------------------------------------
-    def trained_components(self) -> list[str]:
-        out = []
-        if self.meta_queries.requires_grad or any(
-            p.requires_grad for m in self.scb_modules().values() for p in m.parameters()
-        ):
-            out.append("scb")
-        out += super().trained_components()
-        if any(p.requires_grad for n, p in self.lmm.named_parameters() if "lora_" in n):
-            out.append("vlm_lora")
-        return out
-
-    def scb_state(self) -> dict[str, torch.Tensor]:
-        """Think tokens, projectors and connector under the released key names, float32 on CPU."""
-        return {
-            k: v.detach().float().cpu().contiguous()
-            for k, v in self.state_dict().items()
-            if k == "meta_queries" or k.startswith(SCB_PREFIXES)
-        }
-
-    def _save_component(self, name: str, directory: Path) -> None:
-        if name == "scb":
-            from safetensors.torch import save_file
-
-            save_file(self.scb_state(), str(directory / "scb.safetensors"), metadata={"format": "pt"})
-        elif name == "vlm_lora":
-            save_adapter(self.lmm, self.lmm.peft_config["default"], directory / "vlm_lora")
-        else:
-            super()._save_component(name, directory)
-
-    def _load_component(self, name: str, directory: Path) -> None:
-        if name == "scb":
-            load_deepgen_checkpoint(self, directory / "scb.safetensors")
-        elif name == "vlm_lora":
-            config, state = read_adapter(directory / "vlm_lora")
-            if not self.has_vlm_lora():
-                self.add_vlm_lora(
-                    {
-                        "rank": config.r,
-                        "alpha": config.lora_alpha,
-                        "dropout": config.lora_dropout,
-                        "target_modules": config.target_modules,
-                        "rank_pattern": config.rank_pattern,
-                    }
-                )
-            load_adapter_state(self.lmm, state, str(directory / "vlm_lora"))
-        else:
-            super()._load_component(name, directory)
-
-    def policy_info(self, components: list[str]) -> dict[str, Any]:
-        return {
-            **super().policy_info(components),
-            "vlm_lora": self.vlm_lora,
-            "mask_padding": self.mask_padding,
-            "scb_layers": self.scb_layers,
-        }
-
-    def load(self, path: str) -> None:
-        """Load a :meth:`save` folder, or a released DeepGen checkpoint (file, folder or hub id).
-
-        Released checkpoints load through :func:`load_deepgen_checkpoint` (both key layouts; all-or-nothing
-        per component; an RL checkpoint holding only the DiT loads on top of the SFT one loaded before).
-        """
-        p = Path(path)
-        if (p / "policy.json").is_file():
-            self._load_saved(p)
-            return
-        if not p.exists():
-            p = Path(_fetch_from_hub(str(path)))
-        self.load_weights_file(str(p))
-
-    def load_weights_file(self, path: str, info: dict | None = None) -> LoadReport:
-        """A flat released-layout state dict (file or folder): see :func:`load_deepgen_checkpoint`."""
-        if info and info.get("dit_lora") and self.dit_lora is None:
-            self.add_dit_lora(info["dit_lora"])
-        report = load_deepgen_checkpoint(self, path)
-        self._record_load(path, report.components)
-        return report
-
-
-def _fetch_from_hub(spec: str) -> str:
-    """``owner/name`` (whole repo) or ``owner/name/path/in/repo.pt`` (one file) from the Hugging Face hub."""
-    parts = spec.split("/")
-    if spec.startswith(("/", ".", "~")) or len(parts) < 2 or not all(parts):
-        raise FileNotFoundError(f"DeepGen checkpoint {spec} does not exist (and is not a hub id owner/name[/file])")
-    try:
-        if len(parts) == 2:
-            from huggingface_hub import snapshot_download
-
-            return snapshot_download(spec)
-        from huggingface_hub import hf_hub_download
-
-        return hf_hub_download("/".join(parts[:2]), "/".join(parts[2:]))
-    except Exception as exc:  # offline, unknown repo or file
-        raise FileNotFoundError(
-            f"DeepGen checkpoint {spec}: not a local path, and the hub download failed: {exc}"
-        ) from exc
 
 
 def build_deepgen(**kwargs: Any) -> DeepGenPolicy:
