@@ -161,7 +161,7 @@ def _generate(policy, prompts, samples, seed, num_steps, cfg_scale, height, widt
 
     policy.eval()
     device = policy.device
-    sigmas = policy.sigmas(num_steps).to(device)
+    sigmas = policy.sigmas(num_steps, height, width).to(device)
     out = []
     for start in range(0, len(prompts), batch_prompts):
         chunk = list(prompts[start : start + batch_prompts])

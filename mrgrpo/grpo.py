@@ -188,7 +188,7 @@ class GRPOTrainer(TrainerBase):
             )
         else:
             noise = torch.cat([self.policy.init_noise(1, rl.height, rl.width, g) for g in gens])
-        sigmas = self.policy.sigmas(rl.num_steps).to(self.device)
+        sigmas = self.policy.sigmas(rl.num_steps, rl.height, rl.width).to(self.device)
         t1 = time.perf_counter()
         traj = sample_trajectories(
             self._velocity_fn(self.policy),
@@ -486,7 +486,7 @@ class GRPOTrainer(TrainerBase):
         final = sample_ode(
             self._velocity_fn(self.policy),
             noise,
-            self.policy.sigmas(ev.num_steps).to(self.device),
+            self.policy.sigmas(ev.num_steps, rl.height, rl.width).to(self.device),
             enc.cond,
             uncond=enc.uncond,
             cfg_scale=ev.cfg_scale,

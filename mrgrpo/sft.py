@@ -121,7 +121,7 @@ class SFTTrainer(TrainerBase):
         final = sample_ode(
             lambda x, s, c: self.policy.velocity(x, s, c),
             noise,
-            self.policy.sigmas(ev.num_steps).to(self.device),
+            self.policy.sigmas(ev.num_steps, side, side).to(self.device),
             enc.cond,
             uncond=enc.uncond,
             cfg_scale=ev.cfg_scale,

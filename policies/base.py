@@ -214,8 +214,11 @@ class DiffusionPolicy(nn.Module, abc.ABC):
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """Latents ``[B, C, h, w]`` (scaled and shifted for the DiT) of images ``[B, 3, H, W]`` in [0, 1]."""
 
-    def sigmas(self, num_steps: int) -> torch.Tensor:
-        """The scheduler's ``num_steps + 1`` noise levels from 1 down to 0, float32."""
+    def sigmas(self, num_steps: int, height: int | None = None, width: int | None = None) -> torch.Tensor:
+        """The scheduler's ``num_steps + 1`` noise levels from 1 down to 0, float32, for an image of
+        ``height x width`` pixels. Policies whose schedule depends on the image size (a dynamic shift, as
+        FLUX and Qwen-Image) use the size; the trainer, evaluation and sampling always pass it. ``None``: the
+        policy's default size."""
         raise NotImplementedError
 
     # -- training ---------------------------------------------------------------------------

@@ -160,9 +160,9 @@ class DiTPolicy(DiffusionPolicy):
         dist = self.vae.encode(images.to(self.vae.device, self.vae.dtype) * 2 - 1).latent_dist
         return ((dist.mode() - (cfg.shift_factor or 0.0)) * cfg.scaling_factor).float()
 
-    def sigmas(self, num_steps: int) -> torch.Tensor:
+    def sigmas(self, num_steps: int, height: int | None = None, width: int | None = None) -> torch.Tensor:
         """``[num_steps + 1]`` float32 from 1 to 0: the scheduler's shifted sigmas
-        (shift ``scheduler.config.shift``)."""
+        (static shift ``scheduler.config.shift``: the same for every ``height x width``)."""
         if num_steps < 1:
             raise ValueError(f"num_steps must be >= 1, got {num_steps}")
         self.scheduler.set_timesteps(num_steps)
@@ -356,7 +356,7 @@ class DiTPolicy(DiffusionPolicy):
         final = sample_ode(
             self.velocity,
             noise,
-            self.sigmas(num_steps).to(self.device),
+            self.sigmas(num_steps, height, width).to(self.device),
             enc.cond,
             uncond=enc.uncond,
             cfg_scale=cfg_scale,

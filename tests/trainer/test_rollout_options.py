@@ -113,3 +113,16 @@ def test_long_prompts_are_truncated_warned_and_counted(toy_recipe, tmp_path, cap
     long_in_step = sum(r.prompt.startswith("xxx") for r in tr.sampler.sources[0].records)
     assert long_in_step == 1 and hist[0]["data/prompts_truncated"] >= 1
     assert "truncated" in caplog.text
+
+
+def test_rollouts_and_evaluation_ask_for_the_sigmas_of_their_image_size(toy_recipe, tmp_path):
+    """Dynamic-shift schedules (FLUX, Qwen-Image) depend on the image size: the trainer must pass it."""
+    evals = tmp_path / "eval.txt"
+    evals.write_text("held out\n")
+    toy_recipe["rl"].update(height=32, width=16)
+    toy_recipe["train"]["max_steps"] = 1
+    toy_recipe["eval"] = {"every": 1, "sources": [{"name": "h", "path": str(evals), "rewards": {"bright": 1.0}}]}
+    tr = GRPOTrainer(load_recipe(data=toy_recipe))
+    tr.fit()
+    assert len(tr.policy.sigma_sizes) >= 2  # one rollout and one evaluation at least
+    assert set(tr.policy.sigma_sizes) == {(32, 16)}

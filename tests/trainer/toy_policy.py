@@ -42,6 +42,7 @@ class ToyPolicy(DiffusionPolicy):
         torch.manual_seed(seed)
         self.dim = dim
         self.shift = shift
+        self.sigma_sizes: list = []  # (height, width) of every sigmas() call: the trainer must pass the image size
         self.net = _Net(4, dim)
         self.decoder = nn.ConvTranspose2d(4, 3, 4, stride=4)
         with torch.no_grad():
@@ -74,7 +75,8 @@ class ToyPolicy(DiffusionPolicy):
     def encode_images(self, images):
         return self.encoder(images.float() * 2 - 1)
 
-    def sigmas(self, num_steps):
+    def sigmas(self, num_steps, height=None, width=None):
+        self.sigma_sizes.append((height, width))
         t = torch.linspace(1, 0, num_steps + 1)
         return (self.shift * t / (1 + (self.shift - 1) * t)).float()
 
