@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from mrgrpo.config import load_recipe
 
 pytestmark = pytest.mark.gpu
