@@ -410,7 +410,8 @@ class LoggingConfig(_Strict):
     progress_bar: bool = Field(True, description="Show a progress bar on the console (main process).")
     dump_rollouts: bool = Field(
         False,
-        description="Write per-sample rewards, advantages and log-probs of every step to rollouts/step-N.rank-R.pt.",
+        description="Write per-sample rewards, advantages and log-probs (of the stored SDE steps, `log_prob_steps`) "
+        "of every step to rollouts/step-N.rank-R.pt.",
     )
 
 

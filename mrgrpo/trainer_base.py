@@ -8,6 +8,7 @@ Subclasses implement ``fit`` and may add state through :meth:`TrainerBase.extra_
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -159,7 +160,7 @@ class TrainerBase:
         cfg = self.cfg
         policy.set_stage(stage, lora=cfg.train.lora.model_dump() if cfg.train.lora.enabled else None)
         if reference and reference_device != "same":
-            if not getattr(policy, "supports_reference_device", False):
+            if "device" not in inspect.signature(policy.enable_reference).parameters:
                 raise RecipeError(
                     f"rl.reference_device: {reference_device}: the {type(policy).__name__} policy keeps its reference "
                     "on its own device. Fix: use rl.reference_device: same."

@@ -113,10 +113,7 @@ class DiTPolicy(DiffusionPolicy):
 
     dit_lora: dict | None = None
     _ref_transformer: Any = None
-    #: where the frozen reference copy lives and runs (None: wherever the policy is)
-    _ref_device: torch.device | None = None
-    #: :meth:`enable_reference` takes a ``device`` (``rl.reference_device``)
-    supports_reference_device = True
+    _ref_device: torch.device | None = None  # where a pinned reference copy lives and runs (None: with the policy)
     _use_reference = False
     stage: str | None = None
     timestep_shift: float = 3.0
@@ -282,26 +279,18 @@ class DiTPolicy(DiffusionPolicy):
     def enable_reference(self, device: str | torch.device | None = None) -> None:
         """Prepare :meth:`reference`: a frozen copy of the DiT (in ``frozen_dtype``) when all of it trains.
 
-        ``device`` (e.g. ``"cpu"``) pins the copy there: it never moves to the policy's accelerator and
-        :meth:`velocity` inside :meth:`reference` must then be given inputs on :attr:`reference_device`.
-        No-op for a DiT LoRA (the reference disables the adapter: the weights are shared) or a frozen DiT.
-        Call after :meth:`set_stage`, before wrapping the policy for DDP / DeepSpeed.
+        ``device`` (``rl.reference_device``, e.g. ``"cpu"``) pins the copy there (inputs: :attr:`reference_device`).
+        No-op for a DiT LoRA (the reference disables the adapter) or a frozen DiT. Call after
+        :meth:`set_stage`, before wrapping the policy for DDP / DeepSpeed.
         """
         if self.dit_lora is not None or self._ref_transformer is not None:
             return
         if not any(p.requires_grad for p in self.transformer.parameters()):
             return
         pinned = torch.device(device) if device not in (None, "same") else None
-        ref = copy.deepcopy(self.transformer).requires_grad_(False).to(self.frozen_dtype).eval()
-        if pinned is not None:
-            ref.to(pinned)
+        ref = copy.deepcopy(self.transformer).requires_grad_(False).to(pinned, self.frozen_dtype).eval()
         object.__setattr__(self, "_ref_transformer", ref)  # not a submodule: DDP, optimizers, state dicts skip it
         object.__setattr__(self, "_ref_device", pinned)
-
-    @property
-    def reference_device(self) -> torch.device:
-        """Where :meth:`reference`'s velocity runs: the pinned device of the frozen copy, else the policy's."""
-        return self._ref_device if self._ref_device is not None else self.device
 
     @contextlib.contextmanager
     def reference(self) -> Iterator[DiTPolicy]:
