@@ -192,9 +192,9 @@ def main(argv=None) -> int:
     for step in range(1, args.steps + 1):
         batch, _, _, m = trainer.run_phases(step)  # run_phases ends with .item() calls: the GPU is synchronised
         if flops is None:
-            traj = batch["traj"]
+            traj = batch.traj
             per_image = velocity_flops_per_image(
-                trainer.policy, traj.latents[:, 0], traj.sigmas[:1].expand(1), batch["cond"], trainer.autocast
+                trainer.policy, traj.latents[:, 0], traj.sigmas[traj.first_step :].clone(), batch.cond, trainer.autocast
             )
             flops = step_flops(
                 per_image,
@@ -243,7 +243,7 @@ def main(argv=None) -> int:
         "build_s": round(build_s, 1),
         "peak_cuda_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
         "peak_tflops": {"spec_bf16": peak_spec, "measured_gemm_bf16": round(peak_gemm, 1)},
-        "useful_tflop_per_step": {k: round(v / 1e12, 2) for k, v in flops.items()},
+        "useful_tflop_per_step": {k: float(f"{v / 1e12:.4g}") for k, v in flops.items()},
         "first_update_ratio": {"min": rows[0]["ratio/min"], "max": rows[0]["ratio/max"]},
         "gradient_checkpointing_used": trainer.gradient_checkpointing,
         "params": {

@@ -326,7 +326,8 @@ def schema_rows(model: type[BaseModel] = RunConfig, prefix: str = "") -> list[tu
             default = repr(info.default)
         rows.append((key, type_name, default, info.description or ""))
         if item_model is not None:
-            rows.extend(schema_rows(item_model, key + (".<name>." if is_map else "[].")))
+            optional = type(None) in (getattr(ann, "__args__", ()) or ())  # `Model | None`: a sub-section
+            rows.extend(schema_rows(item_model, key + (".<name>." if is_map else "." if optional else "[].")))
     return rows
 
 
@@ -341,7 +342,7 @@ def _list_model(ann: Any) -> type[BaseModel] | None:
 def _type_name(ann: Any) -> str:
     text = str(ann).replace("typing.", "")
     text = re.sub(r"<class '([^']+)'>", r"\1", text)
-    return text.replace("mrgrpo.recipe_schema.", "")
+    return text.replace("mrgrpo.recipe_schema.", "").replace("mrgrpo.sde_window.", "")
 
 
 def schema_markdown() -> str:

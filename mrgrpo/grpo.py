@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,17 +34,11 @@ import torch
 from mrgrpo.advantages import accelerate_sum_reduce, compute_advantages
 from mrgrpo.config import RecipeError, RunConfig
 from mrgrpo.losses import StepLossStats, flow_matching_step_loss, mean_kl, mrgrpo_step_loss, velocity_kl
-from mrgrpo.prompts import PromptRecord, PromptSampler, load_sources, rank_slice
+from mrgrpo.prompts import PromptSampler, load_sources, rank_slice
+from mrgrpo.recipe_checks import sde_trainable_steps
 from mrgrpo.reward_mixture import RewardFailure, RewardMixture, ScoredRewards
-from mrgrpo.rollout import (
-    RolloutBatch,
-    choose_train_steps,
-    guided_velocity,
-    sample_generators,
-    sample_ode,
-    sample_trajectories,
-    sde_step_mask,
-)
+from mrgrpo.rollout import RolloutBatch, choose_train_steps, guided_velocity, sample_generators, sample_ode
+from mrgrpo.rollout_phase import RolloutPhase
 from mrgrpo.sde import sde_step_with_logprob, step_mean_std
 from mrgrpo.seeding import SeedStream, derive_seed, process_seed, train_order_rng
 from mrgrpo.trainer_base import TrainerBase, build_policy, destroy_process_group, world_size
@@ -68,7 +62,7 @@ def _zero_std_counts(values: torch.Tensor, valid: torch.Tensor, group_ids: torch
     return torch.tensor([float(zero), float(total), 0.0], dtype=torch.float64)
 
 
-class GRPOTrainer(TrainerBase):
+class GRPOTrainer(RolloutPhase, TrainerBase):
     """MR-GRPO on any :class:`~mrgrpo.policies.base.DiffusionPolicy` with any rewards.
 
     Args:
@@ -101,7 +95,7 @@ class GRPOTrainer(TrainerBase):
             )
         self.local_prompts = n_prompts // world
         self.local_images = self.local_prompts * self.G
-        n_sde = int(sde_step_mask(rl.num_steps, rl.sde_window).sum())
+        n_sde = sde_trainable_steps(rl.num_steps, rl.sde_window)
         if n_sde == 0:
             raise RecipeError(
                 f"rl.sde_window={rl.sde_window} leaves no trainable SDE step among rl.num_steps={rl.num_steps} (the "
@@ -125,11 +119,17 @@ class GRPOTrainer(TrainerBase):
         # data before models: a missing data set fails in seconds, not after loading 5B parameters
         self.sft_stream = self._build_sft_stream() if rl.sft_aux_coef > 0 else None
         torch.manual_seed(process_seed(train.seed, self.accelerator.process_index))
-        self.setup_model(policy if policy is not None else build_policy(cfg), "rl", reference=rl.beta > 0)
+        self.setup_model(
+            policy if policy is not None else build_policy(cfg),
+            "rl",
+            reference=rl.beta > 0,
+            reference_device=rl.reference_device,
+        )
         self.policy.eval()  # no dropout: the recomputed log-prob must match the rollout's
 
         self.rewards = RewardMixture.from_config(cfg, sorted(used), rewards, device=self.device)
         self.reward_names = self.rewards.names
+        self.start_rollout_phase()
 
     # ---------------------------------------------------------------------------------------
     def _build_sft_stream(self):
@@ -143,127 +143,6 @@ class GRPOTrainer(TrainerBase):
             resolve_path=self.cfg.resolve_path,
             rank=self.accelerator.process_index,
             world_size=self.accelerator.num_processes,
-        )
-
-    def _velocity_fn(self, model) -> Callable:
-        def fn(x, sigma, cond):
-            return model("velocity", x.to(self.device), sigma.to(self.device), cond)
-
-        return fn
-
-    def _local_records(self, step: int) -> tuple[list[PromptRecord], int]:
-        records = self.sampler.sample(step, self.cfg.prompts_per_step)
-        sl = rank_slice(len(records), self.accelerator.process_index, self.accelerator.num_processes)
-        return records[sl], sl.start
-
-    # -- 1-3: encode + rollout ---------------------------------------------------------------
-    def rollout(self, step: int) -> RolloutBatch:
-        """Encode this process's prompts once, sample G trajectories each, decode (steps 1-3)."""
-        rl = self.cfg.rl
-        records, offset = self._local_records(step)
-        G = self.G
-        t0 = time.perf_counter()
-        prompts, n_cut = self._fit_prompts(records)
-        with torch.no_grad(), self.autocast():
-            images = self._load_ref_images(records)
-            enc = self.policy.encode(prompts, images, negative_prompt=rl.negative_prompt if rl.cfg_scale > 1 else None)
-        cond = enc.cond.repeat(G)
-        uncond = enc.uncond.repeat(G) if enc.uncond is not None else None
-        t_encode = time.perf_counter() - t0
-
-        sample_ids = [(offset + i) * G + j for i in range(len(records)) for j in range(G)]
-        gens = sample_generators(
-            self.cfg.train.seed, step, sample_ids, device=self.device, stream=SeedStream.ROLLOUT_NOISE
-        )
-        if rl.shared_noise:
-            group_gens = sample_generators(
-                self.cfg.train.seed,
-                step,
-                [offset + i for i in range(len(records))],
-                device=self.device,
-                stream=SeedStream.GROUP_NOISE,
-            )
-            noise = torch.cat(
-                [self.policy.init_noise(1, rl.height, rl.width, g).repeat(G, 1, 1, 1) for g in group_gens]
-            )
-        else:
-            noise = torch.cat([self.policy.init_noise(1, rl.height, rl.width, g) for g in gens])
-        sigmas = self.policy.sigmas(rl.num_steps, rl.height, rl.width).to(self.device)
-        t1 = time.perf_counter()
-        traj = sample_trajectories(
-            self._velocity_fn(self.policy),
-            noise.to(self.device),
-            sigmas,
-            cond,
-            uncond=uncond,
-            cfg_scale=rl.cfg_scale,
-            sampler=rl.sampler,
-            noise_level=rl.noise_level,
-            sde_window=rl.sde_window,
-            generators=gens,
-            cps_logprob=rl.cps_logprob,
-            autocast=self.autocast,
-        )
-        t2 = time.perf_counter()
-        with torch.no_grad(), self.autocast():
-            pixels = torch.cat(
-                [
-                    self.policy.decode(traj.final[i : i + self.micro]).float()
-                    for i in range(0, traj.final.shape[0], self.micro)
-                ]
-            )
-        t3 = time.perf_counter()
-        group_ids = torch.tensor([offset + i for i in range(len(records)) for _ in range(G)], dtype=torch.long)
-        return RolloutBatch(
-            records,
-            G,
-            cond,
-            uncond,
-            traj,
-            pixels.cpu(),
-            group_ids,
-            sample_ids,
-            {"time/encode": t_encode, "time/rollout": t2 - t1, "time/decode": t3 - t2},
-            prompts_truncated=n_cut,
-        )
-
-    def _fit_prompts(self, records: Sequence[PromptRecord]) -> tuple[list[str], int]:
-        """Prompt texts cut to the policy's ``max_prompt_tokens`` (warned about), and how many were cut."""
-        prompts, n_cut = self.policy.truncate_prompts([r.prompt for r in records])
-        if n_cut:
-            first = next(r.prompt for r, p in zip(records, prompts) if p != r.prompt)[:60]
-            log.warning(
-                "%d prompt(s) longer than the policy's limit of %s tokens were truncated (first: %r...)",
-                n_cut,
-                self.policy.max_prompt_tokens,
-                first,
-            )
-        return prompts, n_cut
-
-    def _load_ref_images(self, records: Sequence[PromptRecord]):
-        if not any(r.images for r in records):
-            return None
-        from mrgrpo.imaging import load_image
-
-        return [[load_image(p).convert("RGB") for p in r.images] for r in records]
-
-    # -- 4: rewards -------------------------------------------------------------------------------
-    def score(
-        self,
-        pixels: torch.Tensor,
-        records: Sequence[PromptRecord],
-        group_ids: torch.Tensor,
-        *,
-        mixtures: dict[str, dict[str, float]] | None = None,
-        per_prompt: int | None = None,
-    ) -> ScoredRewards:
-        """Score ``pixels [N, 3, H, W]`` (``per_prompt`` consecutive images per record, default G) with
-        the reward mixture of each record's source (``mixtures``: source -> mixture, default the training ones)."""
-        from mrgrpo.policies.base import tensor_to_images
-
-        mixtures = self.mixtures if mixtures is None else mixtures
-        return self.rewards.score(
-            tensor_to_images(pixels), records, group_ids, mixtures, self.G if per_prompt is None else per_prompt
         )
 
     # -- 5: advantages ---------------------------------------------------------------------------
@@ -292,7 +171,7 @@ class GRPOTrainer(TrainerBase):
         sample_seeds = [derive_seed(seed, SeedStream.TRAIN_TIMESTEPS, step, sid) for sid in batch.sample_ids]
         train_steps = choose_train_steps(traj.sde_steps, rl.timestep_fraction, sample_seeds).to(self.device)
         velocity = self._velocity_fn(self.model)
-        ref_velocity = self._velocity_fn(self.policy)
+        ref_velocity = self._reference_velocity_fn()
         sigma_max = float(traj.sigmas[1])
         stats = StepLossStats()
         grad_norms: list[float] = []
@@ -314,8 +193,7 @@ class GRPOTrainer(TrainerBase):
                     cond_mb, uncond_mb = conds[tp.micro_batch]
                     with self.accelerator.accumulate(self.model):
                         t_idx = train_steps[idx, tp.column]
-                        x_t = traj.latents[idx, t_idx]
-                        x_next = traj.latents[idx, t_idx + 1]
+                        x_t, x_next, old_log_prob = traj.at(idx, t_idx)
                         s = traj.sigmas[t_idx]
                         s_next = traj.sigmas[t_idx + 1]
                         with self.autocast():
@@ -354,7 +232,7 @@ class GRPOTrainer(TrainerBase):
                             l_sft = self._sft_loss(step, epoch * len(plan) + u)
                         out = mrgrpo_step_loss(
                             step_out.log_prob,
-                            traj.log_probs[idx, t_idx],
+                            old_log_prob,
                             adv[idx],
                             clip_range=rl.clip_range,
                             kl=kl,
@@ -370,6 +248,18 @@ class GRPOTrainer(TrainerBase):
         if grad_norms:
             metrics["grad_norm"] = float(np.mean(grad_norms))
         return metrics
+
+    def _reference_velocity_fn(self) -> Callable:
+        """The velocity of ``policy.reference()``, run where the reference lives (``rl.reference_device``):
+        inputs are moved there and the velocity comes back on the trainer's device."""
+        if self.cfg.rl.reference_device == "same":
+            return self._velocity_fn(self.policy)
+        where = self.policy.reference_device
+
+        def fn(x, sigma, cond):
+            return self.policy("velocity", x.to(where), sigma.to(where), cond.to(where)).to(self.device)
+
+        return fn
 
     def _sft_loss(self, step: int, update: int) -> torch.Tensor:
         """The auxiliary flow-matching loss of the next SFT batch (noise from ``(seed, step, update, rank)``)."""
@@ -454,6 +344,7 @@ class GRPOTrainer(TrainerBase):
                 "valid": scored.valid,
                 "advantages": adv.cpu(),
                 "log_probs": batch.traj.log_probs.cpu(),
+                "log_prob_steps": list(batch.traj.stored_steps),
             },
             d / f"step-{step:06d}.rank-{self.accelerator.process_index}.pt",
         )
@@ -525,16 +416,24 @@ class GRPOTrainer(TrainerBase):
         ``time/*`` entries (also what ``benchmarks/step_time.py`` measures).
         """
         t0 = time.perf_counter()
-        batch = self.rollout(step)
+        batch, scored, reward_times = self.rollout_and_score(step)
         t1 = time.perf_counter()
-        scored = self.score(batch.pixels, batch.records, batch.group_ids)
         adv = self.advantages(scored, batch.group_ids)
         t2 = time.perf_counter()
         metrics = self.train_on(step, batch, adv)
         t3 = time.perf_counter()
         metrics.update(batch.times)
         metrics["data/prompts_truncated"] = batch.prompts_truncated
-        metrics.update({"time/reward": t2 - t1, "time/train": t3 - t2, "time/step": t3 - t0})
+        if batch.sde_window is not None:
+            metrics["rollout/sde_window_start"] = batch.sde_window[0]
+        metrics.update(
+            {
+                "time/reward": reward_times["time/reward"] + (t2 - t1),
+                "time/reward_busy": reward_times["time/reward_busy"],
+                "time/train": t3 - t2,
+                "time/step": t3 - t0,
+            }
+        )
         for key in ("encode", "rollout", "decode", "reward", "train", "step"):  # this process's images
             metrics[f"ms_per_image/{key}"] = 1000.0 * metrics[f"time/{key}"] / len(batch)
         return batch, scored, adv, metrics
@@ -578,7 +477,8 @@ class GRPOTrainer(TrainerBase):
         self.run_tracker.plot()
 
     def close(self) -> None:
-        """Release the rewards (their thread pool and clients); called when the run ends."""
+        """Release the background scorer and the rewards (their thread pool and clients); called when the run ends."""
+        self.close_rollout_phase()
         self.rewards.close()
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from mrgrpo.recipe_schema import RecipeError, RunConfig
+from mrgrpo.sde_window import SDEWindow
 
 
 def check_recipe(cfg: RunConfig, *, check_files: bool = True, source: str = "<recipe>") -> None:
@@ -64,13 +65,9 @@ def check_recipe(cfg: RunConfig, *, check_files: bool = True, source: str = "<re
             v = getattr(rl, h_name)
             if v % 16:
                 bad(f"rl.{h_name}", v, "is not a multiple of 16", f"use {((v + 15) // 16) * 16}")
-        if rl.sde_window is not None and rl.sde_window[1] > rl.num_steps:
-            bad(
-                "rl.sde_window",
-                list(rl.sde_window),
-                f"ends after rl.num_steps={rl.num_steps}",
-                f"use an end <= {rl.num_steps}",
-            )
+        for problem in rl.sde_window.problems(rl.num_steps) if rl.sde_window is not None else []:
+            bad(*problem)
+        _check_rollout_options(cfg, bad)
         upr = train.updates_per_rollout
         if isinstance(upr, int) and cfg.prompts_per_step % upr:
             bad(
@@ -166,7 +163,7 @@ def check_recipe(cfg: RunConfig, *, check_files: bool = True, source: str = "<re
     if cfg.stage == "rl" and sde_trainable_steps(rl.num_steps, rl.sde_window) == 0:
         bad(
             "rl.sde_window",
-            list(rl.sde_window or ()),
+            rl.sde_window.compact() if rl.sde_window is not None else None,
             f"leaves no trainable SDE step among rl.num_steps={rl.num_steps} (the last step is never trained)",
             f"widen it, e.g. [0, {rl.num_steps}]",
         )
@@ -191,8 +188,39 @@ def check_recipe(cfg: RunConfig, *, check_files: bool = True, source: str = "<re
         raise RecipeError(f"{source}: {len(problems)} problem(s):\n" + "\n".join(problems))
 
 
-def sde_trainable_steps(num_steps: int, window: tuple[int, int] | None) -> int:
-    """Steps taken with the SDE: those in ``[start, end)`` except the last (as ``mrgrpo.rollout.sde_step_mask``)."""
+def _check_rollout_options(cfg: RunConfig, bad: Any) -> None:
+    """``rl.rollout_chunks``, ``rl.overlap_rewards`` and ``rl.reference_device`` against the rest of the recipe."""
+    rl = cfg.rl
+    local_prompts = cfg.prompts_per_step // max(1, _world(cfg))
+    if rl.rollout_chunks > max(1, local_prompts):
+        bad(
+            "rl.rollout_chunks",
+            rl.rollout_chunks,
+            f"exceeds the {local_prompts} prompts (groups) each process samples a step",
+            f"use at most {max(1, local_prompts)} (chunks hold whole groups)",
+        )
+    if rl.overlap_rewards and rl.rollout_chunks < 2:
+        bad(
+            "rl.overlap_rewards",
+            True,
+            "has nothing to overlap with rl.rollout_chunks=1 (the rewards wait for the whole rollout)",
+            "set rl.rollout_chunks to 2 or more",
+        )
+    if rl.reference_device == "cpu" and cfg.train.lora.enabled:
+        bad(
+            "rl.reference_device",
+            "cpu",
+            "has no effect with train.lora.enabled: the reference is the same DiT with its adapters disabled "
+            "(no second copy to move)",
+            "remove rl.reference_device (or train the whole DiT)",
+        )
+
+
+def sde_trainable_steps(num_steps: int, window: SDEWindow | tuple[int, int] | None) -> int:
+    """SDE steps trained in every rollout: those of the window (``[start, end)``, or an :class:`SDEWindow`)
+    except the last denoising step (as ``mrgrpo.rollout.sde_step_mask``)."""
+    if isinstance(window, SDEWindow):
+        return window.trainable_steps(num_steps)
     start, end = window if window is not None else (0, num_steps)
     end = min(end, num_steps)
     n = max(0, end - start)

@@ -11,10 +11,11 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator
 
 from mrgrpo.errors import MrgrpoError
 from mrgrpo.policies.common import DIT_LORA_TARGETS
+from mrgrpo.sde_window import SDEWindow
 
 Stage = Literal["rl", "pretrain", "sft"]
 
@@ -158,8 +159,10 @@ class RLConfig(_Strict):
         le=1,
         description="Fraction of the SDE steps trained, a random subset per rollout (the last step excluded).",
     )
-    sde_window: tuple[int, int] | None = Field(
-        None, description="[start, end) step indices that use the SDE; ODE outside (Flow-GRPO-Fast). null: every step."
+    sde_window: SDEWindow | None = Field(
+        None,
+        description="Steps that use the SDE (ODE outside, only these trained): [start, end) for a fixed window, or "
+        "{mode: random | sliding, size, ...} (docs/training.md, Cheaper rollouts). null: every step.",
     )
     shared_noise: bool = Field(False, description="Start all G samples of a group from the same initial noise.")
     cfg_scale: float = Field(0.0, ge=0, description="Classifier-free guidance during rollouts (paper: 0, i.e. off).")
@@ -194,6 +197,21 @@ class RLConfig(_Strict):
         ge=1,
         description="Passes over each rollout batch; each pass takes train.updates_per_rollout optimizer steps.",
     )
+    rollout_chunks: int = Field(
+        1,
+        ge=1,
+        description="Sample each rollout in this many chunks of whole groups (decoded and scored chunk by chunk).",
+    )
+    overlap_rewards: bool = Field(
+        False,
+        description="Score a finished chunk in a background thread while the next chunks are sampled "
+        "(needs rl.rollout_chunks >= 2; same results as without).",
+    )
+    reference_device: Literal["same", "cpu"] = Field(
+        "same",
+        description="Where the frozen reference DiT of a full fine-tune (rl.beta > 0) lives and runs: `same` as the "
+        "policy, or `cpu` (no second DiT on the accelerator; slower KL).",
+    )
     reward_failure: Literal["mask", "stop"] = Field(
         "mask", description="When a reward cannot score images: mask them (logged) or stop the run with an error."
     )
@@ -201,12 +219,14 @@ class RLConfig(_Strict):
         False, description="Debug: negate advantages (the reward must then fall); never use for real runs."
     )
 
-    @field_validator("sde_window")
+    @field_validator("sde_window", mode="before")
     @classmethod
-    def _window_order(cls, v):
-        if v is not None and not (0 <= v[0] < v[1]):
-            raise ValueError(f"sde_window must be [start, end) with 0 <= start < end, got {list(v)}")
-        return v
+    def _window_shorthand(cls, v):
+        return SDEWindow.coerce(v)
+
+    @field_serializer("sde_window")
+    def _window_compact(self, v: SDEWindow | None):
+        return v.compact() if v is not None else None
 
 
 class SFTConfig(_Strict):
@@ -390,7 +410,8 @@ class LoggingConfig(_Strict):
     progress_bar: bool = Field(True, description="Show a progress bar on the console (main process).")
     dump_rollouts: bool = Field(
         False,
-        description="Write per-sample rewards, advantages and log-probs of every step to rollouts/step-N.rank-R.pt.",
+        description="Write per-sample rewards, advantages and log-probs (of the stored SDE steps, `log_prob_steps`) "
+        "of every step to rollouts/step-N.rank-R.pt.",
     )
 
 

@@ -65,6 +65,21 @@ class ScoredRewards:
     weights: torch.Tensor
     failures: dict[str, int]
 
+    @staticmethod
+    def concat(parts: Sequence[ScoredRewards]) -> ScoredRewards:
+        """The rewards of consecutive batches of images as one (scores, masks and weights concatenated in order,
+        failures summed)."""
+        names = parts[0].names
+        if any(p.names != names for p in parts):
+            raise ValueError("only rewards of the same reward names can be concatenated")
+        return ScoredRewards(
+            list(names),
+            {k: torch.cat([p.scores[k] for p in parts]) for k in names},
+            {k: torch.cat([p.valid[k] for p in parts]) for k in names},
+            torch.cat([p.weights for p in parts]),
+            {k: sum(p.failures.get(k, 0) for p in parts) for k in names},
+        )
+
 
 class RewardMixture:
     """The run's rewards, their thread pool and their ``close()``.

@@ -2,8 +2,9 @@
 
 The conditioning of each prompt is computed once and repeated G times (``Conditioning.repeat``);
 all B*G samples of a process go through the denoiser as one batch (CFG doubles it in the same
-call). Every step stores ``x_t`` and float32 log-probs; steps outside the SDE window (and the
-last step, whose ``cps`` std is 0 and which is never trained) are ODE steps with no log-prob.
+call). Steps outside the SDE window (and the last step, whose ``cps`` std is 0 and which is never
+trained) are ODE steps: no log-prob, nothing stored; only the SDE steps keep ``x_t`` and float32
+log-probs (:class:`Trajectories`). Which steps form the window is :mod:`mrgrpo.sde_window`'s job.
 
 Noise comes from one generator per sample, seeded from ``(seed, stream, step, global sample index)``
 (:mod:`mrgrpo.seeding`),
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 
 from mrgrpo.policies.base import Conditioning
-from mrgrpo.sde import SAMPLERS, sde_step_with_logprob
+from mrgrpo.sde import SAMPLERS, noise_like, sde_step_with_logprob, step_mean_std
 from mrgrpo.seeding import SeedStream, derive_seed
 
 VelocityFn = Callable[[torch.Tensor, torch.Tensor, Conditioning], torch.Tensor]
@@ -29,24 +30,53 @@ VelocityFn = Callable[[torch.Tensor, torch.Tensor, Conditioning], torch.Tensor]
 
 @dataclass
 class Trajectories:
-    """B*G sampled trajectories of one process.
+    """B*G sampled trajectories of one process: only the span of steps that training can use is stored.
+
+    The stored span is the SDE steps ``first_step .. first_step + K - 1`` (the rollout's window, never
+    the last denoising step); the ODE steps around it keep neither latents nor log-probs.
 
     Attributes:
-        latents: ``[N, T + 1, C, h, w]`` float32: ``latents[:, t]`` is ``x`` before step ``t``.
-        log_probs: ``[N, T]`` float32 log-probs of each step (0 for ODE steps).
-        sigmas: ``[T + 1]`` float32 noise levels, 1 -> 0.
+        latents: ``[N, K + 1, C, h, w]`` float32: ``latents[:, j]`` is ``x`` before step ``first_step + j``.
+        log_probs: ``[N, K]`` float32 log-probs of the stored steps.
+        sigmas: ``[T + 1]`` float32 noise levels, 1 -> 0 (the whole schedule).
         sde_steps: ``[T]`` bool, the steps sampled stochastically (trainable).
+        final: ``[N, C, h, w]`` float32 final latents (after step ``T - 1``).
+        first_step: the denoising step of ``latents[:, 0]``.
     """
 
     latents: torch.Tensor
     log_probs: torch.Tensor
     sigmas: torch.Tensor
     sde_steps: torch.Tensor
+    final: torch.Tensor
+    first_step: int = 0
 
     @property
-    def final(self) -> torch.Tensor:
-        """Final latents ``[N, C, h, w]``."""
-        return self.latents[:, -1]
+    def stored_steps(self) -> range:
+        """The denoising steps whose ``x_t``, ``x_{t+1}`` and log-prob are stored."""
+        return range(self.first_step, self.first_step + self.log_probs.shape[1])
+
+    def at(self, idx: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(x_t, x_{t+1}, log_prob_t)`` of samples ``idx [M]`` at their steps ``t [M]`` (schedule indices)."""
+        j = t - self.first_step
+        if bool((j < 0).any()) or bool((j >= self.log_probs.shape[1]).any()):
+            raise IndexError(f"steps {t.tolist()} outside the stored steps {list(self.stored_steps)}")
+        return self.latents[idx, j], self.latents[idx, j + 1], self.log_probs[idx, j]
+
+    @staticmethod
+    def concat(parts: Sequence[Trajectories]) -> Trajectories:
+        """Concatenate trajectories of the same steps along the batch."""
+        first = parts[0]
+        if any(p.first_step != first.first_step or p.log_probs.shape[1] != first.log_probs.shape[1] for p in parts):
+            raise ValueError("only trajectories that store the same steps can be concatenated")
+        return Trajectories(
+            torch.cat([p.latents for p in parts]),
+            torch.cat([p.log_probs for p in parts]),
+            first.sigmas,
+            first.sde_steps,
+            torch.cat([p.final for p in parts]),
+            first.first_step,
+        )
 
 
 @dataclass
@@ -64,6 +94,7 @@ class RolloutBatch:
         sample_ids: ``[N]`` global sample indices (seed the per-sample noise).
         times: seconds of the rollout's phases (``time/encode``, ``time/rollout``, ``time/decode``).
         prompts_truncated: prompts cut to the policy's token limit in this rollout.
+        sde_window: ``[start, end)`` of this rollout's SDE steps (:mod:`mrgrpo.sde_window`).
     """
 
     records: list[Any]
@@ -76,6 +107,7 @@ class RolloutBatch:
     sample_ids: list[int]
     times: dict[str, float] = field(default_factory=dict)
     prompts_truncated: int = 0
+    sde_window: tuple[int, int] | None = None
 
     def __len__(self) -> int:
         return len(self.sample_ids)
@@ -142,10 +174,11 @@ def sample_trajectories(
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
     progress: Callable[[int], None] | None = None,
 ) -> Trajectories:
-    """Denoise ``init_latents [N, C, h, w]`` along ``sigmas [T + 1]``, recording every step.
+    """Denoise ``init_latents [N, C, h, w]`` along ``sigmas [T + 1]``, recording the SDE steps.
 
     ``cond``/``uncond`` hold N samples (already repeated G times). ``sampler`` is used inside
-    the SDE window, ``ode`` elsewhere. Returns :class:`Trajectories` on the latents' device.
+    the SDE window ``[start, end)``, ``ode`` elsewhere (no log-prob computed, no latent stored).
+    Returns :class:`Trajectories` on the latents' device.
     """
     if sampler not in SAMPLERS or sampler == "ode":
         raise ValueError(f"rollout sampler must be one of sde, cps, dance; got {sampler!r}")
@@ -153,32 +186,39 @@ def sample_trajectories(
     num_steps = sigmas.shape[0] - 1
     device = init_latents.device
     sde_mask = sde_step_mask(num_steps, sde_window)
-    latents = torch.empty((n, num_steps + 1, *init_latents.shape[1:]), dtype=torch.float32, device=device)
-    log_probs = torch.zeros((n, num_steps), dtype=torch.float32, device=device)
+    sde_idx = torch.nonzero(sde_mask).flatten().tolist()
+    first, stored = (sde_idx[0], sde_idx[-1] - sde_idx[0] + 1) if sde_idx else (0, 0)
+    latents = torch.empty((n, stored + 1, *init_latents.shape[1:]), dtype=torch.float32, device=device)
+    log_probs = torch.zeros((n, stored), dtype=torch.float32, device=device)
     x = init_latents.float()
-    latents[:, 0] = x
     sigma_max = float(sigmas[1])
     for t in range(num_steps):
+        if first <= t <= first + stored:
+            latents[:, t - first] = x
         s = torch.full((n,), float(sigmas[t]), dtype=torch.float32, device=device)
         with autocast():
             v = guided_velocity(velocity_fn, x, s, cond, uncond, cfg_scale)
-        step = sde_step_with_logprob(
-            x,
-            v.float(),
-            float(sigmas[t]),
-            float(sigmas[t + 1]),
-            sampler=sampler if sde_mask[t] else "ode",
-            noise_level=noise_level,
-            generator=generators,
-            sigma_max=sigma_max,
-            cps_logprob=cps_logprob,
-        )
-        x = step.prev_sample
-        latents[:, t + 1] = x
-        log_probs[:, t] = step.log_prob
+        if sde_mask[t]:
+            step = sde_step_with_logprob(
+                x,
+                v.float(),
+                float(sigmas[t]),
+                float(sigmas[t + 1]),
+                sampler=sampler,
+                noise_level=noise_level,
+                generator=generators,
+                sigma_max=sigma_max,
+                cps_logprob=cps_logprob,
+            )
+            x = step.prev_sample
+            log_probs[:, t - first] = step.log_prob
+        else:  # ODE: no density, nothing stored; the noise is still drawn so that step t's noise is the same
+            # whatever the window (a sample's SDE noise at a step does not depend on where the window is)
+            x, _ = step_mean_std(x, v.float(), float(sigmas[t]), float(sigmas[t + 1]), sampler="ode")
+            noise_like(x, generators)
         if progress is not None:
             progress(t)
-    return Trajectories(latents, log_probs, sigmas.float().to(device), sde_mask.to(device))
+    return Trajectories(latents, log_probs, sigmas.float().to(device), sde_mask.to(device), x, first)
 
 
 @torch.no_grad()

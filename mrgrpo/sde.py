@@ -59,7 +59,8 @@ def _per_sample(value: float | torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     return t.view(-1, *([1] * (ref.ndim - 1)))
 
 
-def _noise_like(ref: torch.Tensor, generator: torch.Generator | Sequence[torch.Generator] | None) -> torch.Tensor:
+def noise_like(ref: torch.Tensor, generator: torch.Generator | Sequence[torch.Generator] | None) -> torch.Tensor:
+    """Standard normal noise shaped like ``ref [B, ...]``: from one generator, or one generator per sample."""
     if generator is None or isinstance(generator, torch.Generator):
         return randn(ref.shape, generator, device=ref.device)
     if len(generator) != ref.shape[0]:
@@ -153,7 +154,7 @@ def sde_step_with_logprob(
         sample, velocity, sigma, sigma_next, sampler=sampler, noise_level=noise_level, sigma_max=sigma_max
     )
     if prev_sample is None:
-        prev_sample = mean + std * _noise_like(mean, generator)
+        prev_sample = mean + std * noise_like(mean, generator)
     else:
         if prev_sample.shape != mean.shape:
             raise ValueError(f"prev_sample shape {tuple(prev_sample.shape)} != sample shape {tuple(mean.shape)}")

@@ -32,6 +32,8 @@ class SeedStream(IntEnum):
     SFT_NOISE = 6
     #: order in which the trainer walks a rollout's samples: ids = (step, epoch); see :func:`train_order_rng`
     TRAIN_ORDER = 11
+    #: start of a random SDE window (``rl.sde_window.mode: random``): ids = (step,)
+    SDE_WINDOW = 12
 
 
 def hash_seed(*parts: int) -> int:

@@ -8,6 +8,7 @@ Subclasses implement ``fit`` and may add state through :meth:`TrainerBase.extra_
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -153,11 +154,19 @@ class TrainerBase:
         self.ema = None
 
     # -- model, optimizer, schedule ------------------------------------------------------
-    def setup_model(self, policy, stage: str, *, reference: bool) -> None:
-        """Freeze to ``stage``, build the reference if asked, move, wrap (DDP/DeepSpeed) and build the optimizer."""
+    def setup_model(self, policy, stage: str, *, reference: bool, reference_device: str = "same") -> None:
+        """Freeze to ``stage``, build the reference if asked (``reference_device``: ``same`` or ``cpu``, see
+        ``rl.reference_device``), move, wrap (DDP/DeepSpeed) and build the optimizer."""
         cfg = self.cfg
         policy.set_stage(stage, lora=cfg.train.lora.model_dump() if cfg.train.lora.enabled else None)
-        if reference:
+        if reference and reference_device != "same":
+            if "device" not in inspect.signature(policy.enable_reference).parameters:
+                raise RecipeError(
+                    f"rl.reference_device: {reference_device}: the {type(policy).__name__} policy keeps its reference "
+                    "on its own device. Fix: use rl.reference_device: same."
+                )
+            policy.enable_reference(device=reference_device)
+        elif reference:
             policy.enable_reference()
         policy.to(self.device)
         self.policy = policy

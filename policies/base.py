@@ -252,7 +252,16 @@ class DiffusionPolicy(nn.Module, abc.ABC):
         yield self  # pragma: no cover
 
     def enable_reference(self) -> None:
-        """Prepare what :meth:`reference` needs (e.g. the frozen copy); call after :meth:`set_stage`."""
+        """Prepare what :meth:`reference` needs (e.g. the frozen copy); call after :meth:`set_stage`.
+
+        A policy that can keep its frozen copy elsewhere (``rl.reference_device``) takes ``device=`` here
+        and sets ``_ref_device``.
+        """
+
+    @property
+    def reference_device(self) -> torch.device:
+        """Where :meth:`reference`'s velocity runs: a pinned reference copy's device, else the policy's."""
+        return getattr(self, "_ref_device", None) or self.device
 
     # -- sampling ----------------------------------------------------------------------------
     def generate(

@@ -113,6 +113,7 @@ class DiTPolicy(DiffusionPolicy):
 
     dit_lora: dict | None = None
     _ref_transformer: Any = None
+    _ref_device: torch.device | None = None  # where a pinned reference copy lives and runs (None: with the policy)
     _use_reference = False
     stage: str | None = None
     timestep_shift: float = 3.0
@@ -275,9 +276,10 @@ class DiTPolicy(DiffusionPolicy):
                 p.data = p.data.float()
                 p.requires_grad_(True)
 
-    def enable_reference(self) -> None:
+    def enable_reference(self, device: str | torch.device | None = None) -> None:
         """Prepare :meth:`reference`: a frozen copy of the DiT (in ``frozen_dtype``) when all of it trains.
 
+        ``device`` (``rl.reference_device``, e.g. ``"cpu"``) pins the copy there (inputs: :attr:`reference_device`).
         No-op for a DiT LoRA (the reference disables the adapter) or a frozen DiT. Call after
         :meth:`set_stage`, before wrapping the policy for DDP / DeepSpeed.
         """
@@ -285,8 +287,10 @@ class DiTPolicy(DiffusionPolicy):
             return
         if not any(p.requires_grad for p in self.transformer.parameters()):
             return
-        ref = copy.deepcopy(self.transformer).requires_grad_(False).to(self.frozen_dtype).eval()
+        pinned = torch.device(device) if device not in (None, "same") else None
+        ref = copy.deepcopy(self.transformer).requires_grad_(False).to(pinned, self.frozen_dtype).eval()
         object.__setattr__(self, "_ref_transformer", ref)  # not a submodule: DDP, optimizers, state dicts skip it
+        object.__setattr__(self, "_ref_device", pinned)
 
     @contextlib.contextmanager
     def reference(self) -> Iterator[DiTPolicy]:
@@ -307,7 +311,8 @@ class DiTPolicy(DiffusionPolicy):
                 raise RuntimeError("reference() needs enable_reference() first (the trainer calls it when rl.beta > 0)")
             yield self
             return
-        self._ref_transformer.to(self.device)
+        if self._ref_device is None:
+            self._ref_transformer.to(self.device)
         self._use_reference = True
         try:
             yield self

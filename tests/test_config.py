@@ -161,7 +161,7 @@ def test_overrides_are_typed(tmp_path, recipe):
     assert type(cfg.data.sources[0].weight) is float and cfg.data.sources[0].weight == 2.5
     assert cfg.data.sources[1].weight == 1.0
     assert cfg.rl.shared_noise is True and cfg.logging.tensorboard is False
-    assert cfg.rl.sde_window == (0, 3)
+    assert cfg.rl.sde_window is not None and cfg.rl.sde_window.compact() == [0, 3]
     assert cfg.rl.clip_range == (1e-4, 2e-4)
     assert cfg.policy.kwargs == {"dtype": "bf16"}
     assert cfg.prompts_per_step == 4
@@ -217,7 +217,7 @@ def test_resolved_config_round_trip(tmp_path, recipe, monkeypatch):
     assert path == tmp_path / "out" / "config.yaml"
     again = load_recipe(path)
     assert again.model_dump() == cfg.model_dump()
-    assert again.rl.sde_window == (0, 3) and again.rl.clip_range == (1e-4, 2e-4)
+    assert again.rl.sde_window == cfg.rl.sde_window and again.rl.clip_range == (1e-4, 2e-4)
 
 
 def test_resolved_config_with_relative_paths_loads_back(tmp_path, recipe, monkeypatch):

@@ -16,7 +16,7 @@ from mrgrpo.rollout import (
     sample_trajectories,
     sde_step_mask,
 )
-from mrgrpo.sde import sde_step_with_logprob
+from mrgrpo.sde import sde_step_with_logprob, step_mean_std
 from mrgrpo.seeding import SeedStream
 
 N, C, H, W = 4, 2, 3, 3
@@ -72,28 +72,47 @@ def test_stored_log_probs_rescore_exactly_and_only_sde_steps_have_them():
         sde_window=(1, 4),
         generators=gens,
     )
-    assert traj.latents.shape == (N, 7, C, H, W) and traj.log_probs.shape == (N, 6)
+    # only the window's steps 1..3 are stored: x_1 .. x_4 and three log-probs
+    assert traj.latents.shape == (N, 4, C, H, W) and traj.log_probs.shape == (N, 3)
+    assert traj.first_step == 1 and list(traj.stored_steps) == [1, 2, 3]
     assert traj.sde_steps.tolist() == [False, True, True, True, False, False]
-    assert (traj.log_probs[:, [0, 4, 5]] == 0).all() and (traj.log_probs[:, 1:4] != 0).all()
-    assert torch.equal(traj.latents[:, 0], x0) and torch.equal(traj.final, traj.latents[:, -1])
+    assert (traj.log_probs != 0).all() and traj.final.shape == (N, C, H, W)
     # re-scoring a stored transition with the same weights gives the stored log-prob bit for bit
     for t in (1, 2, 3):
-        v = velocity(traj.latents[:, t], torch.full((N,), float(traj.sigmas[t])), _cond([1.0, -1.0, 0.5, 0.0]))
+        x_t, x_next, stored = traj.at(torch.arange(N), torch.full((N,), t))
+        v = velocity(x_t, torch.full((N,), float(traj.sigmas[t])), _cond([1.0, -1.0, 0.5, 0.0]))
         again = sde_step_with_logprob(
-            traj.latents[:, t],
+            x_t,
             v,
             traj.sigmas[t].expand(N),
             traj.sigmas[t + 1].expand(N),
             sampler="sde",
             noise_level=0.7,
-            prev_sample=traj.latents[:, t + 1],
+            prev_sample=x_next,
             sigma_max=float(traj.sigmas[1]),
         )
-        assert torch.equal(again.log_prob, traj.log_probs[:, t])
+        assert torch.equal(again.log_prob, stored)
+    with pytest.raises(IndexError, match="outside the stored steps"):
+        traj.at(torch.arange(N), torch.full((N,), 4))
     # the ODE steps follow the Euler update exactly
     s0, s1 = float(traj.sigmas[0]), float(traj.sigmas[1])
     euler = x0 + (s1 - s0) * velocity(x0, torch.full((N,), s0), _cond([1.0, -1.0, 0.5, 0.0]))
-    torch.testing.assert_close(traj.latents[:, 1], euler)
+    torch.testing.assert_close(traj.latents[:, 0], euler)
+    # independently: Euler outside the window, SDE inside, and every step draws its noise (so the noise of
+    # step t does not depend on where the window is)
+    gens2 = sample_generators(0, 1, range(N), stream=SeedStream.ROLLOUT_NOISE)
+    sig, x = _sigmas(), x0.clone()
+    for t in range(6):
+        v = velocity(x, torch.full((N,), float(sig[t])), _cond([1.0, -1.0, 0.5, 0.0]))
+        z = torch.stack([torch.randn(C, H, W, generator=g) for g in gens2])
+        if 1 <= t < 4:
+            mean, std = step_mean_std(
+                x, v, float(sig[t]), float(sig[t + 1]), sampler="sde", noise_level=0.7, sigma_max=float(sig[1])
+            )
+            x = mean + std * z
+        else:
+            x = x + (float(sig[t + 1]) - float(sig[t])) * v
+    torch.testing.assert_close(traj.final, x, rtol=0, atol=1e-6)
 
 
 def test_zero_noise_rollout_is_the_ode_sampler_and_samples_do_not_depend_on_the_batch():
@@ -129,6 +148,7 @@ def test_zero_noise_rollout_is_the_ode_sampler_and_samples_do_not_depend_on_the_
         generators=sample_generators(0, 1, [2], stream=SeedStream.ROLLOUT_NOISE),
     )
     torch.testing.assert_close(alone.latents[0], full.latents[2], rtol=0, atol=1e-6)
+    torch.testing.assert_close(alone.final[0], full.final[2], rtol=0, atol=1e-6)
     torch.testing.assert_close(alone.log_probs[0], full.log_probs[2], rtol=0, atol=1e-5)
     with pytest.raises(ValueError, match="rollout sampler"):
         sample_trajectories(velocity, x0, _sigmas(), cond, sampler="ode")

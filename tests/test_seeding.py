@@ -20,6 +20,7 @@ def test_stream_numbers_and_seed_values_are_fixed():
         "SFT_PROCESS": 5,
         "SFT_NOISE": 6,
         "TRAIN_ORDER": 11,
+        "SDE_WINDOW": 12,
     }
     assert derive_seed(42, SeedStream.ROLLOUT_NOISE, 7, 3) == 4003781499642181200
     assert derive_seed(0, SeedStream.TRAIN_TIMESTEPS, 1, 5) == 2849933990365200350

@@ -39,7 +39,7 @@ def test_first_update_is_on_policy_ratio_exactly_one(toy_recipe):
     dump = torch.load(Path(toy_recipe["output_dir"]) / "rollouts" / "step-000001.rank-0.pt", weights_only=False)
     # trained log-probs are float32 and real (SDE steps have non-zero log-probs)
     assert dump["log_probs"].dtype == torch.float32
-    assert (dump["log_probs"][:, :-1] != 0).all() and (dump["log_probs"][:, -1] == 0).all()
+    assert (dump["log_probs"] != 0).all() and dump["log_prob_steps"] == [0, 1, 2, 3, 4]  # not the last (ODE) step
 
 
 @pytest.mark.parametrize("inner_epochs", [1, 2])

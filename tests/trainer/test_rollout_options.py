@@ -19,11 +19,11 @@ def test_sde_window_shared_noise_and_cfg(toy_recipe):
     batch = tr.rollout(1)
     traj = batch.traj
     assert traj.sde_steps.tolist() == [False, False, True, True, True, False, False, False]
-    assert (traj.log_probs[:, 2:5] != 0).all() and (traj.log_probs[:, [0, 1, 5, 6, 7]] == 0).all()
+    assert list(traj.stored_steps) == [2, 3, 4] and (traj.log_probs != 0).all()  # only the window is stored
     assert batch.uncond is not None  # CFG > 1 encodes the negative prompt in the same call
-    x0 = traj.latents[:, 0]
-    assert torch.equal(x0[0], x0[3]) and not torch.equal(x0[0], x0[4])  # one noise per group of 4
-    assert not torch.equal(traj.latents[0, 4], traj.latents[1, 4])  # the SDE steps still diverge
+    x2 = traj.latents[:, 0]  # x before step 2: two ODE steps from the shared initial noise
+    assert torch.equal(x2[0], x2[3]) and not torch.equal(x2[0], x2[4])  # one noise per group of 4
+    assert not torch.equal(traj.latents[0, 2], traj.latents[1, 2])  # the SDE steps still diverge
     hist = tr.fit()
     assert hist[0]["ratio/mean"] == pytest.approx(1.0, abs=1e-6)
     assert tr.train_steps_per_sample == 2  # round(0.6 * 3 SDE steps)
