@@ -50,4 +50,3 @@ def test_flops_of_the_tiny_dit_scale_with_tokens(tmp_path, monkeypatch):
     small = velocity_flops_per_image(policy, torch.randn(1, 16, 4, 4), torch.rand(1), cond, contextlib.nullcontext)
     large = velocity_flops_per_image(policy, torch.randn(1, 16, 8, 8), torch.rand(1), cond, contextlib.nullcontext)
     assert 0 < small < large  # 16 instead of 4 image tokens (the tiny model's text tokens dominate both)
-
