@@ -71,24 +71,28 @@ class FakeJudge:
                     if judge.inflight >= 2:
                         judge.overlap.set()
                 try:
-                    if n == 1 and judge.wait_for_overlap:
-                        judge.overlap.wait(timeout=10)
-                    if n == 1 and judge.delay_first:
-                        time.sleep(judge.delay_first)
-                    if n <= judge.fail_first:
-                        return self._send(judge.fail_status, {"error": {"message": "overloaded"}})
-                    time.sleep(judge.work_s)
-                    content = body["messages"][0]["content"]
-                    with judge.lock:
-                        judge.prompts.append(content[-1]["text"])
-                        judge.models.append(body["model"])
-                    self._send(
-                        200,
-                        {"choices": [{"index": 0, "message": {"role": "assistant", "content": judge.answer(content)}}]},
-                    )
+                    status, reply = self._work(n, body)
                 finally:
+                    # done before the reply leaves: a client may send its next request as soon as it reads this
+                    # one, and that request must not count as concurrent with this one
                     with judge.lock:
                         judge.inflight -= 1
+                self._send(status, reply)
+
+            def _work(self, n, body):
+                if n == 1 and judge.wait_for_overlap:
+                    judge.overlap.wait(timeout=10)
+                if n == 1 and judge.delay_first:
+                    time.sleep(judge.delay_first)
+                if n <= judge.fail_first:
+                    return judge.fail_status, {"error": {"message": "overloaded"}}
+                time.sleep(judge.work_s)
+                content = body["messages"][0]["content"]
+                with judge.lock:
+                    judge.prompts.append(content[-1]["text"])
+                    judge.models.append(body["model"])
+                answer = judge.answer(content)
+                return 200, {"choices": [{"index": 0, "message": {"role": "assistant", "content": answer}}]}
 
             def _send(self, status, obj):
                 data = json.dumps(obj).encode()
