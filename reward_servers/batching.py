@@ -120,7 +120,7 @@ class BatchingScorer:
         and, unless the first chunk is bigger, ``merge_pixels`` pixels."""
         with self.cond:
             while True:
-                self.pending = [c for c in self.pending if not c.job.future.cancelled()]  # their clients are gone
+                self.pending = [c for c in self.pending if not c.job.future.done()]  # client gone, or a chunk failed
                 if self.pending or self.closed:
                     break
                 self.cond.wait()
@@ -218,8 +218,9 @@ class BatchingScorer:
                 job.results[a] = part
                 done = len(job.results) == len(job.parts)
             if done and not job.future.done():
-                job.future.set_result(_assemble(job, merged=len(batch) > 1))
-                job.images = []  # the request handler holds its own list until it answers
+                result = _assemble(job, merged=len(batch) > 1)
+                job.images = []  # dropped before the answer can leave: the client never sees its batch still held
+                job.future.set_result(result)
 
     def stats(self) -> dict[str, int]:
         return {
@@ -242,9 +243,9 @@ def _short(exc: BaseException) -> str:
 
 
 def _fail(job: _Job, exc: BaseException) -> None:
+    job.images = []  # before the error can reach the client (as in _deliver)
     if not job.future.done():
         job.future.set_exception(exc if isinstance(exc, Exception) else RuntimeError(repr(exc)))
-    job.images = []
 
 
 def slice_details(details: Any, a: int, b: int, total: int) -> dict:

@@ -32,7 +32,8 @@ class Probe(Reward):
     """Luminance score with the mean RGB per image in details; for abuse tests of the server.
 
     Prompt "boom" raises; "slow:S" sleeps S seconds first. details["alive_before"] counts the images of
-    earlier calls still alive (weak references), so a test sees whether the server keeps old batches.
+    earlier calls still alive (weak references, after a garbage collection), so a test sees whether the
+    server keeps old batches.
     """
 
     name = "probe"
@@ -44,10 +45,12 @@ class Probe(Reward):
         self._seen = []  # weak references to the images of earlier calls
 
     def score(self, images, prompts, metadata):
+        import gc
         import time
 
         import numpy as np
 
+        gc.collect()  # images caught in a reference cycle are garbage, not kept: count only strong references
         self._seen = [r for r in self._seen if r() is not None]
         alive = len(self._seen)
         for p in prompts:
