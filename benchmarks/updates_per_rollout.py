@@ -1,12 +1,14 @@
-"""Which `train.updates_per_rollout` learns fastest on the quickstart: per rollout and per second.
+"""Which `train.updates_per_rollout` learns fastest: per rollout and per second.
 
     python benchmarks/updates_per_rollout.py [--steps 40] [--seeds 0 1 2] \
-        [--settings 1 2 per_timestep] --out results.json
+        [--settings 1 2 per_timestep] [--recipe R] [--metric M] [--set k=v ...] --out results.json
 
-For each setting and seed, trains the shipped quickstart recipe (tiny DeepGen, brightness + colour
-+ OCR mixtures) for ``--steps`` rollouts and reports the rise of ``reward/brightness`` (mean of the
-last 10 steps minus mean of the first 10), that rise per rollout and per second of wall time, the
-mean step time and the mean ratio / clip fraction.
+For each setting and seed, trains ``--recipe`` (default ``recipes/smoke_pixel.yaml``: tiny DeepGen,
+brightness + colour + OCR mixtures) for ``--steps`` rollouts and reports the rise of ``--metric``
+(default ``reward/brightness``; mean of the last 10 steps minus mean of the first 10), that rise per
+rollout and per second of wall time, the mean step time and the mean ratio / clip fraction.
+The toy world: ``--recipe recipes/toy_world/rl.yaml --metric reward/mean
+--set policy.checkpoint=<the cached SFT policy>``.
 """
 
 from __future__ import annotations
@@ -20,12 +22,19 @@ from pathlib import Path
 import numpy as np
 
 
-def run_one(setting: str, seed: int, steps: int, extra: list[str]) -> dict:
+def run_one(
+    setting: str,
+    seed: int,
+    steps: int,
+    extra: list[str],
+    recipe: str = "recipes/smoke_pixel.yaml",
+    metric: str = "reward/brightness",
+) -> dict:
     from mrgrpo.config import load_recipe
     from mrgrpo.grpo import GRPOTrainer
 
     cfg = load_recipe(
-        "recipes/quickstart.yaml",
+        recipe,
         [
             f"output_dir=/tmp/mrgrpo-upr-{setting}-{seed}-{int(time.time())}",
             f"train.seed={seed}",
@@ -43,11 +52,17 @@ def run_one(setting: str, seed: int, steps: int, extra: list[str]) -> dict:
     t0 = time.perf_counter()
     hist = GRPOTrainer(cfg).fit()
     wall = time.perf_counter() - t0
-    r = [h["reward/brightness"] for h in hist]
+    if metric not in hist[0]:
+        raise SystemExit(
+            f"--metric {metric} is not logged by {recipe}; logged: {sorted(k for k in hist[0] if 'reward' in k)}"
+        )
+    r = [h[metric] for h in hist]
     n = min(10, len(r) // 2)
     rise = float(np.mean(r[-n:]) - np.mean(r[:n]))
     return {
         "setting": setting,
+        "recipe": recipe,
+        "metric": metric,
         "seed": seed,
         "rise": rise,
         "rise_per_rollout": rise / (steps - n),
@@ -65,13 +80,15 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--settings", nargs="+", default=["1", "2", "per_timestep"])
+    ap.add_argument("--recipe", default="recipes/smoke_pixel.yaml")
+    ap.add_argument("--metric", default="reward/brightness", help="metrics.jsonl key whose rise is measured")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--out", default="benchmarks/results/updates_per_rollout_cpu.json")
     args = ap.parse_args(argv)
     rows = []
     for setting in args.settings:
         for seed in args.seeds:
-            row = run_one(setting, seed, args.steps, args.set)
+            row = run_one(setting, seed, args.steps, args.set, args.recipe, args.metric)
             rows.append(row)
             print(json.dumps(row), flush=True)
     summary = {}
