@@ -46,7 +46,8 @@ quickstart-sft: $(STAMP)
 	$(BIN)/mrgrpo data synth --out data/synth
 	$(BIN)/mrgrpo train recipes/quickstart_sft.yaml
 
-# SFT (cached), MR-GRPO on 3 seeds, ablations, held-out evaluation; report in outputs/toy_world/ (docs/toy_world.md)
+# SFT (cached), MR-GRPO on 3 seeds, ablations, held-out evaluation (2 worker processes); report in outputs/toy_world/
+# (docs/toy_world.md)
 toy-world: $(STAMP)
-	$(BIN)/python -m mrgrpo.toy_world.pipeline --out outputs/toy_world --seeds 0 1 2 --samples 32 --ablations \
-		--sft-set train.max_steps=1500
+	OMP_NUM_THREADS=1 $(BIN)/python -m mrgrpo.toy_world.pipeline --out outputs/toy_world --seeds 0 1 2 --samples 32 \
+		--ablations --jobs 2 --sft-set train.max_steps=1500

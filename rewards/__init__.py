@@ -64,6 +64,10 @@ _BUILTINS.update(
         for s in ("", "_strict")
     }
 )
+_BUILTINS["toy_shape_margin"] = (
+    "mrgrpo.rewards.toy_world:toy_shape_margin",
+    "toy world: soft shape score, (1 + IoU(asked shape) - best IoU of the other shapes) / 2",
+)
 _BUILTINS["toy_geneval"] = (
     "mrgrpo.rewards.toy_world:toy_geneval",
     "toy world: 1 when every clause of the prompt is right",

@@ -16,6 +16,10 @@ Clauses (``strict=True``: 1 right / 0 wrong; ``strict=False``: a soft score in [
   count: every component has it; position: a component of each object's colour exists.
 * ``shape``: the component(s) of the clause above have the shape with IoU >= ``min_iou`` (0.6) and
   an aspect ratio <= 1.5 (soft: the IoU with the ideal mask of the asked shape).
+* ``shape_margin`` (soft only, for RL): ``(1 + IoU(asked) - max IoU(other shapes)) / 2`` of those
+  component(s): above 0.5 exactly when the asked shape fits best. The plain soft IoU rewards a square
+  drawn for a circle (IoU pi/4 = 0.79), so a policy can raise it by drawing squares for everything;
+  the margin cannot be raised that way. Not a clause of ``toy_geneval``.
 * ``count``: the number of components equals the asked count (soft: ``1 - |k - n| / n``, >= 0);
   single prompts count as "one".
 * ``position``: the centroid of object A's component is at least ``size / 16`` px left of (above)
@@ -47,6 +51,7 @@ _PALETTE = np.array([COLORS[c] for c in _NAMES] + [(255, 255, 255)], dtype=np.fl
 _WHITE = len(_NAMES)
 _OTHER = -1
 ALL_CLAUSES = ("color", "shape", "count", "position", "word")
+SOFT_ONLY = ("shape_margin",)
 
 
 @dataclass
@@ -147,6 +152,12 @@ def analyse(image: Any, max_dist: float = 100.0, min_area: int | None = None) ->
     return components(classify_pixels(rgb, max_dist), area)
 
 
+def shape_margin(c: Component, shape: str) -> float:
+    """``(1 + IoU(shape) - max IoU(other shapes)) / 2`` in [0, 1] (> 0.5 when ``shape`` fits best)."""
+    ious = {s: c.shape_iou(s) for s in SHAPES}
+    return (1.0 + ious[shape] - max(v for s, v in ious.items() if s != shape)) / 2.0
+
+
 def _shape_ok(c: Component, shape: str, min_iou: float) -> bool:
     best, iou = c.best_shape()
     return best == shape and iou >= min_iou and c.aspect <= 1.5
@@ -169,7 +180,7 @@ def grade(
         else:
             chosen = comps[:n]
         if not chosen:
-            out["color"] = out["shape"] = (0.0, False)
+            out["color"] = out["shape"] = out["shape_margin"] = (0.0, False)
             return out
         color_soft = float(np.mean([c.fractions[o.color] for c in chosen]))
         color_ok = all(c.color == o.color for c in (comps[:1] if scene.category == "single" else comps))
@@ -177,6 +188,7 @@ def grade(
         shape_ok = all(_shape_ok(c, o.shape, min_iou) for c in (comps[:1] if scene.category == "single" else comps))
         out["color"] = (color_soft, color_ok)
         out["shape"] = (shape_soft, shape_ok)
+        out["shape_margin"] = (float(np.mean([shape_margin(c, o.shape) for c in chosen])), shape_ok)
         return out
     if scene.category == "position":
         found = []
@@ -196,6 +208,8 @@ def grade(
             float(np.mean([f.shape_iou(o.shape) if f is not None else 0.0 for o, f in zip(scene.objects, found)])),
             all(f is not None and _shape_ok(f, o.shape, min_iou) for o, f in zip(scene.objects, found)),
         )
+        margins = [shape_margin(f, o.shape) if f is not None else 0.0 for o, f in zip(scene.objects, found)]
+        out["shape_margin"] = (float(np.mean(margins)), out["shape"][1])
         a, b = found
         if a is None or b is None:
             out["position"] = (0.0, False)
@@ -211,16 +225,18 @@ class ToyGrader(Reward):
     """One clause of the toy world's grader (see the module docstring) as a reward.
 
     Args:
-        clause: ``color``, ``shape``, ``count``, ``position``, ``word``, or ``all`` (GenEval-style: 1 when
-            every clause of the prompt's category is right).
+        clause: ``color``, ``shape``, ``count``, ``position``, ``word``, ``shape_margin`` (soft only), or
+            ``all`` (GenEval-style: 1 when every clause of the prompt's category is right).
         strict: 0/1 pass-fail scores (evaluation) instead of soft scores in [0, 1] (RL).
         min_iou: IoU with the ideal shape mask the strict shape clause needs.
         max_dist: RGB distance (0-255) beyond which a pixel matches no palette colour.
     """
 
     def __init__(self, clause: str = "all", strict: bool = False, min_iou: float = 0.6, max_dist: float = 100.0):
-        if clause not in ALL_CLAUSES + ("all",):
-            raise ValueError(f"toy grader: clause must be one of {ALL_CLAUSES + ('all',)}, got {clause!r}")
+        if clause not in ALL_CLAUSES + SOFT_ONLY + ("all",):
+            raise ValueError(f"toy grader: clause must be one of {ALL_CLAUSES + SOFT_ONLY + ('all',)}, got {clause!r}")
+        if strict and clause in SOFT_ONLY:
+            raise ValueError(f"toy grader: {clause} is a soft score only; use toy_shape_strict for pass/fail")
         self.clause, self.strict, self.min_iou, self.max_dist = clause, bool(strict), float(min_iou), float(max_dist)
         self.name = "toy_geneval" if clause == "all" else f"toy_{clause}" + ("_strict" if strict else "")
         self._ocr: Any = None  # the OCR reward, built on the first word clause
@@ -278,6 +294,7 @@ toy_shape = _factory("shape", False)
 toy_count = _factory("count", False)
 toy_position = _factory("position", False)
 toy_word = _factory("word", False)
+toy_shape_margin = _factory("shape_margin", False)
 toy_color_strict = _factory("color", True)
 toy_shape_strict = _factory("shape", True)
 toy_count_strict = _factory("count", True)

@@ -133,6 +133,59 @@ def run_rl(recipe: Path, sft: Path, out_dir: Path, seed: int, extra: list[str]) 
     return {"wall_s": c.wall, "cpu_s": c.cpu, "history": history}
 
 
+def _eval_sft_job(job: dict[str, Any]) -> dict[str, Any]:
+    """The SFT policy's held-out evaluation, with its wall and CPU seconds."""
+    with Clock() as c:
+        summary = evaluate(Path(job["sft"]), Path(job["prompts"]), Path(job["out"]) / "eval_sft", job["samples"])
+    summary["wall_s"], summary["cpu_s"] = c.wall, c.cpu
+    return summary
+
+
+def _rl_job(job: dict[str, Any]) -> dict[str, Any]:
+    """One MR-GRPO run from the SFT policy, then its held-out evaluation: the report entry of the run."""
+    run_dir = Path(job["out"]) / f"{job['name']}-seed{job['seed']}"
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    info = run_rl(Path(job["recipe"]), Path(job["sft"]), run_dir, job["seed"], job["sets"] + job["extra"])
+    with Clock() as c:
+        summary = evaluate(run_dir / "final", Path(job["prompts"]), run_dir / "eval", job["samples"])
+    hist = info.pop("history")
+    info["first_rewards"] = {k: v for k, v in hist[0].items() if k.startswith("reward/")}
+    info["last_rewards"] = {k: v for k, v in hist[-1].items() if k.startswith("reward/")}
+    return {
+        "name": job["name"],
+        "seed": job["seed"],
+        "overrides": job["extra"],
+        **info,
+        "eval": summary,
+        "eval_wall_s": c.wall,
+    }
+
+
+def _worker_init(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _worker(task: tuple[str, dict[str, Any]]) -> tuple[str, dict[str, Any]]:
+    key, job = task
+    return key, _eval_sft_job(job) if key == "sft_eval" else _rl_job(job)
+
+
+def _run_parallel(tasks: list[tuple[str, dict[str, Any]]], jobs: int, threads: int, record) -> None:
+    """Run ``tasks`` (SFT evaluation, MR-GRPO runs) in ``jobs`` worker processes (spawned, ``threads`` torch
+    threads each), in order of submission; ``record(key, result)`` is called as each one finishes."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init, initargs=(threads,)) as pool:
+        futures = [pool.submit(_worker, task) for task in tasks]
+        for fut in as_completed(futures):
+            record(*fut.result())
+
+
 ABLATIONS = {
     "grpo": ["rl.adv_mode=grpo"],
     "kl": ["rl.beta=0.01"],
@@ -159,6 +212,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", nargs="+", default=None, help=f"ablations to run (default: all of {list(ABLATIONS)})")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override of the RL recipe")
     ap.add_argument("--sft-set", action="append", default=[], metavar="KEY=VALUE", help="override of the SFT recipe")
+    ap.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="worker processes for the SFT evaluation and the MR-GRPO runs (2 on 2 cores: seeds run side by side)",
+    )
     ap.add_argument("--skip-baseline", action="store_true", help="reuse the SFT evaluation already in --out")
     ap.add_argument(
         "--threads",
@@ -182,38 +241,56 @@ def main(argv: list[str] | None = None) -> int:
     with Clock() as c_sft:
         sft = ensure_sft(args.sft_set)
     report["sft"] = {"path": str(sft), "wall_s": c_sft.wall, "cpu_s": c_sft.cpu}
-    if not (args.skip_baseline and "sft_eval" in report):
-        with Clock() as c:
-            report["sft_eval"] = evaluate(sft, prompts, out / "eval_sft", args.samples)
-        report["sft_eval"]["wall_s"], report["sft_eval"]["cpu_s"] = c.wall, c.cpu
-        print(f"SFT held-out accuracy {_acc(report['sft_eval']):.3f} ({c.wall:.0f} s)")
     save()
     runs = [("mrgrpo", s, []) for s in args.seeds]
     if args.ablations:
         runs += [(name, s, ABLATIONS[name]) for name in (args.only or ABLATIONS) for s in args.ablation_seeds]
-    for name, seed, extra in runs:
-        run_dir = out / f"{name}-seed{seed}"
-        if run_dir.exists():
-            shutil.rmtree(run_dir)
-        info = run_rl(Path(args.recipe), sft, run_dir, seed, list(args.set) + extra)
-        with Clock() as c:
-            summary = evaluate(run_dir / "final", prompts, run_dir / "eval", args.samples)
-        hist = info.pop("history")
-        info["first_rewards"] = {k: v for k, v in hist[0].items() if k.startswith("reward/")}
-        info["last_rewards"] = {k: v for k, v in hist[-1].items() if k.startswith("reward/")}
-        report["runs"][f"{name}-seed{seed}"] = {
+    jobs = [
+        {
             "name": name,
             "seed": seed,
-            "overrides": extra,
-            **info,
-            "eval": summary,
-            "eval_wall_s": c.wall,
+            "extra": extra,
+            "recipe": args.recipe,
+            "sft": str(sft),
+            "out": str(out),
+            "sets": list(args.set),
+            "samples": args.samples,
+            "prompts": str(prompts),
+            "threads": args.threads,
         }
-        print(
-            f"{name} seed {seed}: held-out accuracy {_acc(report['sft_eval']):.3f} -> {_acc(summary):.3f} "
-            f"(RL {info['wall_s']:.0f} s wall, {info['cpu_s']:.0f} s CPU)"
-        )
+        for name, seed, extra in runs
+    ]
+    eval_sft = not (args.skip_baseline and "sft_eval" in report)
+
+    def record(key: str, result: dict[str, Any]) -> None:
+        if key == "sft_eval":
+            report["sft_eval"] = result
+            print(f"SFT held-out accuracy {_acc(result):.3f} ({result['wall_s']:.0f} s)")
+        else:
+            report["runs"][key] = result
+            base = f"{_acc(report['sft_eval']):.3f} -> " if "sft_eval" in report else ""
+            print(
+                f"{result['name']} seed {result['seed']}: held-out accuracy {base}{_acc(result['eval']):.3f} "
+                f"(RL {result['wall_s']:.0f} s wall, {result['cpu_s']:.0f} s CPU)"
+            )
         save()
+
+    keys = [f"{j['name']}-seed{j['seed']}" for j in jobs]
+    tasks = list(zip(keys, jobs))
+    if eval_sft:
+        sft_job = {"sft": str(sft), "out": str(out), "samples": args.samples, "prompts": str(prompts)}
+        tasks.insert(0, ("sft_eval", sft_job))
+    if args.jobs <= 1:
+        for key, job in tasks:
+            record(key, _eval_sft_job(job) if key == "sft_eval" else _rl_job(job))
+    else:
+        _run_parallel(tasks, args.jobs, args.threads, record)
+    # the runs in their order (seeds, then ablations), whatever order they finished in
+    report["runs"] = {
+        **{k: report["runs"][k] for k in keys},
+        **{k: v for k, v in report["runs"].items() if k not in keys},
+    }
+    save()
     from mrgrpo.toy_world.report import write_report
 
     write_report(report, out)

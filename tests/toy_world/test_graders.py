@@ -66,6 +66,20 @@ def test_shape_right_and_wrong(draw, shape):
     assert soft_right > 0.9 and soft_right > soft_wrong + 0.1
 
 
+@pytest.mark.parametrize("draw,shape", [(circle, "circle"), (square, "square"), (triangle, "triangle")])
+def test_shape_margin_is_above_half_only_for_the_drawn_shape(draw, shape):
+    im, d = canvas()
+    draw(d, 15, 16, 8, BLUE)
+    for other in ("circle", "square", "triangle"):
+        score, valid = grade("toy_shape_margin", im, f"a blue {other}")
+        assert valid and (score > 0.5) == (other == shape), (shape, other, score)
+    # the plain soft IoU scores a square drawn for "a circle" high (pi/4); the margin scores it low
+    im, d = canvas()
+    square(d, 15, 16, 8, BLUE)
+    assert grade("toy_shape", im, "a blue circle")[0] > 0.7
+    assert grade("toy_shape_margin", im, "a blue circle")[0] < 0.45
+
+
 def test_shape_rejects_a_fragmented_blob():
     im, d = canvas()
     for x in range(8, 24, 4):  # stripes: neither a square nor a circle

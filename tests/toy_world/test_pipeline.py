@@ -26,6 +26,8 @@ def test_pipeline_runs_end_to_end_and_caches_sft(tmp_path, monkeypatch):
         str(tmp_path / "out"),
         "--seeds",
         "0",
+        "--jobs",
+        "2",
         "--samples",
         "1",
         "--ablations",
@@ -51,3 +53,27 @@ def test_pipeline_runs_end_to_end_and_caches_sft(tmp_path, monkeypatch):
     first = report["sft"]["path"]
     assert str(ensure_sft(sft)) == first
     assert len(list((tmp_path / "cache" / "toy_world").glob("sft-*"))) == 1
+
+
+def _summary(single: float, count: float) -> dict:
+    # 6 single and 12 count prompts with the same number of images: overall is the mean over prompts
+    overall = (6 * single + 12 * count) / 18
+    return {
+        "categories": {
+            cat: {"prompts": n, "toy_geneval": v}
+            for cat, n, v in (("single", 6, single), ("count", 12, count), ("overall", 18, overall))
+        }
+    }
+
+
+def test_report_gives_genevals_mean_of_categories_next_to_the_mean_over_prompts():
+    from mrgrpo.toy_world.report import ablation_table, category_mean, category_table
+
+    base, after = _summary(0.30, 0.0), _summary(0.60, 0.15)
+    assert category_mean(base) == pytest.approx(15.0)  # (30 + 0) / 2, while the mean over prompts is 10
+    assert category_mean(after) == pytest.approx(37.5)
+    report = {"sft_eval": base, "runs": {"mrgrpo-seed0": {"name": "mrgrpo", "seed": 0, "cpu_s": 1.0, "eval": after}}}
+    rows = [r for r in category_table(report).splitlines() if r.startswith("| mean of categories")]
+    assert rows == ["| mean of categories (GenEval) | all clauses | 15.0 | 37.5 | 37.5 | +22.5 |"]
+    line = [r for r in ablation_table(report).splitlines() if r.startswith("| mrgrpo |")][0]
+    assert "| 30.0 |" in line and "| 37.5 |" in line  # mean over prompts 30 (was 10), of categories 37.5
