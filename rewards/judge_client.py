@@ -37,15 +37,23 @@ def image_data_url(image: Any, fmt: str = "jpeg", quality: int = 95) -> str:
 
 
 def load_template(
-    template: str, template_text: str | None, template_file: str | None, table: dict[str, str], who: str
+    template: str,
+    template_text: str | None,
+    template_file: str | None,
+    table: dict[str, str],
+    who: str,
+    placeholders: tuple[str, ...] = ("{prompt}",),
 ) -> tuple[str, str]:
     """``(text, label)`` of the judge prompt: ``template_file``'s text, ``template_text``, or ``table[template]``;
-    the text must contain ``{prompt}``. ``who`` names the reward in errors."""
+    the text must contain at least one of ``placeholders``. ``who`` names the reward in errors."""
     if template_text is not None and template_file is not None:
         raise ValueError(f"{who}: give template_text or template_file, not both")
     if template_file is not None:
-        with open(template_file, encoding="utf-8") as f:
-            text, label = f.read(), f"file:{template_file}"
+        try:
+            with open(template_file, encoding="utf-8") as f:
+                text, label = f.read(), f"file:{template_file}"
+        except OSError as exc:
+            raise ValueError(f"{who}: cannot read template_file {template_file!r}: {exc}") from exc
     elif template_text is not None:
         text, label = template_text, "custom"
     elif template in table:
@@ -54,8 +62,13 @@ def load_template(
         raise ValueError(
             f"{who}: template must be one of {sorted(table)} (or give template_text / template_file), got {template!r}"
         )
-    if "{prompt}" not in text:
-        raise ValueError(f"{who}: the template must contain '{{prompt}}' where the prompt goes")
+    if not any(p in text for p in placeholders):
+        where = (
+            f"'{placeholders[0]}' where the prompt goes"
+            if len(placeholders) == 1
+            else " and/or ".join(f"'{p}'" for p in placeholders)
+        )
+        raise ValueError(f"{who}: the template must contain {where}")
     return text, label
 
 

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from mrgrpo.rewards.base import RewardOutput
-from mrgrpo.rewards.judge_client import JudgeReward
+from mrgrpo.rewards.judge_client import JudgeReward, load_template
 
 VQASCORE_TEMPLATE = 'Does this figure show "{prompt}"? Please answer yes or no.'
 QUESTION_TEMPLATE = "{question} Please answer yes or no."
@@ -54,27 +54,12 @@ def yes_probability(choice: dict[str, Any], normalize: bool = False) -> float | 
 
 
 def load_judge_template(template: str, template_text: str | None, template_file: str | None) -> tuple[str, str]:
-    """(template text, label) from a built-in name, inline text or a file; it must hold {prompt} or {question}."""
-    if template_text is not None and template_file is not None:
-        raise ValueError("vlm_judge: give template_text or template_file, not both")
-    if template_file is not None:
-        try:
-            with open(template_file, encoding="utf-8") as f:
-                text, label = f.read().strip(), f"file:{template_file}"
-        except OSError as exc:
-            raise ValueError(f"vlm_judge: cannot read template_file {template_file!r}: {exc}") from exc
-    elif template_text is not None:
-        text, label = template_text, "custom"
-    elif template in JUDGE_TEMPLATES:
-        text, label = JUDGE_TEMPLATES[template], template
-    else:
-        raise ValueError(
-            f"vlm_judge: template must be one of {sorted(JUDGE_TEMPLATES)} "
-            f"(or give template_text / template_file), got {template!r}"
-        )
-    if "{prompt}" not in text and "{question}" not in text:
-        raise ValueError("vlm_judge: the template must contain '{prompt}' and/or '{question}'")
-    return text, label
+    """(template text, label) from a built-in name, inline text or a file (stripped); it must hold {prompt} or
+    {question} (:func:`~mrgrpo.rewards.judge_client.load_template`)."""
+    text, label = load_template(
+        template, template_text, template_file, JUDGE_TEMPLATES, "vlm_judge", ("{prompt}", "{question}")
+    )
+    return (text.strip(), label) if template_file is not None else (text, label)
 
 
 class VLMJudge(JudgeReward):

@@ -211,6 +211,8 @@ def test_official_and_file_templates_and_swap(judge_factory, tmp_path):
     assert out.details["template"] == f"file:{f}" and judge.prompts[-1].startswith("Judge dog {not a field}")
     with pytest.raises(ValueError, match="must contain '{prompt}'"):
         UnifiedRewardThink(base_url=judge.url, template_text="no placeholder")
+    with pytest.raises(ValueError, match="unifiedreward_think: cannot read template_file"):
+        UnifiedRewardThink(base_url=judge.url, template_file=str(tmp_path / "missing.txt"))
 
 
 def test_unparsable_answers_are_ties(judge_factory):
