@@ -236,8 +236,7 @@ class FluxPolicy(DiTPolicy):
         self.set_dit_only_stage(stage, lora, "its text encoders are frozen")
 
     # -- sampling ------------------------------------------------------------------------------
-    @torch.no_grad()
-    def generate(
+    def generate(  # the defaults of this model; the sampling is DiTPolicy.generate
         self,
         prompts: list[str],
         images: list[list[Any]] | None = None,
@@ -250,14 +249,15 @@ class FluxPolicy(DiTPolicy):
         negative_prompt: str = "",
     ) -> list[Any]:
         """Euler ODE sampling with the guidance embedding (``cfg_scale`` > 1 adds true CFG); B PIL images."""
-        from mrgrpo.policies.base import tensor_to_images
-        from mrgrpo.rollout import sample_ode
-
-        noise = self.init_noise(len(prompts), height, width, generator)
-        enc = self.encode(prompts, images, negative_prompt=negative_prompt if cfg_scale > 1 else None)
-        sigmas = self.sigmas(num_steps, height, width).to(self.device)
-        return tensor_to_images(
-            self.decode(sample_ode(self.velocity, noise, sigmas, enc.cond, uncond=enc.uncond, cfg_scale=cfg_scale))
+        return super().generate(
+            prompts,
+            images,
+            num_steps=num_steps,
+            cfg_scale=cfg_scale,
+            height=height,
+            width=width,
+            generator=generator,
+            negative_prompt=negative_prompt,
         )
 
     def load(self, path: str) -> None:

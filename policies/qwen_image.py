@@ -301,8 +301,7 @@ class QwenImagePolicy(DiTPolicy):
         self.vae.eval()
         return self
 
-    @torch.no_grad()
-    def generate(
+    def generate(  # the defaults of this model; the sampling is DiTPolicy.generate
         self,
         prompts: list[str],
         images: list[list[Any]] | None = None,
@@ -316,14 +315,15 @@ class QwenImagePolicy(DiTPolicy):
     ) -> list[Any]:
         """Euler ODE sampling with plain CFG (``cfg_scale``; the pipelines' ``true_cfg_scale`` 4.0, without their
         norm rescale); B PIL images."""
-        from mrgrpo.policies.base import tensor_to_images
-        from mrgrpo.rollout import sample_ode
-
-        noise = self.init_noise(len(prompts), height, width, generator)
-        enc = self.encode(prompts, images, negative_prompt=negative_prompt if cfg_scale > 1 else None)
-        sigmas = self.sigmas(num_steps, height, width).to(self.device)
-        return tensor_to_images(
-            self.decode(sample_ode(self.velocity, noise, sigmas, enc.cond, uncond=enc.uncond, cfg_scale=cfg_scale))
+        return super().generate(
+            prompts,
+            images,
+            num_steps=num_steps,
+            cfg_scale=cfg_scale,
+            height=height,
+            width=width,
+            generator=generator,
+            negative_prompt=negative_prompt,
         )
 
     def load(self, path: str) -> None:
