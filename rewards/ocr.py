@@ -114,6 +114,26 @@ def ngram_candidates(
     return list(dict.fromkeys(c for c in cands if c))
 
 
+def best_distance(tgt: str, cands: Sequence[str], folded_tgt: str = "", folded: Sequence[str] | None = None) -> int:
+    """The smallest Levenshtein distance from ``tgt`` to a candidate, at most ``len(tgt)``.
+
+    With ``folded`` (each candidate with look-alike characters folded, same order) a candidate's distance is
+    the smaller of its plain one and its folded one to ``folded_tgt``. Folding keeps lengths, so a candidate
+    whose length differs from ``tgt``'s by at least the best distance so far is skipped.
+    """
+    best = len(tgt)
+    for k, c in enumerate(cands):
+        if abs(len(c) - len(tgt)) >= best:  # both distances are at least the length difference: cannot improve
+            continue
+        d = levenshtein(c, tgt)
+        if folded is not None and d > 0:
+            d = min(d, levenshtein(folded[k], folded_tgt))
+        best = min(best, d)
+        if best == 0:
+            break
+    return best
+
+
 def multi_segment_score(
     lines: Sequence[str],
     segments: Sequence[str],
@@ -135,17 +155,7 @@ def multi_segment_score(
         tgt = norm(seg)
         if not tgt:
             continue
-        best = len(tgt)
-        ftgt = tgt.translate(_CONFUSIONS)
-        for k, c in enumerate(cands):
-            if abs(len(c) - len(tgt)) >= best:  # the distance is at least the length difference
-                continue
-            d = levenshtein(c, tgt)
-            if confusion_fold and d > 0:
-                d = min(d, levenshtein(folded[k], ftgt))
-            best = min(best, d)
-            if best == 0:
-                break
+        best = best_distance(tgt, cands, tgt.translate(_CONFUSIONS), folded if confusion_fold else None)
         r = 1.0 - min(best, len(tgt)) / len(tgt)
         per_segment.append(r)
         total += r * len(tgt)
@@ -207,24 +217,14 @@ def deepgen_score(
     character (the release returns 0 there; the reward marks the image invalid instead).
     """
     cands = deepgen_candidates(lines, ngram_max=ngram_max, case_sensitive=case_sensitive, ignore_punct=ignore_punct)
-    folded = [c.translate(_DEEPGEN_FOLD) for c in cands] if confusion_fold else cands
+    folded = [c.translate(_DEEPGEN_FOLD) for c in cands] if confusion_fold else []
     total, weight, per_segment = 0.0, 0, []
     for seg in segments:
         tgt = deepgen_normalise(seg, case_sensitive=case_sensitive, ignore_punct=ignore_punct)
         if not tgt:
             per_segment.append(0.0)
             continue
-        ftgt = tgt.translate(_DEEPGEN_FOLD) if confusion_fold else tgt
-        best = len(tgt)
-        for c, fc in zip(cands, folded):
-            if abs(len(c) - len(tgt)) >= best:  # both distances are at least the length difference: cannot improve
-                continue
-            d = levenshtein(c, tgt)
-            if confusion_fold and d > 0:
-                d = min(d, levenshtein(fc, ftgt))
-            best = min(best, d)
-            if best == 0:
-                break
+        best = best_distance(tgt, cands, tgt.translate(_DEEPGEN_FOLD), folded if confusion_fold else None)
         r = 1.0 - min(best, len(tgt)) / len(tgt)
         per_segment.append(r)
         total += r * len(tgt)
