@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from mrgrpo.policies.flux import FluxPolicy
-from mrgrpo.policies.tiny_models import build_once, byte_level_tokenizer, tiny_cache_root
+from mrgrpo.policies.tiny_models import build_once, byte_level_tokenizer, tiny_cache_root, tiny_vae
 
 #: FLUX.1-dev's scheduler config (scheduler/scheduler_config.json of the released pipeline)
 FLUX_SCHEDULER = {
@@ -32,7 +32,6 @@ FLUX_VAE_SCALING, FLUX_VAE_SHIFT = 0.3611, 0.1159
 def build_tiny_flux(out: Path, seed: int = 0, kontext: bool = False) -> None:
     """Write a random-init toy FLUX (``FluxKontextPipeline`` when ``kontext``) pipeline folder to ``out``."""
     from diffusers import (
-        AutoencoderKL,
         FlowMatchEulerDiscreteScheduler,
         FluxKontextPipeline,
         FluxPipeline,
@@ -69,18 +68,7 @@ def build_tiny_flux(out: Path, seed: int = 0, kontext: bool = False) -> None:
         guidance_embeds=True,
         axes_dims_rope=(2, 2, 4),
     )
-    vae = AutoencoderKL(
-        latent_channels=16,
-        block_out_channels=(8, 16, 16, 16),
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        layers_per_block=1,
-        norm_num_groups=4,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-        scaling_factor=FLUX_VAE_SCALING,
-        shift_factor=FLUX_VAE_SHIFT,
-    )
+    vae = tiny_vae(FLUX_VAE_SCALING, FLUX_VAE_SHIFT)
     cls = FluxKontextPipeline if kontext else FluxPipeline
     extra = {"image_encoder": None, "feature_extractor": None}
     pipe = cls(

@@ -138,7 +138,6 @@ def build_sd3(pretrained: str = "stabilityai/stable-diffusion-3.5-medium", **kwa
 def build_tiny_sd3(out_dir: str | os.PathLike, seed: int = 0) -> Path:
     """Write a random-init toy SD3 pipeline (3 tiny text encoders, DiT, VAE) to ``out_dir``."""
     from diffusers import (
-        AutoencoderKL,
         FlowMatchEulerDiscreteScheduler,
         SD3Transformer2DModel,
         StableDiffusion3Pipeline,
@@ -150,7 +149,7 @@ def build_tiny_sd3(out_dir: str | os.PathLike, seed: int = 0) -> Path:
         T5EncoderModel,
     )
 
-    from mrgrpo.policies.tiny_models import byte_level_tokenizer, publish_dir
+    from mrgrpo.policies.tiny_models import byte_level_tokenizer, publish_dir, tiny_vae
 
     torch.manual_seed(seed)
     tok = byte_level_tokenizer()
@@ -181,18 +180,7 @@ def build_tiny_sd3(out_dir: str | os.PathLike, seed: int = 0) -> Path:
             pos_embed_max_size=16,
         ),
         scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
-        vae=AutoencoderKL(
-            latent_channels=16,
-            block_out_channels=(8, 16, 16, 16),
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-            layers_per_block=1,
-            norm_num_groups=4,
-            use_quant_conv=False,
-            use_post_quant_conv=False,
-            scaling_factor=1.5305,
-            shift_factor=0.0609,
-        ),
+        vae=tiny_vae(),
         text_encoder=CLIPTextModelWithProjection(CLIPTextConfig(**clip)),
         tokenizer=tok,
         text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**clip)),

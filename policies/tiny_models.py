@@ -75,3 +75,22 @@ def build_once(out: Path, marker: str, build: Callable[[Path], None]) -> Path:
         raise
     publish_dir(tmp, out)
     return out
+
+
+def tiny_vae(scaling_factor: float = 1.5305, shift_factor: float = 0.0609) -> Any:
+    """A random-init 16-channel ``AutoencoderKL`` of SD3 / FLUX's layout (4 levels, 8x down), a few thousand
+    parameters; the default scaling / shift are SD3's."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        latent_channels=16,
+        block_out_channels=(8, 16, 16, 16),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        layers_per_block=1,
+        norm_num_groups=4,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+        scaling_factor=scaling_factor,
+        shift_factor=shift_factor,
+    )

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from mrgrpo.policies.tiny_models import QWEN_SPECIALS, byte_level_tokenizer, publish_dir, tiny_cache_root
+from mrgrpo.policies.tiny_models import QWEN_SPECIALS, byte_level_tokenizer, publish_dir, tiny_cache_root, tiny_vae
 
 SPECIALS = QWEN_SPECIALS
 
@@ -46,11 +46,7 @@ TINY = {
 
 def build_tiny_deepgen(out_dir: str | os.PathLike, seed: int = 0, spec: dict | None = None) -> Path:
     """Write a random-init toy DeepGen to ``out_dir`` (atomically) and return it."""
-    from diffusers import (
-        AutoencoderKL,
-        FlowMatchEulerDiscreteScheduler,
-        SD3Transformer2DModel,
-    )
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
     from transformers import (
         Qwen2_5_VLConfig,
         Qwen2_5_VLForConditionalGeneration,
@@ -123,20 +119,7 @@ def build_tiny_deepgen(out_dir: str | os.PathLike, seed: int = 0, spec: dict | N
         dual_attention_layers=(0,),
         qk_norm="rms_norm",
     ).save_pretrained(tmp / "transformer")
-    AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        latent_channels=16,
-        block_out_channels=(8, 16, 16, 16),
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        layers_per_block=1,
-        norm_num_groups=4,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-        scaling_factor=1.5305,
-        shift_factor=0.0609,
-    ).save_pretrained(tmp / "vae")
+    tiny_vae().save_pretrained(tmp / "vae")
     FlowMatchEulerDiscreteScheduler(shift=3.0).save_pretrained(tmp / "scheduler")
     # SCB initial weights, written and read in the released checkpoint layout
     from mrgrpo.policies.deepgen.policy import DeepGenPolicy
