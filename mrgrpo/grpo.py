@@ -355,7 +355,8 @@ class GRPOTrainer(RolloutPhase, TrainerBase):
             return {}
         rl = self.cfg.rl
         ev = self.cfg.eval
-        all_records = [r for s in self.eval_sources for r in s.records][: ev.prompts]
+        prompts = [r for s in self.eval_sources for r in s.records][: ev.prompts]
+        all_records = [r for r in prompts for _ in range(ev.samples_per_prompt)]  # each copy: its own noise index
         sl = rank_slice(len(all_records), self.accelerator.process_index, self.accelerator.num_processes)
         records = all_records[sl]
         if not records:
@@ -472,6 +473,10 @@ class GRPOTrainer(RolloutPhase, TrainerBase):
                 "step_s": f"{m['time/step']:.2f}",
             },
         )
+
+    def start_metrics(self) -> dict[str, float]:
+        """``eval.on_start``: the held-out evaluation of the starting policy, logged as step 0."""
+        return self.evaluate(0) if self.cfg.eval.on_start else {}
 
     def tracker_plot(self) -> None:
         self.run_tracker.plot()

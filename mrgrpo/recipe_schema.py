@@ -255,11 +255,26 @@ class EvalConfig(_Strict):
         ),
     )
     every: int = Field(100, ge=1, description="Evaluate every N steps (and at the last step); MR-GRPO only.")
+    on_start: bool = Field(
+        False,
+        description=(
+            "Also evaluate the starting policy before the first update (logged as step 0; not on resume), so the "
+            "curves show where training began."
+        ),
+    )
     prompts: int = Field(
         16,
         ge=1,
         description=(
             "Held-out prompts per evaluation: the first N of `eval.sources`, in file order, split over the processes."
+        ),
+    )
+    samples_per_prompt: int = Field(
+        1,
+        ge=1,
+        description=(
+            "Images per held-out prompt, each from its own fixed noise (more images: a less noisy `eval/<reward>`, "
+            "at that many times the cost)."
         ),
     )
     num_steps: int = Field(

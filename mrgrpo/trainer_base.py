@@ -261,6 +261,10 @@ class TrainerBase:
         history: list[dict[str, float]] = []
         bar = progress(cfg.train.max_steps, self.step, self.is_main and cfg.logging.progress_bar, desc)
         try:
+            if self.step == 0:
+                before = self.start_metrics()
+                if before:
+                    tracker.log(0, before)
             while self.step < cfg.train.max_steps:
                 step = self.step + 1
                 metrics = one_step(step)
@@ -281,6 +285,10 @@ class TrainerBase:
             tracker.close()
             self.close()
         return history
+
+    def start_metrics(self) -> dict[str, float]:
+        """Metrics of the untrained model, logged as step 0 of a fresh run (not of a resumed one); none here."""
+        return {}
 
     def close(self) -> None:
         """Release what the trainer holds besides the model (thread pools, clients)."""

@@ -232,6 +232,70 @@ def test_periodic_evaluation_is_deterministic(toy_recipe, tmp_path):
     assert (Path(toy_recipe["output_dir"]) / "eval" / "step-000001.png").exists()
 
 
+def test_eval_on_start_logs_the_starting_policy_as_step_zero(toy_recipe, tmp_path):
+    """eval.on_start: one evaluation before the first update, logged as step 0; it equals what the same
+    policy scores later at lr ~ 0 (same fixed noise), and a resumed run does not log it again."""
+    evals = tmp_path / "eval.txt"
+    evals.write_text("held out one\nheld out two\n")
+    toy_recipe["eval"] = {
+        "sources": [{"name": "heldout", "path": str(evals), "rewards": {"bright": 1.0}}],
+        "every": 2,
+        "prompts": 2,
+        "num_steps": 4,
+        "on_start": True,
+    }
+    toy_recipe["train"].update(max_steps=2, lr=1e-12, checkpoint_every=1)
+    hist = _trainer(toy_recipe).fit()
+    metrics = Path(toy_recipe["output_dir"]) / "metrics.jsonl"
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert records[0]["step"] == 0 and {"eval/bright", "eval/mean"} <= set(records[0])
+    assert all(k == "step" or k.startswith("eval/") for k in records[0])
+    assert records[0]["eval/bright"] == pytest.approx(hist[1]["eval/bright"], abs=1e-6)
+    assert len(hist) == 2  # the returned history holds the training steps only
+    toy_recipe["train"]["max_steps"] = 3
+    toy_recipe["train"]["resume"] = "auto"
+    _trainer(toy_recipe).fit()
+    steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
+    assert steps.count(0) == 1 and steps[-1] == 3
+
+
+def test_evaluation_samples_each_prompt_from_distinct_noise(toy_recipe, tmp_path):
+    """eval.samples_per_prompt = k scores k images a prompt, each from its own noise: the logged mean is the
+    mean over all of them (not k copies of one image), and the first image of each prompt is the k = 1 image."""
+    evals = tmp_path / "eval.txt"
+    evals.write_text("held out one\nheld out two\n")
+    scores: dict[int, list[float]] = {}
+
+    def run(k: int) -> float:
+        recipe = json.loads(json.dumps(toy_recipe))
+        recipe["output_dir"] = f"{toy_recipe['output_dir']}-k{k}"
+        recipe["eval"] = {
+            "sources": [{"name": "heldout", "path": str(evals), "rewards": {"bright": 1.0}}],
+            "every": 1,
+            "prompts": 2,
+            "samples_per_prompt": k,
+            "num_steps": 4,
+        }
+        recipe["train"].update(max_steps=1, lr=1e-12)
+        tr = _trainer(recipe)
+        score = tr.score
+
+        def spy(pixels, records, *args, **kwargs):
+            if records[0].prompt.startswith("held out"):  # the evaluation's call (rollouts score too)
+                scores[k] = pixels.float().mean(dim=(1, 2, 3)).tolist()
+                assert [r.prompt for r in records] == [p for p in ("held out one", "held out two") for _ in range(k)]
+            return score(pixels, records, *args, **kwargs)
+
+        tr.score = spy
+        return tr.fit()[0]["eval/bright"]
+
+    one, three = run(1), run(3)
+    assert len(scores[1]) == 2 and len(scores[3]) == 6
+    assert scores[3][0] == pytest.approx(scores[1][0], abs=1e-6)  # prompt 1, copy 0 = the k = 1 image
+    assert len({round(v, 6) for v in scores[3][:3]}) == 3  # the copies of one prompt differ (own noise)
+    assert three != pytest.approx(one, abs=1e-6)
+
+
 def test_ema_tracks_trained_weights(toy_recipe):
     toy_recipe["train"]["ema"] = {"enabled": True, "decay": 0.5}
     toy_recipe["train"]["max_steps"] = 3
