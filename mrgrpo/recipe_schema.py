@@ -418,6 +418,14 @@ class DistributedConfig(_Strict):
 
 class LoggingConfig(_Strict):
     log_every: int = Field(1, ge=1, description="Write metrics every N steps.")
+    plot_every: int = Field(
+        10,
+        ge=1,
+        description=(
+            "Redraw the run's curve figure every N steps (and at the last step); each redraw reads the whole "
+            "metrics file, which costs more than a step of a tiny model."
+        ),
+    )
     sample_every: int = Field(50, ge=1, description="Write a sample grid PNG every N steps.")
     tensorboard: bool = Field(True, description="Also write TensorBoard event files.")
     wandb: bool = Field(False, description="Also log to Weights & Biases (needs `wandb` installed).")

@@ -272,8 +272,8 @@ class TrainerBase:
                 last = step == cfg.train.max_steps
                 if step % cfg.logging.log_every == 0 or last:
                     tracker.log(step, metrics)
-                    if self.is_main:
-                        plot()
+                if self.is_main and (step % cfg.logging.plot_every == 0 or last):
+                    plot()
                 history.append(metrics)
                 bar.update(1)
                 bar.set_postfix(**postfix(metrics))

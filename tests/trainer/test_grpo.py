@@ -232,6 +232,23 @@ def test_periodic_evaluation_is_deterministic(toy_recipe, tmp_path):
     assert (Path(toy_recipe["output_dir"]) / "eval" / "step-000001.png").exists()
 
 
+def test_curve_figure_is_redrawn_every_plot_every_steps_and_at_the_end(toy_recipe):
+    toy_recipe["train"]["max_steps"] = 5
+    toy_recipe["logging"]["plot_every"] = 2
+    tr = _trainer(toy_recipe)
+    drawn: list[int] = []
+    redraw = tr.tracker_plot
+
+    def spy() -> None:
+        drawn.append(tr.step)
+        redraw()
+
+    tr.tracker_plot = spy  # type: ignore[method-assign]
+    tr.fit()
+    assert drawn == [2, 4, 5]
+    assert (Path(toy_recipe["output_dir"]) / "reward_curve.png").stat().st_size > 1000
+
+
 def test_eval_on_start_logs_the_starting_policy_as_step_zero(toy_recipe, tmp_path):
     """eval.on_start: one evaluation before the first update, logged as step 0; it equals what the same
     policy scores later at lr ~ 0 (same fixed noise), and a resumed run does not log it again."""
