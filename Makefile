@@ -50,4 +50,4 @@ quickstart-sft: $(STAMP)
 # (docs/toy_world.md)
 toy-world: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python -m mrgrpo.toy_world.pipeline --out outputs/toy_world --seeds 0 1 2 --samples 32 \
-		--ablations --jobs 2 --sft-set train.max_steps=1500
+		--ablations --jobs 2

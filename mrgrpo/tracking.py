@@ -51,41 +51,47 @@ def plot_curves(
     plot_reward_curves(read_metrics(metrics_path), out_path, title=title or "MR-GRPO rewards", prefixes=prefixes)
 
 
+DIAGNOSTICS = ("invalid_frac", "zero_std_frac", "/failures", "/std")
+
+
+def curve_keys(records: Sequence[dict[str, Any]], prefixes: Sequence[str] = ("reward", "eval")) -> list[str]:
+    """The metric names :func:`plot_reward_curves` draws: under ``prefixes``, without the diagnostics."""
+    return sorted({k for r in records for k in r if k.split("/")[0] in prefixes and not k.endswith(DIAGNOSTICS)})
+
+
 def plot_reward_curves(
     records: Sequence[dict[str, Any]],
     out_path: str | os.PathLike,
     title: str = "MR-GRPO rewards",
     prefixes: Sequence[str] = ("reward", "eval"),
 ) -> None:
-    """``reward*`` and ``eval*`` (or other ``prefixes``) curves against step, one panel, saved as PNG (atomic)."""
+    """``reward*`` and ``eval*`` (or other ``prefixes``) curves against step, one panel, saved as PNG (atomic).
+
+    Diagnostics (``*/invalid_frac``, ``*/zero_std_frac``, ``*/failures``, ``*/std``) are left out. A per-step
+    curve of more than ``2 * smooth`` points is drawn faint with its running mean over ``smooth = 5`` steps
+    on top (the label says so); ``eval/*`` points (a few steps apart) are drawn as they are, with markers.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = sorted(
-        {
-            k
-            for r in records
-            for k in r
-            if k.split("/")[0] in prefixes
-            and not k.endswith("invalid_frac")
-            and not k.endswith("/failures")
-            and not k.endswith("/std")
-        }
-    )
+    keys = curve_keys(records, prefixes)
+    smooth = 5
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
     for k in keys:
         pts = [(r["step"], r[k]) for r in records if k in r and isinstance(r[k], (int, float)) and math.isfinite(r[k])]
-        if pts:
-            xs, ys = zip(*pts)
-            ax.plot(
-                xs,
-                ys,
-                label=k,
-                marker="o" if k.startswith("eval/") else None,
-                linewidth=2 if k in ("reward/mean", "loss") else 1,
-            )
+        if not pts:
+            continue
+        xs, ys = zip(*pts)
+        width = 2 if k in ("reward/mean", "loss") else 1
+        if k.startswith("eval/") or len(ys) <= 2 * smooth:
+            ax.plot(xs, ys, label=k, marker="o" if k.startswith("eval/") else None, linewidth=width)
+            continue
+        (raw,) = ax.plot(xs, ys, linewidth=0.6, alpha=0.3)
+        kernel = [1.0 / smooth] * smooth
+        mean = [sum(a * b for a, b in zip(kernel, ys[i : i + smooth])) for i in range(len(ys) - smooth + 1)]
+        ax.plot(xs[smooth - 1 :], mean, color=raw.get_color(), linewidth=width + 0.5, label=f"{k} ({smooth}-step mean)")
     ax.set_xlabel("step")
     ax.set_ylabel("/".join(prefixes))
     ax.set_title(title)

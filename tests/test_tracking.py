@@ -74,3 +74,14 @@ def test_sample_grid_and_reward_curve(tmp_path):
     assert (tmp_path / "reward_curve.png").stat().st_size > 1000
     save_image_grid(torch.full((1, 3, 4, 4), 2.0), tmp_path / "clamped.png", nrow=1)
     assert Image.open(tmp_path / "clamped.png").getpixel((3, 3)) == (255, 255, 255)
+
+
+def test_curves_leave_out_the_diagnostics():
+    from mrgrpo.tracking import curve_keys
+
+    records = [
+        {"step": 1, "reward/mean": 0.1, "reward/ocr": 0.2, "reward/ocr/zero_std_frac": 0.5, "reward/ocr/std": 0.1},
+        {"step": 2, "reward/ocr/invalid_frac": 0.0, "reward/ocr/failures": 1, "eval/ocr": 0.3, "loss": 1.0},
+    ]
+    assert curve_keys(records) == ["eval/ocr", "reward/mean", "reward/ocr"]
+    assert curve_keys(records, ("loss",)) == ["loss"]

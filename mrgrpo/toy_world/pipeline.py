@@ -1,7 +1,7 @@
 """The toy-world pipeline: data -> SFT (cached) -> held-out evaluation -> MR-GRPO per seed -> evaluation -> report.
 
 ``python -m mrgrpo.toy_world.pipeline [--seeds 0 1 2] [--ablations] [--out outputs/toy_world]``
-(``make toy-world``); ``--quick`` is the quickstart variant (one seed, the quickstart recipe).
+(``make toy-world``); the quickstart (``recipes/quickstart.yaml``) is a short MR-GRPO run from the same SFT policy.
 
 The SFT data and the SFT policy are built once and cached under ``$MRGRPO_CACHE/toy_world``
 (default ``~/.cache/mrgrpo``), keyed by the SFT recipe and the data settings, and published
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
-DATA_VERSION = {"n": 4000, "size": 32, "seed": 0, "v": 1}
+DATA_VERSION = {"n": 4000, "size": 32, "seed": 0, "v": 2}
 EVAL_REWARDS = ("toy_geneval", "toy_color_strict", "toy_shape_strict", "toy_count_strict")
 COMMON = ["logging.progress_bar=false"]
 

@@ -56,6 +56,34 @@ def _boxes(
     raise RuntimeError(f"could not place {n} boxes of {lo}-{hi} px in {size} px")
 
 
+def _slot_boxes(rng: random.Random, n: int, size: int) -> list[tuple[int, int, int, int]]:
+    """``n`` (1-3) square boxes on the world's layout, each jittered by up to ``size / 16`` px.
+
+    * one object: side 7/16-9/16 of the image, near the centre;
+    * two: side 1/4-5/16, side by side (centres at 1/4 and 3/4 of the width, half the height);
+    * three: side 1/4-5/16, in a triangle (two above at 1/4 and 3/4 of the width, one below in the middle).
+
+    Boxes stay at least 2 px apart (separate components). A fixed layout, not free positions, is what
+    lets the 4-layer toy DiT learn to draw the world in minutes on a CPU (free positions: blobs of
+    scattered patches after the same training).
+    """
+    if n == 1:
+        side = rng.randint(size * 7 // 16, size * 9 // 16)
+        centres = [(size / 2, size / 2)]
+    else:
+        side = rng.randint(size // 4, size * 5 // 16)
+        q = size / 4
+        centres = [(q, size / 2), (3 * q, size / 2)] if n == 2 else [(q, q), (3 * q, q), (size / 2, 3 * q)]
+    jitter = max(1, size // 16)
+    boxes = []
+    for cx, cy in centres[:n]:
+        x = int(round(cx - side / 2)) + rng.randint(-jitter, jitter)
+        y = int(round(cy - side / 2)) + rng.randint(-jitter, jitter)
+        x, y = min(max(x, 1), size - side - 1), min(max(y, 1), size - side - 1)
+        boxes.append((x, y, x + side - 1, y + side - 1))
+    return boxes
+
+
 def _position_boxes(rng: random.Random, relation: str, size: int, lo: int, hi: int) -> list[tuple[int, int, int, int]]:
     """Two boxes with A clearly ``relation`` B (A's far edge before B's near edge along the axis)."""
     while True:
@@ -74,11 +102,11 @@ def render_scene(scene: Scene, size: int = 32, rng: random.Random | None = None)
     draw = ImageDraw.Draw(im)
     if scene.category == "single":
         o = scene.objects[0]
-        (box,) = _boxes(rng, 1, size, size * 3 // 8, size * 5 // 8)
+        (box,) = _slot_boxes(rng, 1, size)
         draw_shape(draw, o.shape, box, COLORS[o.color])
     elif scene.category == "count":
         o = scene.objects[0]
-        for box in _boxes(rng, scene.count, size, size // 4, size * 5 // 16):
+        for box in _slot_boxes(rng, scene.count, size):
             draw_shape(draw, o.shape, box, COLORS[o.color])
     elif scene.category == "position":
         for o, box in zip(scene.objects, _position_boxes(rng, scene.relation, size, size // 4, size * 3 // 8)):

@@ -84,8 +84,8 @@ def ablation_table(report: dict[str, Any]) -> str:
 
 
 def plot(report: dict[str, Any], out_dir: Path, path: Path) -> None:
-    """Left: training rewards of every ``mrgrpo`` seed (5-step running mean); right: held-out accuracy
-    per clause before/after."""
+    """Left: training rewards of every ``mrgrpo`` seed (the strict all-clauses one and the soft clauses,
+    5-step running mean); right: held-out accuracy per clause before/after."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -100,7 +100,12 @@ def plot(report: dict[str, Any], out_dir: Path, path: Path) -> None:
         if not metrics_file.exists():
             continue
         recs = read_metrics(metrics_file)
-        for name, style in (("reward/toy_color", "-"), ("reward/toy_shape", "--"), ("reward/toy_count", ":")):
+        for name, style in (
+            ("reward/toy_geneval", "-."),
+            ("reward/toy_color", "-"),
+            ("reward/toy_shape", "--"),
+            ("reward/toy_count", ":"),
+        ):
             xs = [m["step"] for m in recs if name in m]
             ys = [m[name] for m in recs if name in m]
             if len(ys) >= 5:
@@ -108,7 +113,7 @@ def plot(report: dict[str, Any], out_dir: Path, path: Path) -> None:
                 xs = xs[4:]
             a.plot(xs, ys, style, label=f"{name.split('/')[-1]} s{r['seed']}")
     a.set_xlabel("MR-GRPO step")
-    a.set_ylabel("training reward (soft, 5-step mean)")
+    a.set_ylabel("training reward (5-step mean)")
     a.legend(fontsize=6, ncol=3)
     base = report["sft_eval"]
     x = np.arange(len(COLUMNS))
