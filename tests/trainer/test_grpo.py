@@ -213,16 +213,16 @@ def test_toy_learning_direction(toy_recipe, flip):
         assert min(deltas) > 0.01, deltas
 
 
+def _heldout_eval(tmp_path: Path, prompts: list[str], **fields) -> dict:
+    """An ``eval`` section over a held-out prompt file of ``prompts``, scored by ``bright``."""
+    evals = tmp_path / "eval.txt"
+    evals.write_text("".join(f"{p}\n" for p in prompts))
+    return {"sources": [{"name": "heldout", "path": str(evals), "rewards": {"bright": 1.0}}], "num_steps": 4, **fields}
+
+
 def test_periodic_evaluation_is_deterministic(toy_recipe, tmp_path):
     """eval/<reward> is logged every eval.every steps with fixed seeds: at lr=0 it never changes."""
-    evals = tmp_path / "eval.txt"
-    evals.write_text("held out one\nheld out two\nheld out three\n")
-    toy_recipe["eval"] = {
-        "sources": [{"name": "heldout", "path": str(evals), "rewards": {"bright": 1.0}}],
-        "every": 1,
-        "prompts": 2,
-        "num_steps": 4,
-    }
+    toy_recipe["eval"] = _heldout_eval(tmp_path, ["held out one", "held out two", "held out three"], every=1, prompts=2)
     toy_recipe["train"]["max_steps"] = 2
     toy_recipe["train"]["lr"] = 1e-12
     hist = _trainer(toy_recipe).fit()
@@ -252,15 +252,7 @@ def test_curve_figure_is_redrawn_every_plot_every_steps_and_at_the_end(toy_recip
 def test_eval_on_start_logs_the_starting_policy_as_step_zero(toy_recipe, tmp_path):
     """eval.on_start: one evaluation before the first update, logged as step 0; it equals what the same
     policy scores later at lr ~ 0 (same fixed noise), and a resumed run does not log it again."""
-    evals = tmp_path / "eval.txt"
-    evals.write_text("held out one\nheld out two\n")
-    toy_recipe["eval"] = {
-        "sources": [{"name": "heldout", "path": str(evals), "rewards": {"bright": 1.0}}],
-        "every": 2,
-        "prompts": 2,
-        "num_steps": 4,
-        "on_start": True,
-    }
+    toy_recipe["eval"] = _heldout_eval(tmp_path, ["held out one", "held out two"], every=2, prompts=2, on_start=True)
     toy_recipe["train"].update(max_steps=2, lr=1e-12, checkpoint_every=1)
     hist = _trainer(toy_recipe).fit()
     metrics = Path(toy_recipe["output_dir"]) / "metrics.jsonl"
@@ -279,20 +271,14 @@ def test_eval_on_start_logs_the_starting_policy_as_step_zero(toy_recipe, tmp_pat
 def test_evaluation_samples_each_prompt_from_distinct_noise(toy_recipe, tmp_path):
     """eval.samples_per_prompt = k scores k images a prompt, each from its own noise: the logged mean is the
     mean over all of them (not k copies of one image), and the first image of each prompt is the k = 1 image."""
-    evals = tmp_path / "eval.txt"
-    evals.write_text("held out one\nheld out two\n")
     scores: dict[int, list[float]] = {}
 
     def run(k: int) -> float:
         recipe = json.loads(json.dumps(toy_recipe))
         recipe["output_dir"] = f"{toy_recipe['output_dir']}-k{k}"
-        recipe["eval"] = {
-            "sources": [{"name": "heldout", "path": str(evals), "rewards": {"bright": 1.0}}],
-            "every": 1,
-            "prompts": 2,
-            "samples_per_prompt": k,
-            "num_steps": 4,
-        }
+        recipe["eval"] = _heldout_eval(
+            tmp_path, ["held out one", "held out two"], every=1, prompts=2, samples_per_prompt=k
+        )
         recipe["train"].update(max_steps=1, lr=1e-12)
         tr = _trainer(recipe)
         score = tr.score
