@@ -213,10 +213,10 @@ def test_toy_learning_direction(toy_recipe, flip):
         assert min(deltas) > 0.01, deltas
 
 
-def _heldout_eval(tmp_path: Path, prompts: list[str], **fields) -> dict:
-    """An ``eval`` section over a held-out prompt file of ``prompts``, scored by ``bright``."""
+def _heldout_eval(tmp_path: Path, lines: list[str], **fields) -> dict:
+    """An ``eval`` section over a held-out prompt file of ``lines``, scored by ``bright``."""
     evals = tmp_path / "eval.txt"
-    evals.write_text("".join(f"{p}\n" for p in prompts))
+    evals.write_text("".join(f"{line}\n" for line in lines))
     return {"sources": [{"name": "heldout", "path": str(evals), "rewards": {"bright": 1.0}}], "num_steps": 4, **fields}
 
 
