@@ -54,6 +54,16 @@ def plot_curves(
 DIAGNOSTICS = ("invalid_frac", "zero_std_frac", "/failures", "/std")
 
 
+def running_mean(steps: Sequence[float], values: Sequence[float], n: int) -> tuple[list[float], list[float]]:
+    """Trailing mean over ``n`` points: ``(steps[n-1:], means)``; the input as it is when shorter than ``n``."""
+    if len(values) < n:
+        return list(steps), list(values)
+    sums = [0.0]
+    for v in values:
+        sums.append(sums[-1] + v)
+    return list(steps[n - 1 :]), [(sums[i + n] - sums[i]) / n for i in range(len(values) - n + 1)]
+
+
 def curve_keys(records: Sequence[dict[str, Any]], prefixes: Sequence[str] = ("reward", "eval")) -> list[str]:
     """The metric names :func:`plot_reward_curves` draws: under ``prefixes``, without the diagnostics."""
     return sorted({k for r in records for k in r if k.split("/")[0] in prefixes and not k.endswith(DIAGNOSTICS)})
@@ -89,9 +99,8 @@ def plot_reward_curves(
             ax.plot(xs, ys, label=k, marker="o" if k.startswith("eval/") else None, linewidth=width)
             continue
         (raw,) = ax.plot(xs, ys, linewidth=0.6, alpha=0.3)
-        kernel = [1.0 / smooth] * smooth
-        mean = [sum(a * b for a, b in zip(kernel, ys[i : i + smooth])) for i in range(len(ys) - smooth + 1)]
-        ax.plot(xs[smooth - 1 :], mean, color=raw.get_color(), linewidth=width + 0.5, label=f"{k} ({smooth}-step mean)")
+        mx, my = running_mean(xs, ys, smooth)
+        ax.plot(mx, my, color=raw.get_color(), linewidth=width + 0.5, label=f"{k} ({smooth}-step mean)")
     ax.set_xlabel("step")
     ax.set_ylabel("/".join(prefixes))
     ax.set_title(title)

@@ -85,3 +85,16 @@ def test_curves_leave_out_the_diagnostics():
     ]
     assert curve_keys(records) == ["eval/ocr", "reward/mean", "reward/ocr"]
     assert curve_keys(records, ("loss",)) == ["loss"]
+
+
+def test_running_mean_is_the_trailing_window_mean():
+    import numpy as np
+
+    from mrgrpo.tracking import running_mean
+
+    rng = np.random.default_rng(0)
+    ys = rng.random(12).tolist()
+    xs, means = running_mean(list(range(1, 13)), ys, 5)
+    assert xs == list(range(5, 13))
+    assert np.allclose(means, np.convolve(ys, np.ones(5) / 5, mode="valid"))
+    assert running_mean([1, 2], [0.5, 0.7], 5) == ([1, 2], [0.5, 0.7])  # shorter than the window: as it is

@@ -91,7 +91,7 @@ def plot(report: dict[str, Any], out_dir: Path, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from mrgrpo.tracking import read_metrics
+    from mrgrpo.tracking import read_metrics, running_mean
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
     runs = {k: r for k, r in report["runs"].items() if r["name"] == "mrgrpo"}
@@ -106,11 +106,7 @@ def plot(report: dict[str, Any], out_dir: Path, path: Path) -> None:
             ("reward/toy_shape", "--"),
             ("reward/toy_count", ":"),
         ):
-            xs = [m["step"] for m in recs if name in m]
-            ys = [m[name] for m in recs if name in m]
-            if len(ys) >= 5:
-                ys = np.convolve(ys, np.ones(5) / 5, mode="valid")
-                xs = xs[4:]
+            xs, ys = running_mean([m["step"] for m in recs if name in m], [m[name] for m in recs if name in m], 5)
             a.plot(xs, ys, style, label=f"{name.split('/')[-1]} s{r['seed']}")
     a.set_xlabel("MR-GRPO step")
     a.set_ylabel("training reward (5-step mean)")
