@@ -41,6 +41,10 @@ class MrgrpoError(Exception):
     """An expected error: the message names the thing that is wrong and how to fix it."""
 
 
+class RecipeError(MrgrpoError, ValueError):
+    """A recipe that cannot run; the message names the field, the value and the fix."""
+
+
 class UsageError(MrgrpoError, ValueError):
     """A command-line argument that cannot work (e.g. ``--steps 0``, ``--out`` naming a folder)."""
 

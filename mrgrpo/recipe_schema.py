@@ -6,22 +6,17 @@
 
 from __future__ import annotations
 
-import os
-import re
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator
 
-from mrgrpo.errors import MrgrpoError
+from mrgrpo.errors import RecipeError  # noqa: F401  (re-exported)
 from mrgrpo.policies.common import DIT_LORA_TARGETS
+from mrgrpo.recipe_paths import expand_vars, resolve_path  # noqa: F401  (re-exported)
 from mrgrpo.sde_window import SDEWindow
 
 Stage = Literal["rl", "pretrain", "sft"]
-
-
-class RecipeError(MrgrpoError, ValueError):
-    """A recipe that cannot run; the message names the field, the value and the fix."""
 
 
 class _Strict(BaseModel):
@@ -472,35 +467,3 @@ class RunConfig(_Strict):
     def prompts_per_step(self) -> int:
         """Global prompts per RL step (``images_per_step / group_size``)."""
         return self.train.images_per_step // self.rl.group_size
-
-
-_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-
-
-def expand_vars(text: str, field: str = "a path") -> str:
-    """``text`` with ``${VAR}`` / ``${VAR:-default}`` replaced from the environment and a leading ``~`` expanded.
-
-    Raises :class:`RecipeError` for ``${VAR}`` of a variable that is not set (no silent empty string).
-    """
-
-    def sub(m: re.Match) -> str:
-        value = os.environ.get(m.group(1))
-        if value is None or (value == "" and m.group(2) is not None):
-            if m.group(2) is None:
-                raise RecipeError(
-                    f"field `{field}`: {text!r} uses the environment variable {m.group(1)} "
-                    "which is not set. "
-                    f"Fix: export {m.group(1)}=..., or write ${{{m.group(1)}:-default}}."
-                )
-            return m.group(2)
-        return value
-
-    return os.path.expanduser(_ENV.sub(sub, text))
-
-
-def resolve_path(path: str, base: Path | None, field: str = "a path") -> Path:
-    """Expand ``~``, ``${VAR}`` and ``${VAR:-default}``; relative paths are taken against ``base``."""
-    p = Path(expand_vars(path, field))
-    if not p.is_absolute() and base is not None:
-        p = base / p
-    return p
