@@ -39,6 +39,10 @@ def test_sample_from_recipe_and_saved_policy(build, tmp_path, capsys):
                 "2.0",
                 "--seed",
                 "1",
+                # the quickstart starts from the toy world's SFT policy, which a fresh cache would first
+                # train (about 6 minutes): sampling from a recipe is what this test is about
+                "--set",
+                "policy.kwargs.pretrained=null",
             ]
         )
         == 0
