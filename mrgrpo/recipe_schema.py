@@ -287,7 +287,13 @@ class EvalConfig(_Strict):
 
 class EMAConfig(_Strict):
     enabled: bool = Field(False, description="Keep an exponential moving average of the trained weights.")
-    decay: float = Field(0.9, gt=0, lt=1, description="EMA decay per optimizer step.")
+    decay: float = Field(
+        0.9,
+        gt=0,
+        lt=1,
+        description="Largest EMA decay: at optimizer step k >= 2 the decay is min(decay, k / (k + 9)) "
+        "(diffusers' EMAModel warm-up: a copy at step 1, 0.5 at step 9, 0.9 from step 81).",
+    )
 
 
 class LoRAConfig(_Strict):

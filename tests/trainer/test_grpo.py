@@ -317,6 +317,30 @@ def test_ema_tracks_trained_weights(toy_recipe):
     assert (Path(out) / "checkpoints" / "step-000002" / "ema.pt").exists()
 
 
+def test_ema_follows_the_documented_decay_warmup(toy_recipe):
+    """final_ema == the EMA of the weights after each optimizer step, computed by hand with the decay that
+    `train.ema.decay` documents: a copy at step 1, then min(decay, k / (k + 9)) at step k."""
+    toy_recipe["train"]["ema"] = {"enabled": True, "decay": 0.2}
+    toy_recipe["train"]["max_steps"] = 4
+    tr = _trainer(toy_recipe)
+    seen: list[torch.Tensor] = []
+    step = tr.ema.step
+
+    def record(params):
+        seen.append(tr.policy.net.state_dict()["inp.weight"].detach().clone())
+        step(params)
+
+    tr.ema.step = record
+    tr.fit()
+    expected = seen[0]
+    for k, w in enumerate(seen[1:], start=2):
+        d = min(0.2, k / (k + 9))
+        expected = d * expected + (1 - d) * w
+    assert len(seen) == 4 and not torch.equal(seen[-1], expected)  # decay 0.2 binds from step 3 on
+    ema = torch.load(Path(toy_recipe["output_dir"]) / "final_ema" / "net.pt", weights_only=True)
+    torch.testing.assert_close(ema["inp.weight"], expected, rtol=0, atol=1e-6)
+
+
 class _Closing:
     """A reward that counts its close() calls."""
 
