@@ -36,6 +36,10 @@ def _fmt(x: float) -> str:
     return "-" if math.isnan(x) else f"{x:.1f}"
 
 
+def _signed(x: float) -> str:
+    return "-" if math.isnan(x) else f"{x:+.1f}"
+
+
 def category_table(report: dict[str, Any], name: str = "mrgrpo") -> str:
     """Per category: SFT and after MR-GRPO (mean over seeds, and each seed) of every strict grader, in %."""
     runs = [r for r in report["runs"].values() if r["name"] == name]
@@ -80,6 +84,28 @@ def ablation_table(report: dict[str, Any]) -> str:
             + f" | {vals[0] - _v(base, 'overall', 'toy_geneval'):+.1f} | {_fmt(category_mean(r['eval']))}"
             + f" | {r['cpu_s']:.0f} |"
         )
+    return "\n".join(lines)
+
+
+def setting_table(report: dict[str, Any]) -> str:
+    """One row per setting (run name): its seeds, the change of held-out all-clauses accuracy from the SFT
+    policy on each seed and their mean (percentage points), and the mean change of each clause. Settings run
+    on several seeds can be compared on the seeds they share: the ``seeds`` column says which."""
+    base = report["sft_eval"]
+    by_name: dict[str, list[dict[str, Any]]] = {}
+    for r in report["runs"].values():
+        by_name.setdefault(r["name"], []).append(r)
+    lines = [
+        "| setting | seeds | change of all clauses, per seed | mean change | colour | shape | count |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, runs in by_name.items():
+        runs = sorted(runs, key=lambda r: r["seed"])
+        deltas = {k: [_v(r["eval"], "overall", k) - _v(base, "overall", k) for r in runs] for k in COLUMNS}
+        per_seed = " / ".join(_signed(d) for d in deltas["toy_geneval"])
+        means = [_signed(float(np.mean(deltas[k]))) for k in COLUMNS]
+        seeds = " ".join(str(r["seed"]) for r in runs)
+        lines.append(f"| {name} | {seeds} | {per_seed} | " + " | ".join(means) + " |")
     return "\n".join(lines)
 
 
@@ -142,6 +168,10 @@ def write_report(report: dict[str, Any], out_dir: str | Path) -> Path:
         "## Per category, SFT vs MR-GRPO",
         "",
         category_table(report),
+        "",
+        "## Every setting: change from the SFT policy (points; clauses: mean over its seeds)",
+        "",
+        setting_table(report),
         "",
         "## Every run",
         "",

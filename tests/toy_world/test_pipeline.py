@@ -77,3 +77,20 @@ def test_report_gives_genevals_mean_of_categories_next_to_the_mean_over_prompts(
     assert rows == ["| mean of categories (GenEval) | all clauses | 15.0 | 37.5 | 37.5 | +22.5 |"]
     line = [r for r in ablation_table(report).splitlines() if r.startswith("| mrgrpo |")][0]
     assert "| 30.0 |" in line and "| 37.5 |" in line  # mean over prompts 30 (was 10), of categories 37.5
+
+
+def test_setting_table_gives_each_seeds_change_and_their_mean():
+    from mrgrpo.toy_world.report import setting_table
+
+    base = _summary(0.30, 0.0)  # overall 10%
+    runs = {
+        f"{name}-seed{seed}": {"name": name, "seed": seed, "cpu_s": 1.0, "eval": _summary(single, count)}
+        for name, seed, single, count in (("mrgrpo", 1, 0.48, 0.06), ("mrgrpo", 0, 0.60, 0.15), ("grpo", 0, 0.30, 0.03))
+    }
+    rows = setting_table({"sft_eval": base, "runs": runs}).splitlines()[2:]
+    # overall (6 single + 12 count prompts): mrgrpo seed 0 (3.6 + 1.8) / 18 = 30%, seed 1 (2.88 + 0.72) / 18 = 20%,
+    # grpo (1.8 + 0.36) / 18 = 12%; rows in order of first appearance, seeds sorted
+    assert rows == [
+        "| mrgrpo | 0 1 | +20.0 / +10.0 | +15.0 | - | - | - |",
+        "| grpo | 0 | +2.0 | +2.0 | - | - | - |",
+    ]
