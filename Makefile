@@ -46,8 +46,8 @@ quickstart-sft: $(STAMP)
 	$(BIN)/mrgrpo data synth --out data/synth
 	$(BIN)/mrgrpo train recipes/quickstart_sft.yaml
 
-# SFT (cached), MR-GRPO on 3 seeds, ablations, held-out evaluation (2 worker processes); report in outputs/toy_world/
+# SFT (cached), MR-GRPO on 3 seeds, ablations on the same seeds, held-out evaluation (2 worker processes); report in outputs/toy_world/
 # (docs/toy_world.md)
 toy-world: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python -m mrgrpo.toy_world.pipeline --out outputs/toy_world --seeds 0 1 2 --samples 32 \
-		--ablations --jobs 2
+		--ablations --ablation-seeds 0 1 2 --jobs 2
