@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 
@@ -58,10 +59,7 @@ def running_mean(steps: Sequence[float], values: Sequence[float], n: int) -> tup
     """Trailing mean over ``n`` points: ``(steps[n-1:], means)``; the input as it is when shorter than ``n``."""
     if len(values) < n:
         return list(steps), list(values)
-    sums = [0.0]
-    for v in values:
-        sums.append(sums[-1] + v)
-    return list(steps[n - 1 :]), [(sums[i + n] - sums[i]) / n for i in range(len(values) - n + 1)]
+    return list(steps[n - 1 :]), np.convolve(values, np.ones(n) / n, mode="valid").tolist()
 
 
 def curve_keys(records: Sequence[dict[str, Any]], prefixes: Sequence[str] = ("reward", "eval")) -> list[str]:
