@@ -49,7 +49,7 @@ def _fail(message: str) -> int:
 
 # -- recipes ------------------------------------------------------------------------------
 def _cmd_recipes_list(args: argparse.Namespace) -> int:
-    import yaml
+    from mrgrpo.recipe_files import apply_extends, read_recipe_yaml
 
     for path in _shipped_recipes():
         first = ""
@@ -57,7 +57,7 @@ def _cmd_recipes_list(args: argparse.Namespace) -> int:
             if line.startswith("#"):
                 first = line.lstrip("# ").strip()
                 break
-        stage = (yaml.safe_load(path.read_text()) or {}).get("stage", "rl")
+        stage = apply_extends(read_recipe_yaml(path), path.parent, str(path), (path.resolve(),)).get("stage", "rl")
         print(
             f"{path.relative_to(_recipes_dir().parent) if _recipes_dir().parent in path.parents else path}"
             f"  [{stage}]  {first}"

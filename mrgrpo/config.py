@@ -21,6 +21,8 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from mrgrpo.recipe_checks import check_recipe, sde_trainable_steps  # noqa: F401  (re-exported)
+from mrgrpo.recipe_files import EXTENDS, apply_extends, read_recipe_yaml, read_text_file  # noqa: F401  (re-exported)
+from mrgrpo.recipe_paths import MAYBE_HUB_ID_FIELDS, path_fields
 from mrgrpo.recipe_schema import (  # noqa: F401  (re-exported: the schema is part of this module's API)
     DataConfig,
     DistributedConfig,
@@ -145,22 +147,22 @@ def load_recipe(
     recipe_path: Path | None = None
     if path is not None:
         recipe_path = Path(path)
-        text = read_text_file(
-            recipe_path,
-            "recipe file",
-            "pass a YAML recipe; `mrgrpo recipes list` shows the shipped ones",
-            error=RecipeError,
-        )
-        try:
-            data = yaml.safe_load(text) or {}
-        except yaml.YAMLError as exc:
-            raise RecipeError(f"{source}: not valid YAML: {exc}. Fix: correct the YAML syntax.") from None
+        data = read_recipe_yaml(recipe_path, source)
     if not isinstance(data or {}, dict):
         raise RecipeError(
             f"{source}: the top level must be a mapping of sections (policy, rewards, data, rl, train, ...)."
         )
     data = copy.deepcopy(dict(data or {}))  # overrides must not write into the caller's dict
+    if recipe_path is not None:
+        data = apply_extends(data, recipe_path.parent, source, (recipe_path.resolve(),))
+    else:
+        data = apply_extends(data, Path.cwd(), source)
     apply_overrides(data, list(overrides or []))
+    if EXTENDS in data:
+        raise RecipeError(
+            f"{source}: `extends` was given as an override; it can only be a key of a recipe file. "
+            "Fix: write `extends: base.yaml` at the top of the recipe."
+        )
     check_moved_fields(data, source)
     try:
         cfg = RunConfig.model_validate(data)
@@ -175,59 +177,6 @@ def load_recipe(
         raise RecipeError(f"{source}: {exc}") from None
     check_recipe(cfg, check_files=check_files, source=source)
     return cfg
-
-
-_MAGIC = {
-    b"\x89PNG": "a PNG image",
-    b"\xff\xd8\xff": "a JPEG image",
-    b"GIF8": "a GIF image",
-    b"PK\x03\x04": "a zip archive",
-    b"\x1f\x8b": "a gzip file",
-    b"%PDF": "a PDF",
-    b"RIFF": "a RIFF (WebP/WAV) file",
-}
-
-
-def read_text_file(
-    path: str | os.PathLike, what: str, fix: str, *, error: type[Exception] | None = None, max_bytes: int | None = None
-) -> str:
-    """The UTF-8 text of ``path``, or ``error`` (default :class:`RecipeError`) naming the file and the fix.
-
-    Catches what a careless path gives: a missing file, a folder, no read permission, a binary file
-    (an image given as a recipe), text in another encoding, a file larger than ``max_bytes``.
-    """
-    err = error or RecipeError
-    p = Path(path)
-    if not p.exists():
-        raise err(f"{what} {str(p)!r} does not exist. Fix: {fix}.")
-    if p.is_dir():
-        raise err(f"{what} {str(p)!r} is a folder, not a file. Fix: {fix}.")
-    if max_bytes is not None and p.stat().st_size > max_bytes:
-        raise err(
-            f"{what} {str(p)!r} is {p.stat().st_size / 2**20:.1f} MiB, more than the {max_bytes / 2**20:.0f} MiB "
-            f"such a file can be. Fix: {fix}."
-        )
-    try:
-        raw = p.read_bytes()
-    except PermissionError:
-        raise err(
-            f"{what} {str(p)!r} cannot be read: permission denied. Fix: `chmod u+r {p}` or copy it somewhere readable."
-        ) from None
-    except OSError as exc:
-        raise err(f"{what} {str(p)!r} cannot be read: {exc.strerror or exc}. Fix: {fix}.") from None
-    kind = next((name for magic, name in _MAGIC.items() if raw.startswith(magic)), None)
-    if kind is None and b"\x00" in raw[:4096] and not raw.startswith((b"\xff\xfe", b"\xfe\xff")):
-        kind = "a binary file"
-    if kind is not None:
-        raise err(f"{what} {str(p)!r} is {kind}, not text. Fix: {fix}.")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise err(
-            f"{what} {str(p)!r} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}). "
-            f"Fix: save it as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)."
-        ) from None
-    return text.removeprefix("\ufeff")
 
 
 # fields that moved to another section: old location -> new location
@@ -267,25 +216,13 @@ def _with_absolute_paths(cfg: RunConfig) -> dict[str, Any]:
     run folder when that file is loaded again, and point at files that are not there.
     """
     data = cfg.model_dump(mode="json")
-
-    def fix(node: dict[str, Any], key: str, only_if_exists: bool = False) -> None:
-        value = node.get(key)
-        if not value or resolve_path(value, None).is_absolute():
-            return
-        p = cfg.resolve_path(value).absolute()
-        if only_if_exists and not p.exists():
-            return  # e.g. a hub id for policy.checkpoint
+    for node, key, field in path_fields(data):
+        if resolve_path(node[key], None).is_absolute():
+            continue
+        p = cfg.resolve_path(node[key]).absolute()
+        if field in MAYBE_HUB_ID_FIELDS and not p.exists():
+            continue  # e.g. a hub id for policy.checkpoint
         node[key] = str(p)
-
-    for section in ("sources", "sft_sources"):
-        for src in data["data"][section]:
-            fix(src, "path")
-            if section == "sft_sources":
-                fix(src, "image_root")
-    for src in data["eval"]["sources"]:
-        fix(src, "path")
-    fix(data["policy"], "checkpoint", only_if_exists=True)
-    fix(data["distributed"], "accelerate_config")
     return data
 
 

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from mrgrpo.cli import main
+from mrgrpo.recipe_files import apply_extends, read_recipe_yaml
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
@@ -56,7 +57,8 @@ def test_recipes_validate_command(capsys):
 
 
 def test_recipes_validate_reports_bad_recipe(tmp_path, capsys):
-    bad = yaml.safe_load((REPO / "recipes" / "quickstart.yaml").read_text())
+    quick = REPO / "recipes" / "quickstart.yaml"
+    bad = apply_extends(read_recipe_yaml(quick), quick.parent, str(quick))  # the quickstart with its base merged in
     bad["rl"]["group_size"] = 5
     bad["data"]["sources"][0]["path"] = str(REPO / "recipes" / "prompts" / "quickstart_colors.txt")
     bad["data"]["sources"][1]["path"] = str(REPO / "recipes" / "prompts" / "quickstart_text.txt")

@@ -1,7 +1,8 @@
 """The quickstart is the toy world's MR-GRPO stage (seed 0) with the held-out evaluation inside the run.
 
-Recipes have no include mechanism, so `recipes/quickstart.yaml` repeats the sections of
-`recipes/toy_world/rl.yaml`; this test keeps the two from drifting apart.
+`recipes/quickstart.yaml` extends `recipes/toy_world/rl.yaml` and changes only the starting policy,
+the output folder and the evaluation; this test fails if an edit of either makes the quickstart train
+differently from the toy world's MR-GRPO stage.
 """
 
 from __future__ import annotations
