@@ -159,3 +159,18 @@ def apply_extends(data: dict[str, Any], folder: Path, source: str, chain: tuple[
     base = copy.deepcopy(base)
     rebase_paths(base, base_path.parent, str(base_path))
     return merge_recipes(base, rest)
+
+
+def extends_chain(path: Path) -> list[Path]:
+    """``path`` and the files its ``extends`` names, nearest first (what a cache key of the recipe must read).
+
+    Raises :class:`RecipeError` like :func:`apply_extends` for a bad ``extends`` or a cycle.
+    """
+    chain = [Path(path)]
+    data = read_recipe_yaml(chain[0])
+    apply_extends(data, chain[0].parent, str(chain[0]), (chain[0].resolve(),))  # validates the whole chain
+    while isinstance(data.get(EXTENDS), str):
+        nxt = resolve_path(data[EXTENDS], chain[-1].parent, "extends")
+        chain.append(nxt)
+        data = read_recipe_yaml(nxt)
+    return chain

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from mrgrpo.config import RecipeError, load_recipe, save_resolved_config
-from mrgrpo.recipe_files import merge_recipes
+from mrgrpo.recipe_files import extends_chain, merge_recipes
 
 
 def write(path: Path, data) -> Path:
@@ -215,3 +215,13 @@ def test_recipes_list_shows_the_stage_a_recipe_inherits(tmp_path, capsys, monkey
     assert cli.main(["recipes", "list"]) == 0
     out = capsys.readouterr().out
     assert "child.yaml  [sft]  a child of an SFT recipe" in out, out
+
+
+def test_extends_chain_lists_every_file_a_recipe_reads_nearest_first(tmp_path, base):
+    mid = write(tmp_path / "mid" / "mid.yaml", {"extends": "../base/rl.yaml", "train": {"lr": 1.0e-4}})
+    top = write(tmp_path / "top.yaml", {"extends": "mid/mid.yaml"})
+    assert [p.resolve() for p in extends_chain(top)] == [top.resolve(), mid.resolve(), base.resolve()]
+    assert extends_chain(base) == [base]  # no extends: the file alone (a cache key over it is unchanged)
+    write(base, {"extends": "../top.yaml"})
+    with pytest.raises(RecipeError, match="cycle"):
+        extends_chain(top)

@@ -74,12 +74,14 @@ def sft_recipe_overrides(data: Path, extra: list[str]) -> list[str]:
 def ensure_sft(extra: list[str] | None = None, log=print) -> Path:
     """The cached SFT policy folder (``.../final``), trained once with ``recipes/toy_world/sft.yaml``."""
     from mrgrpo.config import load_recipe
+    from mrgrpo.recipe_files import extends_chain
     from mrgrpo.sft import SFTTrainer
 
     data = ensure_data()
     recipe = RECIPES / "toy_world" / "sft.yaml"
     overrides = sft_recipe_overrides(data, list(extra or []))
-    key = hashlib.sha1((recipe.read_text() + json.dumps(overrides[2:]) + data.name).encode()).hexdigest()[:10]
+    recipe_text = "".join(p.read_text() for p in extends_chain(recipe))  # a base recipe's edits count too
+    key = hashlib.sha1((recipe_text + json.dumps(overrides[2:]) + data.name).encode()).hexdigest()[:10]
     out = cache_root() / f"sft-{key}"
     if (out / "final" / "policy.json").exists():
         return out / "final"
