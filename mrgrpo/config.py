@@ -153,10 +153,8 @@ def load_recipe(
             f"{source}: the top level must be a mapping of sections (policy, rewards, data, rl, train, ...)."
         )
     data = copy.deepcopy(dict(data or {}))  # overrides must not write into the caller's dict
-    if recipe_path is not None:
-        data = apply_extends(data, recipe_path.parent, source, (recipe_path.resolve(),))
-    else:
-        data = apply_extends(data, Path.cwd(), source)
+    folder, chain = (recipe_path.parent, (recipe_path.resolve(),)) if recipe_path else (Path.cwd(), ())
+    data = apply_extends(data, folder, source, chain)
     apply_overrides(data, list(overrides or []))
     if EXTENDS in data:
         raise RecipeError(

@@ -125,7 +125,13 @@ def rebase_paths(data: dict[str, Any], folder: Path, source: str) -> None:
         node[key] = os.path.normpath(os.path.abspath(target))
 
 
-def apply_extends(data: dict[str, Any], folder: Path, source: str, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+def apply_extends(
+    data: dict[str, Any],
+    folder: Path,
+    source: str,
+    chain: tuple[Path, ...] = (),
+    files: list[Path] | None = None,
+) -> dict[str, Any]:
     """``data`` merged over the recipe its ``extends`` names (recursively); ``data`` itself if it has none.
 
     Args:
@@ -133,6 +139,7 @@ def apply_extends(data: dict[str, Any], folder: Path, source: str, chain: tuple[
         folder: what a relative ``extends`` is taken against (the recipe's folder, or the CWD for a dict).
         source: the recipe's name for error messages.
         chain: the files already being loaded (a cycle is an error).
+        files: when given, each base file read is appended to it, nearest first.
     """
     if EXTENDS not in data:
         return data
@@ -155,8 +162,10 @@ def apply_extends(data: dict[str, Any], folder: Path, source: str, chain: tuple[
         base = read_recipe_yaml(base_path)
     except RecipeError as exc:
         raise RecipeError(f"{source}: field `extends`: {exc}") from None
-    base = apply_extends(base, base_path.parent, str(base_path), (*chain, key))
-    base = copy.deepcopy(base)
+    if files is not None:
+        files.append(base_path)
+    # a new dict either way (freshly read, or merged): rebasing it in place touches nothing of the caller's
+    base = apply_extends(base, base_path.parent, str(base_path), (*chain, key), files)
     rebase_paths(base, base_path.parent, str(base_path))
     return merge_recipes(base, rest)
 
@@ -167,10 +176,5 @@ def extends_chain(path: Path) -> list[Path]:
     Raises :class:`RecipeError` like :func:`apply_extends` for a bad ``extends`` or a cycle.
     """
     chain = [Path(path)]
-    data = read_recipe_yaml(chain[0])
-    apply_extends(data, chain[0].parent, str(chain[0]), (chain[0].resolve(),))  # validates the whole chain
-    while isinstance(data.get(EXTENDS), str):
-        nxt = resolve_path(data[EXTENDS], chain[-1].parent, "extends")
-        chain.append(nxt)
-        data = read_recipe_yaml(nxt)
+    apply_extends(read_recipe_yaml(chain[0]), chain[0].parent, str(chain[0]), (chain[0].resolve(),), chain)
     return chain
